@@ -1,0 +1,71 @@
+"""The model zoo: ``list_models()``, ``create_model(name, ...)``, ``model_info(name)``.
+
+Each family lives in its own module and registers its builders with
+``@register_model``; importing this package imports them all (and torch).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from segdeploy.errors import UserInputError
+from segdeploy.models._registry import ModelInfo, register_model, registered, unknown_model_error
+
+if TYPE_CHECKING:
+    from torch import nn
+
+__all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
+
+_FAMILIES = ("fcn", "unet", "segnet", "pspnet", "deeplab", "u2net")
+_loaded = False
+
+
+def _load_families() -> None:
+    global _loaded
+    if not _loaded:
+        for family in _FAMILIES:
+            importlib.import_module(f"segdeploy.models.{family}")
+        _loaded = True
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a shell-style ``pattern``, in registry order."""
+    _load_families()
+    return [name for name in registered() if fnmatch.fnmatch(name, pattern)]
+
+
+def model_info(name: str) -> ModelInfo:
+    """The registry entry for ``name``.
+
+    Raises:
+        UserInputError: unknown name; the message lists the known ones.
+    """
+    _load_families()
+    try:
+        return registered()[name]
+    except KeyError:
+        raise unknown_model_error(name, list(registered())) from None
+
+
+def create_model(name: str, *, num_classes: int = 21, in_channels: int = 3, **config: Any) -> nn.Module:
+    """Build a zoo model in eval mode.
+
+    Args:
+        name: a name from ``list_models()``.
+        num_classes: output channels of the logits.
+        in_channels: input image channels.
+        **config: architecture options (``width_mult``, ``backbone``, ...).
+
+    Returns:
+        The model, in eval mode; ``forward(x)`` returns logits ``[N, num_classes, H, W]``.
+    """
+    info = model_info(name)
+    if num_classes < 1 or in_channels < 1:
+        raise UserInputError(f"num_classes and in_channels must be positive (got {num_classes}, {in_channels})")
+    try:
+        model = info.builder(num_classes=num_classes, in_channels=in_channels, **config)
+    except TypeError as exc:
+        raise UserInputError(f"bad option for model {name!r}: {exc}") from None
+    return model.eval()
