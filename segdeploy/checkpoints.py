@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,15 +41,20 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     if file.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {file} is empty")
     try:
-        obj = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols; our error says enough
+            obj = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # weights_only refuses globals it does not trust; say so without the long hint torch appends.
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "Unsupported global" in line or "GLOBAL" in line), "")
-        raise CheckpointError(
-            f"checkpoint {file} was refused: it needs code to load (not a plain weights file)"
-            + (f": {detail.strip()}" if detail else "")
-        ) from None
+        # weights_only refuses any global it does not trust: that is an untrusted file, not a corrupt one.
+        untrusted = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if untrusted:
+            raise CheckpointError(
+                f"checkpoint {file} was refused: loading it would run code ({untrusted.group(1)}); "
+                "segdeploy only loads plain weights (torch.load weights_only=True)"
+            ) from None
+        operand = re.search(r"Unsupported operand \d+", str(exc))
+        reason = operand.group(0) if operand else "not a weights-only pickle"
+        raise CheckpointError(f"checkpoint {file} is corrupt or not a PyTorch weights file: {reason}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {file} is corrupt or not a PyTorch file: {reason}") from None

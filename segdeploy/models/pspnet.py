@@ -1,0 +1,147 @@
+"""PSPNet (Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017).
+
+Dilated ResNet (output stride 8) -> pyramid pooling module -> 3x3 conv head,
+upsampled to the input size. The auxiliary head on layer3 (the paper's deep
+supervision, loss weight 0.4) runs only in training mode.
+
+Upsampling uses ``align_corners=False``: the author's code (hszhao/semseg)
+uses ``True`` with 8k+1 crops, mmsegmentation uses ``False``; this model takes
+any size, where ``False`` is the consistent choice.
+
+The pyramid bins use ``nn.AdaptiveAvgPool2d``, which the stock ONNX exporter
+bakes to the traced size: export needs the ``adaptive_avg_pool`` rewrite.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segdeploy.models._registry import register_model
+from segdeploy.models.backbones.resnet import ResNet, load_backbone_weights
+from segdeploy.models.backbones.vgg import scaled_width
+
+PAPER = 'Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017'
+
+
+def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize of ``x`` to exactly ``size`` (H, W)."""
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class PyramidPooling(nn.Module):
+    """Average-pool to each bin size, 1x1 conv to ``C / len(bins)`` + BN + ReLU, upsample, concat with the input.
+
+    In training, the 1x1 bin's BatchNorm sees one value per channel and sample,
+    so it needs a batch of at least 2 (as in every reference implementation).
+    """
+
+    def __init__(self, in_channels: int, bins: Sequence[int] = (1, 2, 3, 6)) -> None:
+        super().__init__()
+        reduced = in_channels // len(bins)
+        self.bins = tuple(bins)
+        self.stages = nn.ModuleList(
+            nn.Sequential(nn.AdaptiveAvgPool2d(b), *conv_bn_relu(in_channels, reduced, 1)) for b in self.bins
+        )
+        self.out_channels = in_channels + reduced * len(self.bins)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        return torch.cat([x] + [upsample_to(stage(x), size) for stage in self.stages], dim=1)
+
+
+class PSPNet(nn.Module):
+    """PSPNet: dilated ResNet, pyramid pooling, 3x3 conv head; auxiliary layer3 head in training.
+
+    ``forward`` returns logits ``[N, num_classes, H, W]`` in eval mode and
+    ``{"out": logits, "aux": aux_logits}`` in training mode.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        backbone: str,
+        width_mult: float,
+        bins: Sequence[int],
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.backbone = ResNet(backbone, in_channels=in_channels, width_mult=width_mult, output_stride=8)
+        self.ppm = PyramidPooling(self.backbone.channels["layer4"], bins)
+        head = scaled_width(512, width_mult)
+        self.head = nn.Sequential(
+            *conv_bn_relu(self.ppm.out_channels, head, 3),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(head, num_classes, 1),
+        )
+        aux = scaled_width(256, width_mult)
+        self.aux_head = nn.Sequential(
+            *conv_bn_relu(self.backbone.channels["layer3"], aux, 3),
+            nn.Dropout2d(dropout),
+            nn.Conv2d(aux, num_classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        size = x.shape[-2:]
+        features = self.backbone(x)
+        logits = upsample_to(self.head(self.ppm(features["layer4"])), size)
+        if not self.training:
+            return logits
+        return {"out": logits, "aux": upsample_to(self.aux_head(features["layer3"]), size)}
+
+
+@register_model(
+    "pspnet",
+    paper=PAPER,
+    rewrites=("adaptive_avg_pool",),
+    min_size=32,
+    test_config={"width_mult": 0.125, "backbone": "resnet50"},
+)
+def pspnet(
+    *,
+    num_classes: int = 21,
+    in_channels: int = 3,
+    backbone: str = "resnet50",
+    width_mult: float = 1.0,
+    bins: Sequence[int] = (1, 2, 3, 6),
+    dropout: float = 0.1,
+    backbone_weights: str | None = None,
+) -> nn.Module:
+    """PSPNet with a dilated ResNet-50 (or ``backbone="resnet101"``), output stride 8.
+
+    Args:
+        num_classes: output channels of the logits.
+        in_channels: input image channels.
+        backbone: ``"resnet50"`` or ``"resnet101"``.
+        width_mult: scales every width (at least 8 channels).
+        bins: output sizes of the pyramid's average pools.
+        dropout: dropout before the classifiers (training only).
+        backbone_weights: optional torchvision ImageNet checkpoint for the backbone.
+
+    Returns:
+        The model (in training mode, as built; ``create_model`` switches it to eval).
+    """
+    model = PSPNet(
+        num_classes=num_classes,
+        in_channels=in_channels,
+        backbone=backbone,
+        width_mult=width_mult,
+        bins=bins,
+        dropout=dropout,
+    )
+    if backbone_weights is not None:
+        load_backbone_weights(model, backbone_weights)
+    return model
