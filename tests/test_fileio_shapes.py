@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from segdeploy.errors import UserInputError
@@ -16,6 +18,9 @@ def test_atomic_output_renames_only_when_complete(tmp_path):
         assert not target.exists()
     assert target.read_bytes() == b"abc"
     assert list(tmp_path.iterdir()) == [target]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_atomic_output_failure_leaves_no_partial_or_temporary_file(tmp_path):

@@ -24,7 +24,7 @@ from torch import nn
 from segdeploy.models._registry import register_model
 from segdeploy.models.backbones.vgg import VGG
 
-__all__ = ["SegNet", "segnet"]
+__all__ = ["SegNet", "pool_with_indices", "segnet", "unpool"]
 
 _POOL = 2  # SegNet's pools and unpools are 2x2, stride 2
 
@@ -41,7 +41,8 @@ class SegNet(nn.Module):
     def __init__(self, *, num_classes: int = 21, in_channels: int = 3, width_mult: float = 1.0) -> None:
         super().__init__()
         self.backbone = VGG(batch_norm=True, in_channels=in_channels, width_mult=width_mult)
-        conv_counts = [_count_convs(self.backbone.features[start:end]) for start, end in self.backbone.stage_layer_ranges]
+        features = self.backbone.features
+        conv_counts = [_count_convs(features[start:end]) for start, end in self.backbone.stage_layer_ranges]
         # Decoder stage for encoder stage s: its convs keep the stage width, the last one narrows
         # to the width of stage s - 1 (or to the classes after stage 1). Deepest stage first.
         stages = []
@@ -58,13 +59,25 @@ class SegNet(nn.Module):
         for start, end in self.backbone.stage_layer_ranges:
             for index in range(start, end):
                 x = features[index](x)
-            size = x.shape[-2:]
-            x, indices = F.max_pool2d(x, _POOL, _POOL, return_indices=True)
+            size = x.shape
+            x, indices = pool_with_indices(x)
             pooled.append((indices, size))
         for stage, (indices, size) in zip(self.decoder, reversed(pooled)):
-            x = F.max_unpool2d(x, indices, _POOL, _POOL, output_size=size)
-            x = stage(x)
+            x = stage(unpool(x, indices, size))
         return x
+
+
+def pool_with_indices(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """SegNet's 2x2 stride-2 max pool, with the flat ``H*W`` position of each window's first maximum."""
+    return F.max_pool2d(x, _POOL, _POOL, return_indices=True)
+
+
+def unpool(x: torch.Tensor, indices: torch.Tensor, size: torch.Size) -> torch.Tensor:
+    """Put each value of ``x`` back where ``indices`` says, zeros elsewhere, in a map of ``size``'s H and W.
+
+    ``size`` is the shape before pooling: without it an odd side would come back one short.
+    """
+    return F.max_unpool2d(x, indices, _POOL, _POOL, output_size=size[-2:])
 
 
 def _count_convs(layers: nn.Module) -> int:
@@ -83,7 +96,7 @@ def _decoder_stage(in_channels: int, widths: list[int], *, last_is_classifier: b
 
 @register_model(
     "segnet",
-    paper="Badrinarayanan, Kendall, Cipolla: SegNet: A Deep Convolutional Encoder-Decoder Architecture (TPAMI 2017)",
+    paper="Badrinarayanan et al., SegNet, TPAMI 2017",
     rewrites=("max_unpool",),
     min_size=32,
     test_config={"width_mult": 0.125},

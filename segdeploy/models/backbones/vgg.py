@@ -181,7 +181,9 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> lis
     return loaded
 
 
-def _load_linear_into_conv(model: nn.Module, conv_name: str, state: dict[str, torch.Tensor], linear_name: str) -> list[str]:
+def _load_linear_into_conv(
+    model: nn.Module, conv_name: str, state: dict[str, torch.Tensor], linear_name: str
+) -> list[str]:
     conv = getattr(model, conv_name, None)
     weight = state.get(f"{linear_name}.weight")
     bias = state.get(f"{linear_name}.bias")
