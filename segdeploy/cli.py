@@ -110,11 +110,386 @@ def models_cmd(
 # --------------------------------------------------------------------------- export / verify / lint
 # (export helper and verify helper fill these sections)
 
+
+def _print_verification(report: Any) -> None:
+    """One row per verified shape, then the one-line verdict (shared by export and verify)."""
+    from rich.table import Table
+
+    t = report.criteria
+    table = Table(title=f"{report.candidate} vs {report.reference} ({t.criterion}, {report.precision})")
+    for col in ("input", "max abs", "max rel", "p99 rel", "agreement", "mIoU", "result"):
+        table.add_column(col, justify="left" if col in ("input", "result") else "right")
+    for r in report.results:
+        row = r.to_dict()
+        table.add_row(
+            row["shape"], f"{r.max_abs_error:.3g}", f"{r.max_rel_error:.3g}", f"{r.p99_rel_error:.3g}",
+            f"{r.agreement:.4%}", f"{r.miou:.4f}", "ok" if r.passed else "FAIL: " + "; ".join(r.failed),
+        )
+    console = _console()
+    console.print(table)
+    typer.echo(report.worst())
+
+
+@app.command("export")
+@_guarded
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Zoo name (segdeploy models) or path/to/file.py:factory.")],
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="ONNX file to write (default MODEL.onnx, MODEL.fp16.onnx).")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset to write, 13 to 20.")] = 17,
+    num_classes: Annotated[int, typer.Option(help="Output classes.")] = 21,
+    in_channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint to load (weights only).")] = None,
+    input_shape: Annotated[
+        Optional[str], typer.Option("--input-shape", help="NxCxHxW to trace and verify at (default 1xCx512x512).")
+    ] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic batch/height/width axes.")] = True,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Compare ONNX Runtime with PyTorch at 3 shapes.")
+    ] = True,
+    precision: Annotated[str, typer.Option(help="fp32, or fp16 (float32 input/output).")] = "fp32",
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the export result as JSON here.")] = None,
+) -> None:
+    """Export MODEL to ONNX that TensorRT's parser accepts, then verify it against PyTorch.
+
+    Rewrites max-pool indices + unpooling and adaptive pooling into exact plain ops,
+    writes the requested opset with named dynamic axes and metadata, simplifies, lints
+    for TensorRT 10 and verifies in ONNX Runtime. Exit code 4 when verification fails
+    (nothing is written then, except --report).
+    """
+    import json
+
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from segdeploy.errors import VerificationError
+    from segdeploy.export.onnx import STAGES, export_onnx
+    from segdeploy.fileio import write_text_atomic
+    from segdeploy.models.loading import is_user_spec
+    from segdeploy.shapes import parse_shape
+
+    shape = parse_shape(input_shape) if input_shape else (1, in_channels, 512, 512)
+    if output is None:
+        stem = Path(model.rsplit(":", 1)[0]).stem if is_user_spec(model) else model
+        output = Path(f"{stem}.fp16.onnx" if precision == "fp16" else f"{stem}.onnx")
+    progress_console = Console(stderr=True)  # stdout keeps only the summary
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=progress_console) as bar:
+        task = bar.add_task(f"exporting {model}", total=len(STAGES))
+
+        def step(stage: str) -> None:
+            bar.update(task, description=f"exporting {model}: {stage}", completed=STAGES.index(stage))
+
+        try:
+            result = export_onnx(
+                model, output, input_shape=shape, opset=opset, dynamic=dynamic, precision=precision,
+                simplify=simplify, verify=verify, num_classes=num_classes, in_channels=in_channels,
+                weights=weights, progress=step,
+            )
+        except VerificationError as exc:
+            failed = getattr(exc, "report", None)
+            if failed is not None:
+                bar.stop()
+                _print_verification(failed)
+                if report is not None:
+                    write_text_atomic(report, json.dumps({"path": None, "verification": failed.to_dict()}, indent=2) + "\n")
+            raise
+        bar.update(task, completed=len(STAGES))
+    _print_export(result)
+    if report is not None:
+        write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
+
+
+def _print_export(result: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="segdeploy export", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    size_mb = result.path.stat().st_size / 1e6
+    dims = "batch, height, width dynamic" if result.dynamic else "static"
+    table.add_row("file", f"{result.path} ({size_mb:.1f} MB)")
+    table.add_row("opset / IR", f"{result.opset} / {result.ir_version}")
+    table.add_row("input", f"{result.metadata['trace_shape']} ({dims}), precision {result.precision}")
+    table.add_row("rewrites", ", ".join(result.rewrites) or "-")
+    table.add_row("lint", result.lint.summary() if result.lint is not None else "skipped")
+    if result.fp32_nodes:
+        table.add_row("kept in fp32", f"{len(result.fp32_nodes)} nodes")
+    for note in result.warnings:
+        table.add_row("warning", note)
+    table.add_row("time", f"{result.seconds:.1f} s")
+    _console().print(table)
+    if result.lint is not None and not result.lint.ok:
+        for issue in result.lint.errors:
+            typer.echo(f"lint error: {issue.node} ({issue.op_type}): {issue.message}", err=True)
+    if result.verification is not None:
+        _print_verification(result.verification)
+
+
+@app.command("verify")
+@_guarded
+def verify_cmd(
+    model_file: Annotated[Path, typer.Argument(help="The exported MODEL.onnx or MODEL.engine.")],
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Zoo name or file.py:factory (default: the file's metadata).")
+    ] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint for the PyTorch reference.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes (default: metadata, else 21).")] = None,
+    in_channels: Annotated[Optional[int], typer.Option(help="Input channels (default: metadata, else 3).")] = None,
+    shape: Annotated[
+        Optional[list[str]],
+        typer.Option("--shape", help="NxCxHxW, repeatable (default: the traced shape, an odd size and batch 2)."),
+    ] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 or fp16 (default: metadata, else fp32).")] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Check an exported model against PyTorch at several input shapes.
+
+    FP32 passes at relative error <= 1e-4 and argmax agreement >= 99.99%; models with
+    index-based unpooling (SegNet) are judged by agreement and the 99th-percentile error.
+    Exit code 4 when verification fails.
+    """
+    import json
+
+    from segdeploy.errors import VerificationError
+    from segdeploy.fileio import write_text_atomic
+    from segdeploy.shapes import parse_shape
+    from segdeploy.verify import verify_file
+
+    console = _console()
+    result = verify_file(
+        model_file,
+        model,
+        weights=weights,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        shapes=[parse_shape(s) for s in shape] if shape else None,
+        precision=precision,
+        progress=lambda line: console.print(line, style="dim", markup=False),
+    )
+    _print_verification(result)
+    if report is not None:
+        write_text_atomic(report, json.dumps(result.to_dict(), indent=2) + "\n")
+    if not result.passed:
+        raise VerificationError(f"verification failed: {result.worst()}")
+
+
+@app.command("lint")
+@_guarded
+def lint_cmd(
+    model_file: Annotated[Path, typer.Argument(help="The MODEL.onnx to check.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Check an ONNX file for TensorRT 10 compatibility, without TensorRT.
+
+    Uses onnx-tensorrt's operator support matrix (MaxPool Indices, MaxUnpool, Resize modes,
+    opset 13..20, custom domains, data types). Exit code 0 when TensorRT 10 can parse it,
+    1 when errors are found, 2 when the file is not a valid ONNX model.
+    """
+    import json
+
+    from segdeploy.export.lint import lint_onnx
+
+    result = lint_onnx(model_file)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        console = _console()
+        if result.issues:
+            from rich.table import Table
+
+            table = Table(title=f"{model_file} (opset {result.opset}, IR {result.ir_version})")
+            for col in ("severity", "node", "op", "message"):
+                table.add_column(col, overflow="fold")
+            for issue in result.issues:
+                table.add_row(issue.severity, issue.node, issue.op_type, issue.message)
+            console.print(table)
+        typer.echo(result.summary())
+    if not result.ok:
+        raise typer.Exit(1)
+
 # --------------------------------------------------------------------------- build / doctor
-# (TensorRT helper fills this section)
+@app.command("build")
+@_guarded
+def build_cmd(
+    onnx_path: Annotated[Path, typer.Argument(help="The ONNX file from `segdeploy export`.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Engine path (default: MODEL.engine).")] = None,
+    min_shape: Annotated[Optional[str], typer.Option("--min-shape", help="Smallest input NxCxHxW.")] = None,
+    opt_shape: Annotated[Optional[str], typer.Option("--opt-shape", help="Shape to tune for (default: the export's).")] = None,
+    max_shape: Annotated[Optional[str], typer.Option("--max-shape", help="Largest input NxCxHxW.")] = None,
+    workspace: Annotated[float, typer.Option("--workspace", help="Workspace memory limit in GiB.")] = 4.0,
+    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file to reuse and update.")] = None,
+    precision: Annotated[Optional[str], typer.Option("--precision", help="fp16 or fp32 (default: the ONNX's).")] = None,
+) -> None:
+    """Build a TensorRT engine (TensorRT 10.x or 11.x) plus a JSON sidecar describing it."""
+    from rich.console import Console
+
+    from segdeploy.runtime.trt_build import build_engine
+
+    with Console(stderr=True).status("starting TensorRT build") as status:
+        result = build_engine(
+            onnx_path, output, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+            workspace_gb=workspace, timing_cache=timing_cache, precision=precision,
+            progress=lambda message: status.update(message),
+        )
+    side = result.sidecar
+    typing_note = "strongly typed" if result.plan.strongly_typed else "weakly typed + FP16 flag" if result.plan.fp16_flag else "weakly typed"
+    console = _console()
+    console.print(f"[bold]{result.engine_path}[/bold]: {result.engine_bytes / 2**20:.1f} MiB, {side['precision']} "
+                  f"({typing_note}), built in {result.build_seconds:.1f} s")
+    console.print(f"  TensorRT {side['tensorrt_version']} on {side['gpu_name']} (compute {side['compute_capability']})")
+    console.print(f"  profile: {result.profile}")
+    console.print(f"  sidecar: {result.sidecar_path}")
+    if result.timing_cache_path:
+        console.print(f"  timing cache: {result.timing_cache_path}")
+
+
+@app.command("doctor")
+@_guarded
+def doctor_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Show library versions, the CUDA GPU, and which engines segdeploy can use here."""
+    import json
+
+    from segdeploy.environment import available_engines, collect_environment
+
+    env = collect_environment()
+    engines = available_engines(env)
+    if as_json:
+        typer.echo(json.dumps({**env, "engines": engines}, indent=2))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    cuda = env["cuda"]
+    gpu = (f"{cuda['gpu']} (compute {cuda['compute_capability']}, {cuda['memory_gb']} GiB, driver {cuda.get('driver') or '?'})"
+           if cuda["available"] else cuda.get("reason", "none"))
+    rows = [
+        ("segdeploy", env["segdeploy"]), ("python", env["python"]), ("platform", env["platform"]),
+        ("cpu", f"{env['cpu']['model']} ({env['cpu']['cores']} cores)"),
+        ("torch", f"{env['torch']} (CUDA {cuda.get('torch_cuda') or 'none'})" if env["torch"] else None),
+        ("onnx", env["onnx"]), ("onnxruntime", env["onnxruntime"]), ("onnxsim", env["onnxsim"]),
+        ("tensorrt", env["tensorrt"] or env["tensorrt_error"]), ("gpu", gpu), ("matplotlib", env["matplotlib"]),
+    ]
+    versions = Table(title="segdeploy doctor")
+    versions.add_column("component")
+    versions.add_column("version / details")
+    for name, value in rows:
+        versions.add_row(name, escape(value) if value else "[dim]not installed[/dim]")
+    usable = Table(title="engines")
+    usable.add_column("engine")
+    usable.add_column("usable here")
+    for name, status in engines.items():
+        usable.add_row(name, f"[green]{escape(status)}[/green]" if status.startswith("yes") else f"[yellow]{escape(status)}[/yellow]")
+    console = _console()
+    console.print(versions)
+    console.print(usable)
+
 
 # --------------------------------------------------------------------------- bench
-# (bench helper fills this section)
+def _parse_batches(text: str | None) -> list[int] | None:
+    from segdeploy.errors import UserInputError
+
+    if text is None:
+        return None
+    try:
+        batches = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        batches = []
+    if not batches or any(b < 1 for b in batches):
+        raise UserInputError(f"bad --batch {text!r}: expected positive integers separated by commas, e.g. 1,4,8")
+    return batches
+
+
+@app.command("bench")
+@_guarded
+def bench_cmd(
+    model: Annotated[
+        Optional[str], typer.Argument(help="Zoo name, .onnx or .engine file; omit to run every zoo model.")
+    ] = None,
+    engine: Annotated[
+        Optional[list[str]], typer.Option("--engine", "-e", help="torch, ort or trt; repeat to compare (default torch and ort).")
+    ] = None,
+    shape: Annotated[str, typer.Option(help="Input shape NxCxHxW; N is the batch unless --batch is given.")] = "1x3x512x512",
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated, e.g. 1,4,8.")] = None,
+    precision: Annotated[str, typer.Option(help="fp32 or fp16 (fp16: ort and trt only).")] = "fp32",
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 10,
+    iters: Annotated[Optional[int], typer.Option(help="Timed steps (instead of --seconds).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement, at least 10 steps (default 3).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and ONNX Runtime alike.")] = None,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: time CUDA-graph replays.")] = False,
+    small: Annotated[bool, typer.Option("--small", help="Zoo models in their small test configuration (smoke runs).")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write records and environment as JSON.")] = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the records as CSV.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead of the rich table.")] = False,
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Save a latency bar chart (.png/.svg/.pdf; needs matplotlib).")] = None,
+) -> None:
+    """Benchmark engines side by side: latency percentiles, images/s, GFLOP/s, speed-up."""
+    from segdeploy.errors import UserInputError
+    from segdeploy.shapes import parse_shape
+
+    input_shape = parse_shape(shape)
+    batches = _parse_batches(batch)
+    if iters is not None and seconds is not None:
+        raise UserInputError("give --iters or --seconds, not both")
+    engines = list(engine or [])
+    if "trt" in engines:  # before importing anything heavy or exporting
+        from segdeploy.bench import require_tensorrt
+
+        require_tensorrt()
+    from segdeploy import report
+
+    for path in (json_path, csv_path):
+        if path is not None:
+            report.check_output_path(path)
+    if plot_path is not None:
+        report.check_plot_target(plot_path)
+
+    from segdeploy.bench import run_benchmarks
+
+    with _BenchProgress() as progress:
+        suite = run_benchmarks(
+            [model] if model else [], engines or None, shape=input_shape, batches=batches, precision=precision,
+            warmup=warmup, iters=iters, seconds=seconds, threads=threads, progress=progress, small=small,
+            cuda_graph=cuda_graph,
+        )  # fmt: skip
+    if markdown:
+        typer.echo(report.markdown_table(suite.records), nl=False)
+    else:
+        _console().print(report.render_table(suite.records, title="segdeploy bench (latency in ms)"))
+    if json_path is not None:
+        report.write_json(suite, json_path)
+    if csv_path is not None:
+        report.write_csv(suite.records, csv_path)
+    if plot_path is not None:
+        report.plot(suite.records, plot_path)
+
+
+class _BenchProgress:
+    """A rich progress bar on stderr (only on a terminal); yields the ``progress(done, total, what)`` callback."""
+
+    def __enter__(self) -> Callable[[int, int, str], None]:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = Console(stderr=True)
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
+        )  # fmt: skip
+        self._bar.start()
+        self._task = self._bar.add_task("benchmarking", total=None)
+
+        def update(done: int, total: int, what: str) -> None:
+            self._bar.update(self._task, completed=done, total=total, description=what)
+
+        return update
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bar.stop()
+
 
 
 def main() -> None:

@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from segdeploy.errors import UserInputError
+from segdeploy.shapes import format_shape
+
 
 class Runner:
     """Base class of all runners.
@@ -58,3 +61,18 @@ class Runner:
     @property
     def label(self) -> str:
         return f"{self.engine}-{self.precision}"
+
+
+def check_batch(batch: np.ndarray, in_channels: int | None, hw: tuple[Any, Any] = (None, None)) -> None:
+    """Refuse a batch that is not NCHW with the expected channels (and static H/W when given).
+
+    Raises:
+        UserInputError: naming the given and the expected shape.
+    """
+    h, w = (d if isinstance(d, int) else name for d, name in zip(hw, "HW"))
+    expected = f"Nx{in_channels if in_channels else 'C'}x{h}x{w}"
+    if batch.ndim != 4:
+        raise UserInputError(f"bad input shape {format_shape(batch.shape)}: expected {expected} (rank 4, NCHW)")
+    _, c, bh, bw = batch.shape
+    if (in_channels and c != in_channels) or any(isinstance(d, int) and d != b for d, b in zip(hw, (bh, bw))):
+        raise UserInputError(f"bad input shape {format_shape(batch.shape)}: the model expects {expected}")

@@ -1,0 +1,339 @@
+"""Run a TensorRT engine with torch CUDA tensors as I/O (no pycuda).
+
+The runner refuses, before deserializing, an engine whose sidecar names
+another TensorRT version or GPU compute capability (TensorRT would fail with a
+cryptic message or not at all), and rejects input shapes outside the engine's
+optimization profile before anything runs.
+
+TensorRT calls follow NVIDIA's Python API reference, the same on 10.x and 11.x:
+  [RT]  https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/Runtime.html
+  [ENG] https://docs.nvidia.com/deeplearning/tensorrt/11.0.0/_static/python-api/infer/Core/Engine.html
+  [CTX] https://docs.nvidia.com/deeplearning/tensorrt/latest/_static/python-api/infer/Core/ExecutionContext.html
+checked against the bindings (NVIDIA/TensorRT python/src/infer/pyCore.cpp, tags v10.3.0 and v11.1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segdeploy.errors import SegdeployError, UserInputError
+from segdeploy.runtime.base import Runner, check_batch
+from segdeploy.runtime.trt_build import Profile, read_sidecar, require_tensorrt, sidecar_path
+from segdeploy.shapes import format_shape
+
+LOGITS_NAME = "logits"  # what segdeploy export names the segmentation output
+REBUILD_HINT = "rebuild it on this machine with `segdeploy build MODEL.onnx`"
+
+
+def check_engine_compatible(
+    sidecar: dict[str, Any],
+    *,
+    engine_path: str | Path,
+    engine_sha256: str,
+    trt_version: str,
+    compute_capability: str,
+) -> None:
+    """Refuse an engine built for another TensorRT version or GPU architecture.
+
+    An engine deserializes only on the exact TensorRT version that built it and the same compute
+    capability (unless built version/hardware compatible, which segdeploy does not do).
+
+    Args:
+        sidecar: the engine's ``.json`` sidecar.
+        engine_path: for messages.
+        engine_sha256: sha256 of the engine bytes about to be loaded.
+        trt_version: ``tensorrt.__version__`` here.
+        compute_capability: this GPU's ``"major.minor"``.
+
+    Raises:
+        UserInputError: the sidecar describes another engine, TensorRT version or compute capability.
+    """
+    side = sidecar_path(engine_path)
+    recorded_sha = sidecar.get("engine_sha256")
+    if recorded_sha and recorded_sha != engine_sha256:
+        raise UserInputError(f"{side} describes a different engine than {engine_path} (sha256 differs): "
+                             f"delete the stale sidecar or {REBUILD_HINT}")
+    built_trt = sidecar.get("tensorrt_version")
+    if built_trt and str(built_trt) != str(trt_version):
+        raise UserInputError(f"{engine_path} was built with TensorRT {built_trt} but this machine has TensorRT "
+                             f"{trt_version}; engines only load on the version that built them: {REBUILD_HINT}")
+    built_cc = sidecar.get("compute_capability")
+    if built_cc and str(built_cc) != str(compute_capability):
+        raise UserInputError(f"{engine_path} was built for compute capability {built_cc} "
+                             f"({sidecar.get('gpu_name', 'another GPU')}) but this GPU is compute "
+                             f"{compute_capability}: {REBUILD_HINT}")
+
+
+def check_in_profile(shape: Sequence[int], profile_min: Sequence[int], profile_max: Sequence[int],
+                     input_name: str = "input") -> None:
+    """Reject a shape outside the engine's optimization profile, naming the allowed range.
+
+    Raises:
+        UserInputError: wrong rank or any dimension outside [min, max].
+    """
+    shape = tuple(int(d) for d in shape)
+    lo, hi = tuple(int(d) for d in profile_min), tuple(int(d) for d in profile_max)
+    if len(shape) != len(lo) or any(not a <= s <= b for s, a, b in zip(shape, lo, hi)):
+        raise UserInputError(
+            f"input shape {format_shape(shape)} is outside the engine's profile for {input_name!r}: "
+            f"from {format_shape(lo)} to {format_shape(hi)} per dimension; "
+            "rebuild with --min-shape/--max-shape to cover it"
+        )
+
+
+@dataclass(frozen=True)
+class EngineIO:
+    """The engine's tensors: one input (with its profile 0 range) and its outputs, ``logits`` first."""
+
+    input_name: str
+    input_dtype: Any  # torch.dtype
+    outputs: tuple[tuple[str, Any], ...]  # (name, torch.dtype)
+    profile: Profile
+
+
+@dataclass
+class _Binding:
+    """Device tensors bound to the context; they must stay alive while TensorRT may use them."""
+
+    shape: tuple[int, ...]
+    input: Any  # torch.Tensor
+    outputs: list[Any]
+
+
+class TrtRunner(Runner):
+    """Run a serialized TensorRT engine on the current CUDA device.
+
+    Args:
+        engine_path: the ``.engine`` file written by ``segdeploy build``.
+        precision: label for reports; default: the sidecar's precision, else ``"fp16"`` (the looser
+            verification thresholds, since an engine without a sidecar says nothing about its precision).
+    """
+
+    engine = "trt"
+
+    def __init__(self, engine_path: str | Path, precision: str | None = None) -> None:
+        self.engine_path = Path(engine_path)
+        self.sidecar = read_sidecar(self.engine_path) if self.engine_path.is_file() else None
+        super().__init__(precision or (self.sidecar or {}).get("precision") or "fp16")
+        self._trt: Any = None
+        self._runtime: Any = None
+        self._cuda_engine: Any = None
+        self._context: Any = None
+        self._stream: Any = None
+        self.io: EngineIO | None = None
+
+    # ------------------------------------------------------------------ contract
+    def activate(self) -> None:
+        """Check compatibility, deserialize the engine and create its execution context.
+
+        Raises:
+            UserInputError: missing, foreign or corrupt engine.
+            MissingDependencyError: no TensorRT or no CUDA GPU.
+        """
+        if not self.engine_path.is_file():
+            raise UserInputError(f"engine {self.engine_path} does not exist")
+        trt, gpu = require_tensorrt()
+        plan = self.engine_path.read_bytes()
+        if self.sidecar is not None:
+            check_engine_compatible(
+                self.sidecar, engine_path=self.engine_path, engine_sha256=hashlib.sha256(plan).hexdigest(),
+                trt_version=str(trt.__version__), compute_capability=gpu.compute_capability,
+            )
+        import torch
+
+        self._trt = trt
+        logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(logger)  # [RT]
+        engine = self._runtime.deserialize_cuda_engine(plan)  # [RT]: ICudaEngine, or None on failure
+        if engine is None:
+            why = ("no sidecar says how it was built" if self.sidecar is None
+                   else "the file may be truncated or corrupt")
+            raise UserInputError(f"TensorRT {trt.__version__} could not load {self.engine_path} ({why}; see "
+                                 f"TensorRT's messages above): {REBUILD_HINT}")
+        self._cuda_engine = engine
+        self._context = engine.create_execution_context()  # [ENG]
+        if self._context is None:
+            raise SegdeployError(f"TensorRT could not create an execution context for {self.engine_path} "
+                                 "(out of GPU memory?)")
+        self.io = _describe_io(trt, engine, self.engine_path)
+        # A non-default stream: enqueueing on the legacy default stream adds device-wide syncs.
+        self._stream = torch.cuda.Stream()
+
+    def deactivate(self) -> None:
+        """Release context, engine and runtime, in that order."""
+        self._context = None
+        self._cuda_engine = None
+        self._runtime = None
+        self._stream = None
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """Run one float32 NCHW batch; returns the ``logits`` output (else the first) as float32."""
+        import torch
+
+        stream = self._require_active()
+        with torch.cuda.stream(stream):
+            binding = self._stage(batch)
+            self._execute()
+            out = binding.outputs[0]
+            host = (out if out.dtype == torch.float32 else out.float()).cpu()
+        stream.synchronize()
+        return host.numpy()
+
+    def prepare(self, batch: np.ndarray) -> Callable[[], None]:
+        """Stage ``batch`` on the GPU once; the returned step only enqueues and waits (no host copies)."""
+        import torch
+
+        stream = self._require_active()
+        with torch.cuda.stream(stream):
+            binding = self._stage(batch)
+        stream.synchronize()
+
+        def step() -> None:
+            _keep_alive = binding  # the bound device tensors must outlive every enqueue
+            self._execute()
+            stream.synchronize()
+
+        return step
+
+    # ------------------------------------------------------------------ timing for the benchmark
+    def gpu_compute_ms(self, batch: np.ndarray, *, warmup: int = 10, iters: int = 100,
+                       cuda_graph: bool = False) -> list[float]:
+        """Per-iteration GPU time of the enqueue alone, like trtexec's "GPU Compute Time".
+
+        CUDA events are recorded on the compute stream right before and after the enqueue (or the CUDA
+        graph launch); transfers are excluded. At least one warm-up enqueue runs first because the first
+        enqueue after a shape change does one-time setup.
+
+        Args:
+            batch: float32 NCHW input.
+            warmup: untimed enqueues (at least 1 is always run).
+            iters: timed iterations.
+            cuda_graph: capture the enqueue in a CUDA graph and time graph launches (trtexec 11's default).
+
+        Returns:
+            ``iters`` durations in milliseconds.
+        """
+        import torch
+
+        if iters < 1:
+            raise UserInputError(f"bad iteration count {iters}: expected at least 1")
+        stream = self._require_active()
+        with torch.cuda.stream(stream):
+            binding = self._stage(batch)
+            for _ in range(max(1, warmup)):
+                self._execute()
+        stream.synchronize()
+        launch: Callable[[], Any] = self._execute
+        if cuda_graph:
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph, stream=stream):
+                    self._execute()
+            except RuntimeError as exc:
+                raise SegdeployError(f"this engine cannot be captured in a CUDA graph ({exc}); "
+                                     "time it without CUDA graphs") from None
+            launch = graph.replay
+            with torch.cuda.stream(stream):
+                launch()  # the first launch of a fresh graph uploads it; keep it out of the timings
+            stream.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times: list[float] = []
+        with torch.cuda.stream(stream):
+            for _ in range(iters):
+                start.record(stream)
+                launch()
+                end.record(stream)
+                end.synchronize()
+                times.append(float(start.elapsed_time(end)))
+        del binding
+        return times
+
+    def end_to_end_ms(self, batch: np.ndarray, *, warmup: int = 10, iters: int = 100) -> list[float]:
+        """Per-iteration wall time of :meth:`infer`: host-to-device copy, shapes, enqueue, device-to-host copy.
+
+        Returns:
+            ``iters`` durations in milliseconds.
+        """
+        if iters < 1:
+            raise UserInputError(f"bad iteration count {iters}: expected at least 1")
+        for _ in range(max(0, warmup)):
+            self.infer(batch)
+        times: list[float] = []
+        for _ in range(iters):
+            began = time.perf_counter()
+            self.infer(batch)
+            times.append((time.perf_counter() - began) * 1000.0)
+        return times
+
+    # ------------------------------------------------------------------ internals
+    def _require_active(self) -> Any:
+        if self._context is None or self._stream is None:
+            raise SegdeployError("TrtRunner is not active: use it as a context manager (`with TrtRunner(...)`)")
+        return self._stream
+
+    def _stage(self, batch: np.ndarray) -> _Binding:
+        """Copy ``batch`` to the GPU, set shapes and bind all I/O addresses. Call inside the runner's stream."""
+        import torch
+
+        assert self.io is not None
+        batch = np.asarray(batch)
+        check_batch(batch, self.io.profile.min[1])
+        check_in_profile(batch.shape, self.io.profile.min, self.io.profile.max, self.io.input_name)
+        ctx = self._context
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to("cuda").to(self.io.input_dtype)
+        x = x.contiguous()
+        # [CTX] set_input_shape -> bool; infer_shapes -> names it could not infer ([] = all known).
+        if not ctx.set_input_shape(self.io.input_name, tuple(x.shape)):
+            raise UserInputError(f"TensorRT refused input shape {format_shape(x.shape)} for {self.io.input_name!r}")
+        unresolved = ctx.infer_shapes()
+        if unresolved:
+            raise SegdeployError(f"TensorRT could not infer the shapes of {', '.join(unresolved)}")
+        ctx.set_tensor_address(self.io.input_name, x.data_ptr())  # [CTX] set_tensor_address(name, int pointer)
+        outputs = []
+        for name, dtype in self.io.outputs:
+            out = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=dtype, device="cuda")  # [CTX] get_tensor_shape
+            ctx.set_tensor_address(name, out.data_ptr())
+            outputs.append(out)
+        return _Binding(tuple(x.shape), x, outputs)
+
+    def _execute(self) -> None:
+        # [CTX] execute_async_v3(stream_handle) -> bool; enqueues on the runner's own (non-default) stream.
+        if not self._context.execute_async_v3(self._stream.cuda_stream):
+            raise SegdeployError(f"TensorRT failed to run {self.engine_path} (see TensorRT's messages above)")
+
+
+def _describe_io(trt: Any, engine: Any, engine_path: Path) -> EngineIO:
+    # [ENG] num_io_tensors, get_tensor_name(i), get_tensor_mode(name), get_tensor_dtype(name),
+    # get_tensor_profile_shape(name, profile) -> [min, opt, max] (inputs only).
+    inputs, outputs = [], []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        entry = (name, _torch_dtype(trt, engine.get_tensor_dtype(name), name))
+        (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(entry)
+    if len(inputs) != 1 or not outputs:
+        raise UserInputError(f"{engine_path} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                             "segdeploy runs engines with one input and at least one output")
+    input_name, input_dtype = inputs[0]
+    # infer() returns outputs[0]: the segmentation logits when the export named them, like the ORT runner.
+    outputs.sort(key=lambda entry: entry[0] != LOGITS_NAME)
+    lo, opt, hi = (tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(input_name, 0))
+    return EngineIO(input_name, input_dtype, tuple(outputs), Profile(lo, opt, hi))  # type: ignore[arg-type]
+
+
+def _torch_dtype(trt: Any, trt_dtype: Any, name: str) -> Any:
+    import torch
+
+    # hasattr on TensorRT enums is a safe feature check; members differ between versions.
+    pairs = [("FLOAT", torch.float32), ("HALF", torch.float16), ("BF16", torch.bfloat16), ("INT32", torch.int32),
+             ("INT64", torch.int64), ("INT8", torch.int8), ("UINT8", torch.uint8), ("BOOL", torch.bool)]
+    for member, torch_dtype in pairs:
+        if hasattr(trt.DataType, member) and trt_dtype == getattr(trt.DataType, member):
+            return torch_dtype
+    raise SegdeployError(f"tensor {name!r} has TensorRT type {trt_dtype}, which segdeploy cannot bind")
