@@ -127,7 +127,7 @@ class UNetPlusPlus(nn.Module):
         for j in range(1, 5):
             for i in range(5 - j):
                 grid[i].append(self.nested[f"{i}_{j}"](grid[i + 1][j - 1], grid[i][:j]))
-        top = grid[0][5 - len(self.heads) :]
+        top = grid[0][5 - len(self.heads) :]  # X^{0,1..4} with deep supervision, else X^{0,4}
         logits = [head(node) for head, node in zip(self.heads, top)]
         if len(logits) == 1:
             return logits[0]
