@@ -24,7 +24,7 @@ from segdeploy.models._registry import register_model
 from segdeploy.models.backbones.resnet import ResNet, load_backbone_weights
 from segdeploy.models.backbones.vgg import scaled_width
 
-PAPER = 'Zhao et al., "Pyramid Scene Parsing Network", CVPR 2017'
+PAPER = "Zhao et al., PSPNet, CVPR 2017"
 
 
 def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
