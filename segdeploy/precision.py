@@ -32,8 +32,12 @@ Which nodes stay FP32 (measured with ``benchmarks/fp16_drift.py`` and
 What stays FP16 on purpose, measured: MatMul with the pooling matrices and
 the max-unpool rewrite's Equal/Where. Keeping either FP32 changed no output
 bit in ONNX Runtime on trained models (its FP16 MatMul accumulates in FP32).
-Equal compares the window's values with the window's max; both come from the
-same FP16 tensor, so the comparison is exact in FP16 and FP32 alike. What FP16
+Equal compares the window's values with the window's max, and the rewrite takes
+that max from the slot tensors themselves, so both sides are the same FP16 values.
+(With a separate MaxPool they were not: ONNX Runtime's CPU EP, lacking FP16
+Conv/Relu/MaxPool kernels at opset 17, ran them in FP32 without the casts between,
+so the MaxPool saw unrounded values, no slot equalled it, and argmax agreement on
+the 5-stage zoo SegNet fell to 0.83-0.85; now 0.996-0.997.) What FP16
 changes is the encoder's values themselves, and with them which slot holds the
 maximum (0.02-0.05% of slots on a trained SegNet-style net): that shows up as
 argmax agreement, and no cast around the comparison can undo it.

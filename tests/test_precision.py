@@ -194,7 +194,7 @@ def test_reductions_stay_fp32_and_are_reported(trained):
     assert kept and all(name in nodes for name in kept)
     kept_ops = {nodes[name].op_type for name in kept}
     assert "ReduceMean" in kept_ops  # the 1x1 pyramid bin
-    # The unpooling's comparisons stay FP16: both sides come from one FP16 tensor, so they are exact.
+    # The unpooling's comparisons stay FP16: both sides come from the same FP16 slots, so they are exact.
     assert not kept_ops & {"Equal", "Where", "MatMul", "Conv"}
 
 
@@ -205,6 +205,43 @@ def test_fp32_paths_do_not_round_trip_through_fp16(trained):
         if node.op_type == "Cast" and node.attribute[0].i == onnx.TensorProto.FLOAT:
             inner = producer.get(node.input[0])
             assert inner is None or inner.op_type != "Cast", f"{inner.name} -> {node.name} rounds an FP32 value"
+
+
+def test_fp16_unpooling_after_conv_relu_keeps_one_value_per_window(tmp_path):
+    """Every 2x2 window of the unpooled map holds exactly one (nonzero) value, in FP16 too.
+
+    ONNX Runtime's CPU EP has no FP16 Conv/Relu/MaxPool kernels at opset 17: it
+    runs them in FP32 and drops the casts between them, so a MaxPool of the
+    Relu saw unrounded values while the slots (FP16 Slices) saw rounded ones;
+    no slot equalled that max and most values vanished. Exported through
+    ``export_onnx`` because this test's ``_export`` ends at opset 18 (no Pad
+    adapter to 17), where ORT happened not to show it.
+    """
+
+    class ConvUnpool(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = F.relu(self.conv(x))
+            pooled, indices = F.max_pool2d(y, 2, 2, return_indices=True)
+            # nonzero values, so a dropped one shows as an empty window
+            return F.max_unpool2d(pooled + 1.0, indices, 2, 2, output_size=y.shape[-2:])
+
+    from segdeploy.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    export_onnx(ConvUnpool().eval(), tmp_path / "unpool.onnx", input_shape=TRACE_SHAPE, opset=17, verify=False)
+    fp32 = onnx.load(tmp_path / "unpool.onnx")
+    fp16, _ = convert_to_fp16(fp32)
+    x = np.random.default_rng(2).normal(size=TEST_SHAPE).astype(np.float32)
+    height, width = TEST_SHAPE[2] // 2 * 2, TEST_SHAPE[3] // 2 * 2
+    for model in (fp32, fp16):
+        out = _run(model, x)
+        windows = out[..., :height, :width].reshape(*out.shape[:2], height // 2, 2, width // 2, 2)
+        assert np.all(np.count_nonzero(windows, axis=(3, 5)) == 1)
+        assert not out[..., height:, :].any() and not out[..., width:].any()
 
 
 def test_float_shape_arithmetic_stays_fp32(tmp_path):

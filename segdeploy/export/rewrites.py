@@ -1,0 +1,364 @@
+"""Graph-level rewrites of export-hostile ops into plain PyTorch ops.
+
+The exporter captures a model with ``torch.export`` and gets a ``GraphModule``
+in ATen ops. Each rewrite here matches nodes of that graph and replaces them
+with a call to a plain-PyTorch function of this module; the rewritten graph
+is checked against the original in PyTorch and then exported to ONNX, where
+those functions turn into ops TensorRT 10's ONNX parser accepts.
+
+Working on the captured graph (not on ``nn.Module`` types, not by patching
+``torch.nn.functional``) means functional calls in user code are rewritten
+too, and the model's own ``forward`` stays the program PyTorch runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from segdeploy.errors import ExportError
+
+if TYPE_CHECKING:
+    from torch import fx
+
+aten = torch.ops.aten
+
+
+# --------------------------------------------------------------------------- plain-PyTorch replacements
+def unpool_first_max(
+    pool_input: torch.Tensor,
+    values: torch.Tensor,
+    kernel: int,
+    output_size: Sequence[Any],
+    same_plane: bool = True,
+) -> torch.Tensor:
+    """``max_unpool2d(values, indices_of(max_pool2d(pool_input, kernel, kernel)), output_size)`` without indices.
+
+    Each ``kernel x kernel`` window of ``pool_input`` is read as ``kernel**2``
+    slots. The slot PyTorch's indices point at is recomputed: the first slot
+    equal to the window maximum, or, when the window holds NaN, its last NaN
+    (PyTorch's CPU and CUDA kernels update on ``val > max or isnan(val)``).
+    ``values`` are placed through that one-hot with ``where`` (so inf/NaN in
+    ``values`` stay where PyTorch puts them), the slots are reassembled with
+    ``pixel_shuffle`` and the result is padded with zeros to ``output_size``.
+
+    Args:
+        pool_input: the tensor the indices were computed on, ``[N, C, H, W]``.
+        values: the tensor to unpool, ``[N, C, H // kernel, W // kernel]``.
+        kernel: window side, equal to the stride.
+        output_size: ``(H_out, W_out)`` of the unpooled result.
+        same_plane: ``output_size`` is the pooling input's size; otherwise the
+            result is laid out through the flat index like PyTorch does.
+
+    Returns:
+        ``[N, C, H_out, W_out]``, equal to PyTorch's result bit for bit.
+    """
+    height, width = pool_input.shape[-2], pool_input.shape[-1]
+    pooled_h, pooled_w = values.shape[-2], values.shape[-1]
+    # drop the last row/column of odd sizes: no window reaches them
+    covered = pool_input[..., : pooled_h * kernel, : pooled_w * kernel]
+    slots = [covered[..., a::kernel, b::kernel] for a in range(kernel) for b in range(kernel)]
+    # The max comes from the slots themselves, not from a max_pool2d: a runtime may
+    # compute MaxPool at another precision than the slices (ONNX Runtime's CPU FP16
+    # graph runs MaxPool in FP32 on the unrounded input), and then no slot equals it.
+    window_max = slots[0]
+    for slot in slots[1:]:
+        window_max = torch.maximum(window_max, slot)
+    chosen = _first_max_slots(slots, window_max)
+    zero = torch.zeros((), dtype=values.dtype, device=values.device)
+    placed = torch.stack([torch.where(c, values, zero) for c in chosen], dim=2)
+    windows = F.pixel_shuffle(placed.flatten(1, 2), kernel)  # [N, C, pooled_h*k, pooled_w*k]
+    out_h, out_w = output_size[0], output_size[1]
+    if same_plane:
+        # Pad by out - windows.shape so the exported output size is exactly output_size.
+        return F.pad(windows, (0, out_w - windows.shape[-1], 0, out_h - windows.shape[-2]))
+    # PyTorch writes values at flat index h*W + w of an H_out x W_out plane:
+    # lay out the pooling input's plane, then re-cut it at the output width.
+    plane = F.pad(windows, (0, width - windows.shape[-1], 0, height - windows.shape[-2])).flatten(2)
+    length = out_h * out_w
+    filler = plane.new_zeros(plane.shape[0], plane.shape[1], length)
+    flat = torch.cat([plane, filler], dim=2)[..., :length]
+    return flat.reshape(plane.shape[0], plane.shape[1], out_h, out_w)
+
+
+def _first_max_slots(slots: list[torch.Tensor], window_max: torch.Tensor) -> list[torch.Tensor]:
+    """One boolean mask per slot, true where that slot holds PyTorch's max-pool index."""
+    # Boolean logic only: ONNX Runtime has no Where for bool, TensorRT's
+    # ArgMax/TopK tie-breaking is undocumented, and this needs no int64 math.
+    first_max = _first_true([slot == window_max for slot in slots])
+    nans = [torch.isnan(slot) for slot in slots]
+    last_nan = _first_true(nans[::-1])[::-1]
+    has_nan = nans[0]
+    for nan in nans[1:]:
+        has_nan = has_nan | nan
+    return [(has_nan & at_nan) | (~has_nan & at_max) for at_nan, at_max in zip(last_nan, first_max)]
+
+
+def _first_true(masks: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Keep each mask only where no earlier mask in the list is true."""
+    kept = [masks[0]]
+    seen = masks[0]
+    for mask in masks[1:]:
+        kept.append(mask & ~seen)
+        seen = seen | mask
+    return kept
+
+
+def adaptive_avg_pool2d_exact(x: torch.Tensor, output_size: Sequence[Any]) -> torch.Tensor:
+    """``adaptive_avg_pool2d`` as two matrix products, exact at every input size.
+
+    Bin ``i`` of ``o`` over a side of length ``n`` covers
+    ``[floor(i*n/o), ceil((i+1)*n/o))`` (PyTorch's rule); ``P[i, j]`` is
+    ``1/len(bin i)`` inside the bin and 0 outside, so ``out = P_h @ x @ P_w^T``.
+    The matrices are built from the (symbolic) input size, so the exported
+    graph stays right under dynamic height and width.
+    """
+    out_h, out_w = output_size[0], output_size[1]
+    if isinstance(out_h, int) and isinstance(out_w, int) and out_h == 1 and out_w == 1:
+        return x.mean(dim=(-2, -1), keepdim=True)
+    rows = _bin_mask(x.shape[-2], out_h, x.device)
+    cols = _bin_mask(x.shape[-1], out_w, x.device)
+    pool_h = rows.to(x.dtype) / rows.sum(dim=1, keepdim=True).to(x.dtype)
+    pool_w = cols.to(x.dtype) / cols.sum(dim=1, keepdim=True).to(x.dtype)
+    return pool_h @ x @ pool_w.transpose(0, 1)
+
+
+def adaptive_max_pool2d_exact(x: torch.Tensor, output_size: Sequence[Any]) -> torch.Tensor:
+    """``adaptive_max_pool2d`` values with masks, exact at every input size.
+
+    Same bins as ``adaptive_avg_pool2d_exact``: positions outside a bin are
+    filled with ``-inf`` and the maximum is taken, first over width, then
+    over height (max is exact in any order; NaN propagates as in PyTorch).
+    """
+    out_h, out_w = output_size[0], output_size[1]
+    if isinstance(out_h, int) and isinstance(out_w, int) and out_h == 1 and out_w == 1:
+        return x.amax(dim=(-2, -1), keepdim=True)
+    over_width = _masked_max_last_dim(x, _bin_mask(x.shape[-1], out_w, x.device))  # [N, C, H, out_w]
+    over_height = _masked_max_last_dim(over_width.transpose(-1, -2), _bin_mask(x.shape[-2], out_h, x.device))
+    return over_height.transpose(-1, -2)
+
+
+def _bin_mask(size: Any, bins: Any, device: torch.device) -> torch.Tensor:
+    """Boolean ``[bins, size]``: row ``i`` is true on PyTorch's adaptive-pooling bin ``i``."""
+    index = torch.arange(bins, device=device)
+    start = (index * size) // bins
+    end = ((index + 1) * size + bins - 1) // bins
+    position = torch.arange(size, device=device)
+    return (position.unsqueeze(0) >= start.unsqueeze(1)) & (position.unsqueeze(0) < end.unsqueeze(1))
+
+
+def _masked_max_last_dim(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``[..., L]`` and mask ``[o, L]`` -> ``[..., o]``: max over the masked positions."""
+    fill = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
+    return torch.where(mask, x.unsqueeze(-2), fill).amax(dim=-1)
+
+
+# --------------------------------------------------------------------------- the rewrites
+class Rewrite:
+    """A named graph rewrite: ``match(node)`` says whether it applies, ``apply(gm, node)`` does it."""
+
+    name: str = ""
+
+    def match(self, node: fx.Node) -> bool:
+        raise NotImplementedError
+
+    def apply(self, gm: fx.GraphModule, node: fx.Node) -> None:
+        raise NotImplementedError
+
+
+class MaxUnpool(Rewrite):
+    """``max_pool2d_with_indices`` whose indices feed ``max_unpool2d`` -> ``max_pool2d`` + ``unpool_first_max``.
+
+    Matches ``aten.max_pool2d_with_indices`` (``F.max_pool2d(return_indices=True)``,
+    ``nn.MaxPool2d(return_indices=True)``) whose indices are used, only by
+    ``aten.max_unpool2d`` nodes. The pooled values become a plain
+    ``max_pool2d`` (ONNX ``MaxPool`` with one output) and each unpooling
+    becomes ``unpool_first_max(pool_input, values, k, output_size)``, which
+    exports to slices, comparisons, boolean logic, ``Where``, ``DepthToSpace``
+    and ``Pad``: no MaxPool Indices, MaxUnpool, ScatterND, ArgMax or TopK.
+
+    Conditions: square kernel equal to the stride, no padding, dilation 1,
+    ``ceil_mode=False``; anything else raises ``ExportError`` naming the config.
+    """
+
+    name = "max_unpool"
+
+    def match(self, node: fx.Node) -> bool:
+        if node.op != "call_function" or node.target is not aten.max_pool2d_with_indices.default:
+            return False
+        return bool(_index_users(node))
+
+    def apply(self, gm: fx.GraphModule, node: fx.Node) -> None:
+        pool_input, kernel, stride, padding, dilation, ceil_mode = _pool_args(node)
+        config = f"kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}, ceil_mode={ceil_mode}"
+        if (
+            len(set(kernel)) != 1
+            or list(stride) != list(kernel)
+            or any(p != 0 for p in padding)
+            or any(d != 1 for d in dilation)
+            or ceil_mode
+        ):
+            raise ExportError(
+                f"max_unpool rewrite: unsupported max_pool2d config ({config}); "
+                "supported: square kernel equal to stride, padding 0, dilation 1, ceil_mode=False"
+            )
+        k = int(kernel[0])
+        unpools = _index_users(node)
+        for user in unpools:
+            if user.op != "call_function" or user.target is not aten.max_unpool2d.default:
+                raise ExportError(
+                    f"max_unpool rewrite: max-pool indices are used by {user.target} ({user.name}), "
+                    "not only by max_unpool2d; such indices cannot be exported for TensorRT"
+                )
+        graph = gm.graph
+        with graph.inserting_after(node):
+            pooled = graph.call_function(aten.max_pool2d.default, (pool_input, [k, k], [k, k]))
+        pooled.meta = {**node.meta, "val": node.meta["val"][0]} if "val" in node.meta else dict(node.meta)
+        for getter in list(node.users):
+            if getter.args[1] == 0:
+                getter.replace_all_uses_with(pooled)
+        for unpool in unpools:
+            values, _, output_size = unpool.args[:3]
+            same = _same_sizes(output_size, pool_input.meta["val"].shape[-2:])
+            with graph.inserting_after(unpool):
+                new = graph.call_function(unpool_first_max, (pool_input, values, k, list(output_size), same))
+            new.meta = dict(unpool.meta)
+            unpool.replace_all_uses_with(new)
+            graph.erase_node(unpool)
+        for getter in list(node.users):
+            graph.erase_node(getter)
+        graph.erase_node(node)
+
+
+class AdaptiveAvgPool(Rewrite):
+    """``adaptive_avg_pool2d`` -> ``adaptive_avg_pool2d_exact`` (pooling matrices from the symbolic size).
+
+    Matches ``aten.adaptive_avg_pool2d`` and ``aten._adaptive_avg_pool2d``
+    (``nn.AdaptiveAvgPool2d``, ``F.adaptive_avg_pool2d``,
+    ``F.interpolate(mode="area")``). Output 1x1 becomes a mean; any other
+    output size ``P_h @ x @ P_w^T`` with PyTorch's bins. Always applicable;
+    the stock exporter instead writes an AveragePool fixed to the traced size.
+    """
+
+    name = "adaptive_avg_pool"
+    targets = (aten.adaptive_avg_pool2d.default, aten._adaptive_avg_pool2d.default)
+
+    def match(self, node: fx.Node) -> bool:
+        return node.op == "call_function" and node.target in self.targets
+
+    def apply(self, gm: fx.GraphModule, node: fx.Node) -> None:
+        x, output_size = node.args[:2]
+        _replace(gm, node, adaptive_avg_pool2d_exact, (x, list(output_size)))
+
+
+class AdaptiveMaxPool(Rewrite):
+    """``adaptive_max_pool2d`` values -> ``adaptive_max_pool2d_exact`` (-inf masks and max).
+
+    Matches ``aten.adaptive_max_pool2d`` (``nn.AdaptiveMaxPool2d``,
+    ``F.adaptive_max_pool2d``). Only the values may be used: indices
+    (``return_indices=True`` that are consumed) raise ``ExportError``.
+    """
+
+    name = "adaptive_max_pool"
+
+    def match(self, node: fx.Node) -> bool:
+        return node.op == "call_function" and node.target is aten.adaptive_max_pool2d.default
+
+    def apply(self, gm: fx.GraphModule, node: fx.Node) -> None:
+        if _index_users(node):
+            raise ExportError(
+                "adaptive_max_pool rewrite: the model uses the indices of adaptive_max_pool2d; "
+                "only its values can be exported exactly"
+            )
+        x, output_size = node.args[:2]
+        graph = gm.graph
+        with graph.inserting_after(node):
+            new = graph.call_function(adaptive_max_pool2d_exact, (x, list(output_size)))
+        for getter in list(node.users):
+            if getter.args[1] == 0:
+                new.meta = dict(getter.meta)
+                getter.replace_all_uses_with(new)
+            graph.erase_node(getter)
+        graph.erase_node(node)
+
+
+REWRITES: tuple[Rewrite, ...] = (MaxUnpool(), AdaptiveAvgPool(), AdaptiveMaxPool())
+"""Every rewrite, in the order they are tried."""
+
+REWRITE_NAMES: tuple[str, ...] = tuple(r.name for r in REWRITES)
+
+
+def apply_rewrites(gm: fx.GraphModule) -> list[str]:
+    """Apply every matching rewrite to ``gm`` in place and recompile it.
+
+    Args:
+        gm: a ``GraphModule`` in ATen ops, e.g. ``torch.export.export(...).module()``.
+
+    Returns:
+        The names of the rewrites that changed the graph, in ``REWRITES`` order.
+
+    Raises:
+        ExportError: a matched op has a configuration no rewrite can export exactly.
+    """
+    applied: list[str] = []
+    for rewrite in REWRITES:
+        for node in list(gm.graph.nodes):
+            if node.graph is gm.graph and rewrite.match(node):
+                rewrite.apply(gm, node)
+                if rewrite.name not in applied:
+                    applied.append(rewrite.name)
+    if applied:
+        gm.graph.lint()
+        gm.recompile()
+    return applied
+
+
+# --------------------------------------------------------------------------- helpers
+def _index_users(node: fx.Node) -> list[fx.Node]:
+    """Users of output 1 (the indices) of a node returning ``(values, indices)``."""
+    return [user for getter in node.users if getter.args[1] == 1 for user in getter.users]
+
+
+def _pool_args(node: fx.Node) -> tuple[fx.Node, list[int], list[int], list[int], list[int], bool]:
+    """``max_pool2d_with_indices`` arguments with ATen's defaults filled in, as pairs."""
+    args = list(node.args) + [None] * 6
+    x, kernel, stride, padding, dilation, ceil_mode = args[:6]
+    kwargs = node.kwargs
+
+    def pair(value: Any, default: list[int]) -> list[int]:
+        if value is None or value == []:
+            return default
+        value = [value] if isinstance(value, int) else list(value)
+        return value * 2 if len(value) == 1 else value
+
+    kernel = pair(kernel, [])
+    stride = pair(kwargs.get("stride", stride), kernel)
+    padding = pair(kwargs.get("padding", padding), [0, 0])
+    dilation = pair(kwargs.get("dilation", dilation), [1, 1])
+    ceil_mode = bool(kwargs.get("ceil_mode", ceil_mode) or False)
+    return x, kernel, stride, padding, dilation, ceil_mode
+
+
+def _same_sizes(output_size: Sequence[Any], input_size: Sequence[Any]) -> bool:
+    """Whether unpooling's ``output_size`` is, symbolically, the pooling input's height and width."""
+    return all(_size_expr(a) == _size_expr(b) for a, b in zip(output_size, input_size))
+
+
+def _size_expr(size: Any) -> Any:
+    if hasattr(size, "meta"):  # an fx.Node such as sym_size
+        size = size.meta.get("val", size)
+    if isinstance(size, torch.SymInt):
+        return size.node.expr
+    return int(size) if isinstance(size, int) else size
+
+
+def _replace(gm: fx.GraphModule, node: fx.Node, fn: Any, args: tuple[Any, ...]) -> None:
+    graph = gm.graph
+    with graph.inserting_after(node):
+        new = graph.call_function(fn, args)
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
