@@ -188,12 +188,11 @@ def export_cmd(
                 weights=weights, progress=step,
             )
         except VerificationError as exc:
-            failed = getattr(exc, "report", None)
-            if failed is not None:
-                bar.stop()
-                _print_verification(failed)
-                if report is not None:
-                    write_text_atomic(report, json.dumps({"path": None, "verification": failed.to_dict()}, indent=2) + "\n")
+            bar.stop()
+            if getattr(exc, "report", None) is not None:
+                _print_verification(exc.report)  # type: ignore[attr-defined]
+            if report is not None and getattr(exc, "result", None) is not None:
+                write_text_atomic(report, json.dumps(exc.result.to_dict(), indent=2) + "\n")  # type: ignore[attr-defined]
             raise
         bar.update(task, completed=len(STAGES))
     _print_export(result)
@@ -209,7 +208,7 @@ def _print_export(result: Any) -> None:
     table.add_column("")
     size_mb = result.path.stat().st_size / 1e6
     dims = "batch, height, width dynamic" if result.dynamic else "static"
-    table.add_row("file", f"{result.path} ({size_mb:.1f} MB)")
+    table.add_row("file", f"{result.path} ({size_mb:.2f} MB)")
     table.add_row("opset / IR", f"{result.opset} / {result.ir_version}")
     table.add_row("input", f"{result.metadata['trace_shape']} ({dims}), precision {result.precision}")
     table.add_row("rewrites", ", ".join(result.rewrites) or "-")

@@ -21,12 +21,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     Raises:
         UserInputError: the target directory is missing or not writable.
     """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise UserInputError(f"cannot write {target}: directory {directory} does not exist")
-    if target.is_dir():
-        raise UserInputError(f"cannot write {target}: it is a directory")
+    target = check_output_path(path)
+    directory = target.parent
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
     except OSError as exc:
@@ -43,6 +39,20 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """Check, before any work, that ``path`` can be written: its directory exists and it is no directory.
+
+    Raises:
+        UserInputError: the directory is missing or ``path`` is a directory.
+    """
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise UserInputError(f"cannot write {target}: directory {target.parent} does not exist")
+    if target.is_dir():
+        raise UserInputError(f"cannot write {target}: it is a directory")
+    return target
 
 
 def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> Path:

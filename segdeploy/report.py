@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segdeploy.errors import MissingDependencyError, UserInputError
-from segdeploy.fileio import atomic_output, write_text_atomic
+from segdeploy.fileio import atomic_output, check_output_path, write_text_atomic
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -143,21 +143,6 @@ def write_csv(records: Sequence[BenchRecord], path: str | os.PathLike[str]) -> P
 def write_markdown(records: Sequence[BenchRecord], path: str | os.PathLike[str]) -> Path:
     """``markdown_table(records)`` written atomically."""
     return write_text_atomic(path, markdown_table(records))
-
-
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """Check, before any work, that ``path`` can be written (its directory exists).
-
-    Raises:
-        UserInputError: the directory is missing or ``path`` is a directory.
-    """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    if not directory.is_dir():
-        raise UserInputError(f"cannot write {target}: directory {directory} does not exist")
-    if target.is_dir():
-        raise UserInputError(f"cannot write {target}: it is a directory")
-    return target
 
 
 def check_plot_target(path: str | os.PathLike[str]) -> Path:

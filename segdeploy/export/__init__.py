@@ -1,0 +1,28 @@
+"""PyTorch -> ONNX export: graph rewrites, the export pipeline, opset conversion, lint.
+
+Submodules are imported on use (``segdeploy.export.lint`` must stay light):
+``rewrites`` (graph-level rewrites), ``onnx`` (``export_onnx``, ``read_metadata``),
+``opset`` (exact opset conversion), ``lint`` (TensorRT compatibility).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "export_onnx": "segdeploy.export.onnx",
+    "read_metadata": "segdeploy.export.onnx",
+    "ExportResult": "segdeploy.export.onnx",
+    "apply_rewrites": "segdeploy.export.rewrites",
+    "lint_onnx": "segdeploy.export.lint",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'segdeploy.export' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

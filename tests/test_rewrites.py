@@ -1,0 +1,182 @@
+"""Each graph rewrite, checked against the original program in PyTorch and in ONNX Runtime."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.export import Dim
+
+from segdeploy.errors import ExportError
+from segdeploy.export.rewrites import REWRITE_NAMES, apply_rewrites
+
+DYNAMIC = ({0: Dim.AUTO, 1: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},)  # channels too: one capture, many shapes
+# (N, C, H, W): odd sides, sides not divisible by the bins or by 2, batch 1/2/3
+SHAPES = [(1, 1, 7, 5), (2, 3, 9, 13), (3, 2, 37, 50), (1, 4, 64, 45), (2, 1, 6, 8), (1, 2, 11, 4)]
+FORBIDDEN_OPS = {"MaxUnpool", "ScatterND", "ScatterElements", "ArgMax", "TopK"}
+
+
+class FunctionalUnpool(nn.Module):
+    """SegNet-style functional pooling with indices, a decoder step, unpooling to the input size."""
+
+    def __init__(self, kernel: int = 2, relu: bool = True) -> None:
+        super().__init__()
+        self.kernel, self.relu = kernel, relu
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(x) if self.relu else x
+        pooled, indices = F.max_pool2d(y, self.kernel, self.kernel, return_indices=True)
+        decoded = pooled * 1.5 - 0.25  # decoder values differ from the pooled ones
+        return F.max_unpool2d(decoded, indices, self.kernel, self.kernel, output_size=y.shape[-2:])
+
+
+class ModuleUnpoolDefaultSize(nn.Module):
+    """nn.MaxPool2d/nn.MaxUnpool2d without output_size (the seed SegNet's call)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled, indices = self.pool(x)
+        return self.unpool(pooled + 1.0, indices)
+
+
+class AdaptivePools(nn.Module):
+    def __init__(self, avg_size: int | tuple[int, int] = 6, max_size: tuple[int, int] = (3, 4)) -> None:
+        super().__init__()
+        self.avg = nn.AdaptiveAvgPool2d(avg_size)
+        self.max_size = max_size
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        area = F.interpolate(x, size=(5, 3), mode="area")
+        return self.avg(x), F.adaptive_max_pool2d(x, self.max_size), area, F.adaptive_avg_pool2d(x, 1)
+
+
+def _rewritten(module: nn.Module, example: torch.Tensor) -> tuple[torch.fx.GraphModule, list[str]]:
+    graph_module = torch.export.export(module, (example,), dynamic_shapes=DYNAMIC).module()
+    return graph_module, apply_rewrites(graph_module)
+
+
+def _inputs(shape: tuple[int, ...], generator: torch.Generator) -> list[torch.Tensor]:
+    """Random, negative, all-zero, constant, post-ReLU and few-valued (tie-heavy) inputs."""
+    random = torch.randn(shape, generator=generator)
+    few_values = torch.randint(-2, 3, shape, generator=generator).float()
+    return [random, -random.abs(), torch.zeros(shape), torch.full(shape, 3.0), F.relu(random), few_values]
+
+
+def test_rewrite_names_are_the_registry_vocabulary():
+    assert REWRITE_NAMES == ("max_unpool", "adaptive_avg_pool", "adaptive_max_pool")
+
+
+@pytest.mark.parametrize("relu", [True, False])
+def test_max_unpool_rewrite_equals_pytorch_bit_for_bit_including_ties(relu):
+    module = FunctionalUnpool(relu=relu)
+    graph_module, applied = _rewritten(module, torch.randn(2, 3, 10, 12))
+    assert applied == ["max_unpool"]
+    generator = torch.Generator().manual_seed(1)
+    for shape in SHAPES:
+        for x in _inputs(shape, generator):
+            assert torch.equal(graph_module(x), module(x)), shape
+
+
+def test_max_unpool_rewrite_follows_pytorch_with_nan_and_inf():
+    module = FunctionalUnpool(relu=False)
+    graph_module, _ = _rewritten(module, torch.randn(2, 3, 10, 12))
+    generator = torch.Generator().manual_seed(2)
+    for shape in SHAPES[:4]:
+        x = torch.randn(shape, generator=generator)
+        x[torch.rand(shape, generator=generator) < 0.1] = float("nan")
+        x[torch.rand(shape, generator=generator) < 0.1] = float("inf")
+        x[torch.rand(shape, generator=generator) < 0.1] = float("-inf")
+        torch.testing.assert_close(graph_module(x), module(x), rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("kernel", [3, 4])
+def test_max_unpool_rewrite_handles_larger_windows(kernel):
+    module = FunctionalUnpool(kernel=kernel)
+    graph_module, _ = _rewritten(module, torch.randn(2, 2, 13, 17))
+    generator = torch.Generator().manual_seed(3)
+    for shape in [(1, 2, 13, 17), (3, 1, 25, 9), (2, 2, 8, 12)]:
+        for x in _inputs(shape, generator):
+            assert torch.equal(graph_module(x), module(x)), shape
+
+
+def test_max_unpool_rewrite_matches_default_output_size_layout():
+    module = ModuleUnpoolDefaultSize()
+    graph_module, applied = _rewritten(module, torch.randn(2, 3, 8, 10))
+    assert applied == ["max_unpool"]
+    generator = torch.Generator().manual_seed(4)
+    for shape in [(1, 3, 8, 10), (2, 1, 16, 6), (3, 2, 4, 4)]:
+        for x in _inputs(shape, generator):
+            assert torch.equal(graph_module(x), module(x)), shape
+
+
+def test_max_unpool_rewrite_refuses_overlapping_windows():
+    class Overlapping(nn.Module):
+        def forward(self, x):
+            pooled, indices = F.max_pool2d(x, 3, 2, return_indices=True)
+            return F.max_unpool2d(pooled, indices, 3, 2, output_size=x.shape[-2:])
+
+    graph_module = torch.export.export(Overlapping(), (torch.randn(2, 1, 9, 9),)).module()
+    with pytest.raises(ExportError, match=r"unsupported max_pool2d config \(kernel=\[3, 3\], stride=\[2, 2\]"):
+        apply_rewrites(graph_module)
+
+
+def test_adaptive_pool_rewrites_match_pytorch_at_every_size():
+    module = AdaptivePools()
+    graph_module, applied = _rewritten(module, torch.randn(2, 3, 36, 48))
+    assert applied == ["adaptive_avg_pool", "adaptive_max_pool"]
+    generator = torch.Generator().manual_seed(5)
+    for shape in SHAPES + [(2, 3, 72, 96), (1, 1, 6, 4)]:
+        for x in _inputs(shape, generator):
+            for got, expected in zip(graph_module(x), module(x)):
+                assert got.shape == expected.shape
+                scale = expected.abs().max().clamp_min(1.0)
+                assert ((got - expected).abs().max() / scale) <= 1e-6, shape
+
+
+def test_adaptive_max_pool_rewrite_refuses_used_indices():
+    class WithIndices(nn.Module):
+        def forward(self, x):
+            values, indices = F.adaptive_max_pool2d(x, 3, return_indices=True)
+            return values + indices.float()
+
+    graph_module = torch.export.export(WithIndices(), (torch.randn(2, 1, 9, 9),)).module()
+    with pytest.raises(ExportError, match="indices of adaptive_max_pool2d"):
+        apply_rewrites(graph_module)
+
+
+def test_rewritten_onnx_has_only_tensorrt_ops_and_is_exact_at_other_sizes(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+
+    class Everything(nn.Module):
+        def forward(self, x):
+            unpooled = FunctionalUnpool()(x)
+            avg, mx, area, mean = AdaptivePools()(x)
+            return unpooled, avg, mx, area, mean
+
+    module = Everything()
+    graph_module, applied = _rewritten(module, torch.randn(2, 3, 36, 48))
+    assert applied == list(REWRITE_NAMES)
+    path = tmp_path / "rewritten.onnx"
+    torch.onnx.export(
+        graph_module, (torch.randn(2, 3, 36, 48),), str(path), dynamo=True, external_data=False,
+        dynamic_shapes=({0: "batch", 2: "height", 3: "width"},), verbose=False,
+    )
+    proto = onnx.load(str(path))
+    op_types = {node.op_type for node in proto.graph.node}
+    assert not op_types & FORBIDDEN_OPS
+    assert all(len([o for o in n.output if o]) == 1 for n in proto.graph.node if n.op_type == "MaxPool")
+    assert "AveragePool" not in op_types  # adaptive pooling is not baked into a fixed kernel
+    session = ort.InferenceSession(str(path))
+    generator = torch.Generator().manual_seed(6)
+    for shape in [(1, 3, 37, 50), (3, 3, 64, 45), (2, 3, 7, 9)]:
+        for x in _inputs(shape, generator)[:3]:
+            got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+            for g, expected in zip(got, module(x)):
+                np.testing.assert_allclose(g, expected.numpy(), rtol=1e-6, atol=1e-6)
