@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from segdeploy._version import __version__
 from segdeploy.errors import ExportError, SegdeployError, UserInputError, VerificationError
 from segdeploy.export.opset import SUPPORTED_OPSETS
+from segdeploy.fileio import check_output_path
 from segdeploy.shapes import Shape, check_shape, format_shape
 
 if TYPE_CHECKING:
@@ -168,6 +169,7 @@ def export_onnx(
         )
     if precision not in ("fp32", "fp16"):
         raise UserInputError(f"precision {precision!r} is not supported: choose fp32 or fp16")
+    check_output_path(path)  # before minutes of export work, not after
     step = progress or (lambda stage: None)
     loaded = _load(model_or_name, num_classes, in_channels, weights, config)
     shape = check_shape(tuple(input_shape), in_channels=loaded.in_channels, min_size=loaded.min_size)  # type: ignore[arg-type]
