@@ -336,17 +336,6 @@ def _describe(source: Any, runner: Runner) -> str:
     return f"{runner.label}:{type(inner).__name__}"
 
 
-def read_onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX file as a dict (the file is checked to be ONNX).
-
-    Raises:
-        UserInputError: the file is missing or not an ONNX model.
-    """
-    from segdeploy.export.lint import load_onnx
-
-    return {prop.key: prop.value for prop in load_onnx(path).metadata_props}
-
-
 def _meta(metadata: dict[str, str], *keys: str) -> str | None:
     return next((metadata[k] for k in keys if metadata.get(k)), None)
 
@@ -392,6 +381,7 @@ def verify_file(
     """
     from pathlib import Path
 
+    from segdeploy.export.onnx import read_metadata
     from segdeploy.models.loading import load_model
 
     file = Path(path)
@@ -399,7 +389,7 @@ def verify_file(
     if suffix not in (".onnx", ".engine", ".plan"):
         raise UserInputError(f"{file}: unknown model file type {suffix!r}; expected .onnx, .engine or .plan")
     if suffix == ".onnx":
-        metadata = read_onnx_metadata(file)
+        metadata = read_metadata(file)
     elif not file.is_file() or file.stat().st_size == 0:
         raise UserInputError(f"{file} does not exist or is empty; expected a TensorRT engine")
     else:

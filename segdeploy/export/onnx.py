@@ -104,18 +104,9 @@ def read_metadata(path_or_model: str | os.PathLike[str] | onnx.ModelProto) -> di
     Raises:
         UserInputError: the file is missing or not ONNX.
     """
-    import onnx
+    from segdeploy.export.lint import load_onnx
 
-    if isinstance(path_or_model, onnx.ModelProto):
-        model = path_or_model
-    else:
-        file = Path(path_or_model)
-        if not file.is_file():
-            raise UserInputError(f"ONNX file {file} does not exist")
-        try:
-            model = onnx.load(str(file), load_external_data=False)
-        except Exception as exc:
-            raise UserInputError(f"{file} is not an ONNX model: {type(exc).__name__}") from None
+    model = load_onnx(path_or_model)
     return {prop.key: prop.value for prop in model.metadata_props}
 
 
@@ -339,7 +330,6 @@ def _main_output(output: Any) -> torch.Tensor:
 
 def _to_onnx(model: Any, example: torch.Tensor, dynamic: bool, opset: int) -> onnx.ModelProto:
     import onnx.helper
-    import torch
 
     from segdeploy.export.opset import convert_opset
 

@@ -307,18 +307,15 @@ def read_onnx_facts(onnx_path: str | Path) -> OnnxFacts:
     """
     import onnx
 
+    from segdeploy.export.lint import load_onnx
+
     path = Path(onnx_path)
-    if not path.is_file():
-        raise UserInputError(f"{path} does not exist")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError, RuntimeWarning-like errors, ... for non-ONNX bytes
-        raise UserInputError(f"{path} is not a readable ONNX model ({_first_line(exc)})") from None
+    model = load_onnx(path)
     graph = model.graph
     initializers = {t.name for t in graph.initializer}
     inputs = [v for v in graph.input if v.name not in initializers]
-    if not model.opset_import or not graph.node or not inputs:
-        raise UserInputError(f"{path} is not an ONNX model (no graph inputs or nodes)")
+    if not inputs:
+        raise UserInputError(f"{path} has no graph inputs; expected one NCHW input")
     if len(inputs) != 1:
         names = ", ".join(v.name for v in inputs)
         raise UserInputError(f"{path} has {len(inputs)} inputs ({names}); segdeploy builds single-input models")
