@@ -74,12 +74,17 @@ def thresholds_for(precision: str = "fp32", index_unpooling: bool = False) -> Th
                           "index unpooling: near-tie windows flip indices across runtimes; judged by argmax "
                           "agreement and p99 error (measured 0.995-0.9999 and < 9e-3)")
     if precision == "fp16" and not index_unpooling:
-        # Initial values, to be confirmed by the FP16 measurements of segdeploy/precision.py.
-        return Thresholds("max-relative", 1e-2, None, 0.99, "FP16 initial thresholds (to be confirmed by measurement)")
+        # Measured (benchmarks/fp16_drift.py, tiny zoo models trained on segdeploy.data shapes, ONNX
+        # Runtime CPU): worst max relative error 5.0e-3, worst agreement 0.99979, mIoU drift <= 5.5e-4.
+        # 1e-2 keeps 2x margin on the error; 0.99 leaves room for random-weight near-ties at export time.
+        return Thresholds("max-relative", 1e-2, None, 0.99,
+                          "FP16: relative error <= 1e-2 (measured <= 5e-3 on trained tiny models), agreement >= 99%")
     if precision == "fp16":
-        # Initial values: FP16 rounding flips more near-tie indices than FP32 reordering does.
-        return Thresholds("agreement+p99", None, 3e-2, 0.98,
-                          "FP16 with index unpooling: initial thresholds (to be confirmed by measurement)")
+        # Measured: a trained zoo SegNet scores agreement 0.996-0.997 FP16 vs FP32, one-stage unpooling
+        # nets 0.9997 with p99 relative error 6.4e-3; a broken tie rule scores far below 0.9.
+        return Thresholds("agreement+p99", None, 2e-2, 0.99,
+                          "FP16 with index unpooling: agreement >= 99% and p99 error <= 2e-2 "
+                          "(measured 0.996-0.9997 and <= 6.4e-3 on trained models)")
     raise UserInputError(f"unknown precision {precision!r}: expected fp32 or fp16")
 
 

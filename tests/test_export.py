@@ -101,13 +101,7 @@ def tiny_export(tmp_path_factory):
     return path, result
 
 
-# u2net's export alone takes ~45 s on 2 cores (graph size, not width): run it with -m slow.
-# It uses no rewrite and no op the other zoo models do not already cover.
-_SLOW_EXPORTS = {"u2net"}
-ZOO = [pytest.param(n, marks=pytest.mark.slow) if n in _SLOW_EXPORTS else n for n in list_models()]
-
-
-@pytest.mark.parametrize("name", ZOO)
+@pytest.mark.parametrize("name", list_models())
 def test_every_zoo_model_exports_dynamic_lints_clean_and_verifies(name, tmp_path):
     path = tmp_path / f"{name}.onnx"
     result = export_onnx(name, path, input_shape=(1, 3, 64, 64), config=model_info(name).test_config)
