@@ -90,12 +90,38 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
     """
     state = load_checkpoint(path)
     own = model.state_dict()
+    problems = mismatch_problems(state, own, strict=strict)
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit the model; " + "; ".join(problems))
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return model
+
+
+def mismatch_problems(
+    state: dict[str, torch.Tensor],
+    own: dict[str, torch.Tensor],
+    *,
+    strict: bool = True,
+    optional_suffixes: tuple[str, ...] = (),
+) -> list[str]:
+    """What keeps ``state`` from loading into a module whose state dict is ``own``.
+
+    Args:
+        state: the checkpoint's tensors.
+        own: ``module.state_dict()``.
+        strict: also report missing and unexpected keys (shape conflicts always count).
+        optional_suffixes: keys ending so may be missing (e.g. ``num_batches_tracked``,
+            absent from checkpoints saved before torch 0.4.1).
+
+    Returns:
+        One ``"label: key, key, ..."`` string per kind of problem; empty when it fits.
+    """
     conflicts = [
         f"{k} {tuple(v.shape)} vs model {tuple(own[k].shape)}"
         for k, v in state.items()
         if k in own and tuple(v.shape) != tuple(own[k].shape)
     ]
-    missing = [k for k in own if k not in state]
+    missing = [k for k in own if k not in state and not k.endswith(optional_suffixes)]
     unexpected = [k for k in state if k not in own]
     problems = []
     if conflicts:
@@ -104,10 +130,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool
         problems.append("missing keys: " + _few(missing))
     if strict and unexpected:
         problems.append("unexpected keys: " + _few(unexpected))
-    if problems:
-        raise CheckpointError(f"checkpoint {path} does not fit the model; " + "; ".join(problems))
-    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return model
+    return problems
 
 
 def _few(items: list[str], limit: int = 5) -> str:

@@ -137,7 +137,7 @@ def test_checkpoint_of_another_width_names_the_conflict(tmp_path):
 def test_resnet101_checkpoint_into_resnet50_names_the_extra_blocks(tmp_path):
     path = tmp_path / "r101.pth"
     torch.save(ResNet("resnet101", width_mult=0.125).state_dict(), path)
-    with pytest.raises(CheckpointError, match="unexpected: layer3.6"):
+    with pytest.raises(CheckpointError, match="unexpected keys: layer3.6"):
         load_backbone_weights(ResNet("resnet50", width_mult=0.125), path)
 
 

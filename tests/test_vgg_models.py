@@ -225,5 +225,5 @@ def test_load_backbone_weights_fills_segnet_encoder_from_vgg16_bn(tmp_path):
 def test_vgg16_weights_without_batchnorm_are_refused_by_segnet(tmp_path):
     path = tmp_path / "vgg16.pth"
     torch.save(fake_torchvision_checkpoint(VGG(width_mult=0.125), fc_width=64), path)
-    with pytest.raises(CheckpointError, match="does not fit the vgg16_bn backbone.*missing: features.1.weight"):
+    with pytest.raises(CheckpointError, match="does not fit the vgg16_bn backbone.*missing keys: features.1.weight"):
         load_backbone_weights(SegNet(width_mult=0.125), path)

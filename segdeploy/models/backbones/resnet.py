@@ -183,28 +183,16 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> lis
         CheckpointError: unreadable file, or its tensors do not fit the backbone
             (depth, ``in_channels``, ``width_mult``).
     """
-    from segdeploy.checkpoints import load_checkpoint
+    from segdeploy.checkpoints import load_checkpoint, mismatch_problems
 
     backbone = model if isinstance(model, ResNet) else getattr(model, "backbone", None)
     if not isinstance(backbone, ResNet):
         raise UserInputError(f"{type(model).__name__} has no ResNet backbone to load ImageNet weights into")
     prefix = "" if backbone is model else "backbone."
     state = {k: v for k, v in load_checkpoint(path).items() if not k.startswith("fc.")}
-    own = backbone.state_dict()
     # Checkpoints saved before torch 0.4.1 lack num_batches_tracked; it only counts training steps.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in own]
-    conflicts = [
-        f"{k} {tuple(v.shape)} vs backbone {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or conflicts:
-        problems = [
-            f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape conflicts", conflicts))
-            if items
-        ]
+    problems = mismatch_problems(state, backbone.state_dict(), optional_suffixes=("num_batches_tracked",))
+    if problems:
         raise CheckpointError(
             f"checkpoint {path} does not fit the {backbone.arch} backbone (expected torchvision {backbone.arch}"
             f" weights at width_mult 1): {'; '.join(problems)}"

@@ -146,7 +146,7 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> lis
         CheckpointError: unreadable file, or its ``features`` do not fit the
             backbone (BatchNorm or not, ``in_channels``, ``width_mult``).
     """
-    from segdeploy.checkpoints import load_checkpoint
+    from segdeploy.checkpoints import load_checkpoint, mismatch_problems
 
     backbone = model if isinstance(model, VGG) else getattr(model, "backbone", None)
     if not isinstance(backbone, VGG):
@@ -154,22 +154,10 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> lis
     prefix = "" if backbone is model else "backbone."
     state = load_checkpoint(path)
     features = {k: v for k, v in state.items() if k.startswith("features.")}
-    own = backbone.state_dict()
     # Checkpoints saved before torch 0.4.1 lack num_batches_tracked; it only counts training steps.
-    missing = [k for k in own if k not in features and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in features if k not in own]
-    conflicts = [
-        f"{k} {tuple(v.shape)} vs backbone {tuple(own[k].shape)}"
-        for k, v in features.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    if missing or unexpected or conflicts:
+    problems = mismatch_problems(features, backbone.state_dict(), optional_suffixes=("num_batches_tracked",))
+    if problems:
         kind = "vgg16_bn" if backbone.batch_norm else "vgg16"
-        problems = [
-            f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
-            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape conflicts", conflicts))
-            if items
-        ]
         raise CheckpointError(
             f"checkpoint {path} does not fit the {kind} backbone (expected torchvision {kind} weights"
             f" at width_mult 1): {'; '.join(problems)}"
