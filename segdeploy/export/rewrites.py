@@ -58,9 +58,13 @@ def unpool_first_max(
     """
     height, width = pool_input.shape[-2], pool_input.shape[-1]
     pooled_h, pooled_w = values.shape[-2], values.shape[-1]
-    # drop the last row/column of odd sizes: no window reaches them
-    covered = pool_input[..., : pooled_h * kernel, : pooled_w * kernel]
-    slots = [covered[..., a::kernel, b::kernel] for a in range(kernel) for b in range(kernel)]
+    # The end bound drops the last row/column of odd sizes (no window reaches them)
+    # inside each strided slice: a separate crop would copy the whole input in ORT.
+    slots = [
+        pool_input[..., a : pooled_h * kernel : kernel, b : pooled_w * kernel : kernel]
+        for a in range(kernel)
+        for b in range(kernel)
+    ]
     # The max comes from the slots themselves, not from a max_pool2d: a runtime may
     # compute MaxPool at another precision than the slices (ONNX Runtime's CPU FP16
     # graph runs MaxPool in FP32 on the unrounded input), and then no slot equals it.
@@ -69,7 +73,9 @@ def unpool_first_max(
         window_max = torch.maximum(window_max, slot)
     chosen = _first_max_slots(slots, window_max)
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
-    placed = torch.stack([torch.where(c, values, zero) for c in chosen], dim=2)
+    # One Where on the stacked masks ([N, C, k*k, h, w]) against values broadcast over
+    # the slot axis: in ONNX Runtime this is cheaper than k*k Wheres and a Concat of floats.
+    placed = torch.where(torch.stack(chosen, dim=2), values.unsqueeze(2), zero)
     windows = F.pixel_shuffle(placed.flatten(1, 2), kernel)  # [N, C, pooled_h*k, pooled_w*k]
     out_h, out_w = output_size[0], output_size[1]
     if same_plane:
@@ -88,23 +94,23 @@ def _first_max_slots(slots: list[torch.Tensor], window_max: torch.Tensor) -> lis
     """One boolean mask per slot, true where that slot holds PyTorch's max-pool index."""
     # Boolean logic only: ONNX Runtime has no Where for bool, TensorRT's
     # ArgMax/TopK tie-breaking is undocumented, and this needs no int64 math.
-    first_max = _first_true([slot == window_max for slot in slots])
+    # Last NaN first, scanning backwards; the NaNs seen by the end say whether the
+    # window holds one, and then start the forward scan for the first maximum as
+    # already "seen", so no maximum is chosen even if a runtime's Max dropped the NaN.
     nans = [torch.isnan(slot) for slot in slots]
-    last_nan = _first_true(nans[::-1])[::-1]
-    has_nan = nans[0]
-    for nan in nans[1:]:
-        has_nan = has_nan | nan
-    return [(has_nan & at_nan) | (~has_nan & at_max) for at_nan, at_max in zip(last_nan, first_max)]
-
-
-def _first_true(masks: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Keep each mask only where no earlier mask in the list is true."""
-    kept = [masks[0]]
-    seen = masks[0]
-    for mask in masks[1:]:
-        kept.append(mask & ~seen)
-        seen = seen | mask
-    return kept
+    at_nan = list(nans)
+    later_nan = nans[-1]
+    for i in range(len(slots) - 2, -1, -1):
+        at_nan[i] = nans[i] & ~later_nan
+        later_nan = later_nan | nans[i]
+    chosen = []
+    seen = later_nan
+    for i, slot in enumerate(slots):
+        at_max = slot == window_max
+        chosen.append((at_max & ~seen) | at_nan[i])
+        if i < len(slots) - 1:
+            seen = seen | at_max
+    return chosen
 
 
 def adaptive_avg_pool2d_exact(x: torch.Tensor, output_size: Sequence[Any]) -> torch.Tensor:
