@@ -323,7 +323,11 @@ def _benchmark_gpu(
 
 
 class _PeakRss:
-    """Peak resident memory during a block, in MiB above the resident size at its start (Linux only)."""
+    """Peak resident memory during a block, in MiB above the resident size at its start (Linux only).
+
+    RSS-based: memory the allocator reuses from pages freed earlier but still resident
+    does not count, so this is a lower bound on what inference needs.
+    """
 
     _CLEAR_REFS = Path("/proc/self/clear_refs")
     _STATUS = Path("/proc/self/status")

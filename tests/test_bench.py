@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,14 @@ def test_peak_memory_sees_native_allocations_during_the_run():
         engine = "alloc"
 
         def prepare(self, batch):
-            return lambda: np.ones(64 * 2**20 // 8).sum()  # 64 MiB, touched, then freed
+            def step():
+                # A fresh anonymous mapping: malloc could instead reuse freed pages that are
+                # still resident after earlier tests, which raises no RSS (order-dependent).
+                with mmap.mmap(-1, 64 * 2**20) as block:
+                    for offset in range(0, len(block), 4096):
+                        block[offset] = 1  # touch every page so it becomes resident
+
+            return step
 
     record = benchmark(Allocating(), np.zeros((1, 3, 4, 4), np.float32), warmup=0, iters=2)
     assert record.peak_memory_mb is not None
