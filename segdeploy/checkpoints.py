@@ -10,7 +10,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segdeploy.errors import CheckpointError
+from segdeploy.errors import CheckpointError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -56,7 +56,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         reason = operand.group(0) if operand else "not a weights-only pickle"
         raise CheckpointError(f"checkpoint {file} is corrupt or not a PyTorch weights file: {reason}") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise CheckpointError(f"checkpoint {file} is corrupt or not a PyTorch file: {reason}") from None
     return _unwrap(obj, file)
 

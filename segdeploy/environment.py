@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from segdeploy._version import __version__
+from segdeploy.errors import first_line
 
 # One line that says how to get TensorRT; build, the runner and doctor all use it.
 TENSORRT_INSTALL_HINT = (
@@ -76,7 +77,7 @@ def tensorrt_status() -> tuple[str | None, str | None]:
     except ModuleNotFoundError:
         return None, "TensorRT is not installed"
     except Exception as exc:  # installed but its shared libraries do not load
-        return None, f"TensorRT is installed but does not load ({_first_line(exc)})"
+        return None, f"TensorRT is installed but does not load ({first_line(exc)})"
     return str(getattr(trt, "__version__", "unknown")), None
 
 
@@ -134,10 +135,6 @@ def available_engines(env: dict[str, Any]) -> dict[str, str]:
         engines["trt"] = f"yes (TensorRT {env['tensorrt']} on {cuda.get('gpu')}, compute {cuda.get('compute_capability')})"
     return engines
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _module_version(name: str) -> str | None:

@@ -41,6 +41,12 @@ class MissingDependencyError(SegdeployError):
     exit_code = 5
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when it has none), for one-line errors."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok, 1 error, 2 bad input, 3 export failed, "
     "4 verification failed, 5 missing optional dependency (TensorRT, CUDA GPU, onnxruntime-gpu, matplotlib)."

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segdeploy.errors import UserInputError
+from segdeploy.errors import UserInputError, first_line
 
 if TYPE_CHECKING:
     import onnx
@@ -203,7 +203,7 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:  # ValidationError, or a C++ error for malformed protos
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         issues.append(LintIssue("warning", "-", "-", f"onnx.checker: {first}"))
 
     functions = {(f.domain, f.name): f for f in proto.functions}

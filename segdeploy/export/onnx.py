@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segdeploy._version import __version__
-from segdeploy.errors import ExportError, SegdeployError, UserInputError, VerificationError
+from segdeploy.errors import ExportError, SegdeployError, UserInputError, VerificationError, first_line
 from segdeploy.export.opset import SUPPORTED_OPSETS
 from segdeploy.fileio import check_output_path
 from segdeploy.shapes import Shape, check_shape, format_shape
@@ -484,6 +484,4 @@ def _verify(path: Path, loaded: Any, shape: Shape, precision: str, index_unpooli
 def _first_line(exc: BaseException) -> str:
     if isinstance(exc, SegdeployError):
         return str(exc)
-    text = str(exc).strip()
-    first = text.splitlines()[0] if text else ""
-    return f"{type(exc).__name__}: {first}"[:400]
+    return f"{type(exc).__name__}: {first_line(exc)}"[:400]

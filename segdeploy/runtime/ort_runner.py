@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from segdeploy.errors import MissingDependencyError, UserInputError
+from segdeploy.errors import MissingDependencyError, UserInputError, first_line
 from segdeploy.runtime.base import Runner, check_batch
 
 INPUT_NAME = "input"  # what segdeploy export names the image input
@@ -79,7 +79,7 @@ class OrtRunner(Runner):
         try:
             self.session = ort.InferenceSession(self.source, sess_options=options, providers=self.providers)
         except Exception as exc:  # ORT raises InvalidProtobuf, Fail, InvalidGraph... for bad files
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise UserInputError(f"{self.name} is not an ONNX model ONNX Runtime can load: {first}") from None
         self._inspect_io()
 

@@ -530,10 +530,6 @@ def _parse_error_message(parser: Any, onnx_path: Path) -> str:
     return f"TensorRT cannot parse {onnx_path}: {shown}{more}; run `segdeploy lint {onnx_path}`"
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
 
 def _as_shape(value: ShapeLike | None, which: str) -> Shape | None:
     if value is None:
