@@ -28,6 +28,7 @@ Method, in one place:
 
 from __future__ import annotations
 
+import functools
 import gc
 import hashlib
 import json
@@ -455,12 +456,32 @@ def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
 def cached_onnx_path(
     name: str, *, config: dict[str, Any], precision: str, opset: int = DEFAULT_OPSET, cache_dir: str | os.PathLike[str] | None = None
 ) -> Path:
-    """``<cache>/onnx/<name>-<opset>-<precision>-<hash>.onnx``; the hash covers the config and segdeploy's version."""
-    from segdeploy._version import __version__
-
-    key = json.dumps({"config": config, "version": __version__}, sort_keys=True, default=str)
+    """``<cache>/onnx/<name>-<opset>-<precision>-<hash>.onnx``; the hash covers the config and ``export_fingerprint()``."""
+    key = json.dumps({"config": config, "export": export_fingerprint()}, sort_keys=True, default=str)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     return cache_root(cache_dir) / "onnx" / f"{name}-{opset}-{precision}-{digest}.onnx"
+
+
+@functools.lru_cache(maxsize=1)
+def export_fingerprint() -> str:
+    """A digest of what decides an exported file: segdeploy's model and export code and the exporters' versions.
+
+    The version string alone would keep serving a stale file to anyone editing a
+    model or a rewrite in a checkout; hashing the sources costs a few milliseconds.
+    """
+    from importlib import metadata
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    sources = [package / "precision.py", *sorted((package / "models").rglob("*.py")), *sorted((package / "export").rglob("*.py"))]
+    for source in sources:
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes() + b"\0")
+    for dist in ("torch", "onnx", "onnxscript", "onnxsim", "onnxconverter-common"):
+        try:
+            digest.update(f"{dist}={metadata.version(dist)}\0".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{dist}=none\0".encode())
+    return digest.hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- a whole run

@@ -17,3 +17,20 @@ def _torch_threads():
     torch.set_num_threads(1)
     torch.manual_seed(0)
     yield
+
+
+class CodeRunningPayload:
+    """Unpickling this calls ``open(marker, "w")``: proof of code execution if the file appears."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.fixture
+def code_running_payload(tmp_path):
+    """A ``(payload, marker)`` pair: ``marker`` exists afterwards only if ``payload`` was unpickled."""
+    marker = tmp_path / "pwned"
+    return CodeRunningPayload(str(marker)), marker

@@ -96,18 +96,10 @@ def test_verbose_shows_the_traceback(tmp_path):
 
 
 # --------------------------------------------------------------------------- checkpoints
-class _Payload:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path):
-    marker = tmp_path / "pwned"
+def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path, code_running_payload):
+    payload, marker = code_running_payload
     evil = tmp_path / "evil.pt"
-    torch.save({"state_dict": _Payload(str(marker))}, evil)
+    torch.save({"state_dict": payload}, evil)
     out_file = tmp_path / "x.onnx"
     code, out = _invoke("export", "unet", "--weights", str(evil), "--input-shape", "1x3x64x64", "-o", str(out_file))
     assert code == 2

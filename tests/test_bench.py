@@ -252,6 +252,35 @@ def test_cache_path_follows_env_and_changes_with_config(tmp_path, monkeypatch):
     assert a == bench.cached_onnx_path("unet", config={"width_mult": 0.125}, precision="fp32")
 
 
+def test_cache_path_changes_when_the_export_code_changes(tmp_path, monkeypatch):
+    # A stale export must not be served after a model or rewrite is edited in a checkout.
+    before = bench.cached_onnx_path("unet", config={}, precision="fp32", cache_dir=tmp_path)
+    monkeypatch.setattr(bench, "export_fingerprint", lambda: "edited-rewrites")
+    after = bench.cached_onnx_path("unet", config={}, precision="fp32", cache_dir=tmp_path)
+    assert before != after and before.parent == after.parent
+
+
+def test_export_fingerprint_covers_the_rewrite_sources(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    real_read = Path.read_bytes
+    bench.export_fingerprint.cache_clear()
+    original = bench.export_fingerprint()
+
+    def edited(path):
+        data = real_read(path)
+        return data + b"# edited" if path.name == "rewrites.py" else data
+
+    monkeypatch.setattr(Path, "read_bytes", edited)
+    bench.export_fingerprint.cache_clear()
+    try:
+        assert bench.export_fingerprint() != original
+    finally:
+        monkeypatch.undo()
+        bench.export_fingerprint.cache_clear()
+    assert bench.export_fingerprint() == original
+
+
 # --------------------------------------------------------------------------- CLI
 @pytest.fixture
 def cli():

@@ -16,29 +16,19 @@ def _tiny() -> nn.Module:
     return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4))
 
 
-class _Payload:
-    """Unpickling this calls ``open(marker, "w")``: proof of code execution if the file appears."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def test_malicious_pickle_is_refused_without_executing(tmp_path):
-    marker = tmp_path / "pwned"
+def test_malicious_pickle_is_refused_without_executing(tmp_path, code_running_payload):
+    payload, marker = code_running_payload
     evil = tmp_path / "evil.pt"
-    torch.save({"state_dict": _Payload(str(marker))}, evil)
+    torch.save({"state_dict": payload}, evil)
     with pytest.raises(CheckpointError, match="refused: loading it would run code"):
         load_checkpoint(evil)
     assert not marker.exists()
 
 
-def test_raw_pickle_file_is_refused_without_executing(tmp_path):
-    marker = tmp_path / "pwned"
+def test_raw_pickle_file_is_refused_without_executing(tmp_path, code_running_payload):
+    payload, marker = code_running_payload
     evil = tmp_path / "evil.pkl"
-    evil.write_bytes(pickle.dumps(_Payload(str(marker))))
+    evil.write_bytes(pickle.dumps(payload))
     with pytest.raises(CheckpointError):
         load_checkpoint(evil)
     assert not marker.exists()
