@@ -435,14 +435,9 @@ def check_request(targets: Sequence[BenchTarget], engines: Sequence[str], precis
         if target.kind == "engine" and set(engines) != {"trt"}:
             raise UserInputError(f"{target.spec} is a TensorRT engine: it runs only with --engine trt")
     if "trt" in engines:
+        from segdeploy.runtime.trt_build import require_tensorrt
+
         require_tensorrt()
-
-
-def require_tensorrt() -> None:
-    """Raise ``MissingDependencyError`` unless TensorRT (10 or newer) and a CUDA GPU are usable."""
-    from segdeploy.runtime.trt_build import require_tensorrt as require
-
-    require()
 
 
 def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:

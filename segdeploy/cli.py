@@ -434,10 +434,6 @@ def bench_cmd(
     if iters is not None and seconds is not None:
         raise UserInputError("give --iters or --seconds, not both")
     engines = list(engine or [])
-    if "trt" in engines:  # before importing anything heavy or exporting
-        from segdeploy.bench import require_tensorrt
-
-        require_tensorrt()
     from segdeploy import report
 
     for path in (json_path, csv_path):

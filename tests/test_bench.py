@@ -239,7 +239,7 @@ def no_tensorrt(monkeypatch):
 
 def test_trt_without_tensorrt_is_a_missing_dependency(no_tensorrt):
     with pytest.raises(MissingDependencyError, match="TensorRT"):
-        bench.require_tensorrt()
+        bench.check_request(bench.resolve_targets(["unet"]), ["trt"], "fp32")
 
 
 def test_cache_path_follows_env_and_changes_with_config(tmp_path, monkeypatch):
