@@ -1,12 +1,18 @@
-"""PyTorch -> ONNX: capture, graph rewrites, export, opset, simplify, check, lint, verify.
+"""PyTorch -> ONNX: the pipeline behind ``segdeploy export``.
 
-``export_onnx`` is the whole pipeline behind ``segdeploy export``::
+::
 
-    torch.export (dynamic N/H/W, example sizes >= 2)
-      -> rewrites (segdeploy.export.rewrites), checked against the original in PyTorch
-      -> torch.onnx.export(dynamo=True) at opset 18 -> exact requested opset
+    load -> probe the sizes the model accepts (fake tensors)
+      -> wrap with fused pre/post-processing (segdeploy.export.io)
+      -> torch.export, once (dynamic N/H/W, example sizes >= 2)
+      -> rewrites spliced into the captured program, checked against the model in PyTorch
+      -> translate the program to ONNX (opset 18) -> exact requested opset
       -> onnxsim -> metadata -> [FP16] -> onnx.checker(full_check)
-      -> lint for TensorRT -> verify in ONNX Runtime -> atomic write
+      -> lint for TensorRT -> verify against PyTorch -> atomic write
+
+The program is captured once and edited in place: exporting a rewritten
+module would make torch trace it a second time, which is slow and can fail on
+guards the first trace solved.
 """
 
 from __future__ import annotations
@@ -23,9 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segdeploy._version import __version__
-from segdeploy.errors import ExportError, SegdeployError, UserInputError, VerificationError, first_line
-from segdeploy.export.opset import SUPPORTED_OPSETS
+from segdeploy.artifact import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    ColorOrder,
+    InputFormat,
+    Metadata,
+    OutputKind,
+    Precision,
+    Preprocessing,
+    check_opset,
+    dynamic_axes,
+    file_input_shape,
+    parse_choice,
+    parse_precision,
+)
+from segdeploy.errors import ExportError, UserInputError, VerificationError
 from segdeploy.fileio import check_output_path
 from segdeploy.shapes import Shape, check_shape, format_shape
 
@@ -34,27 +55,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-DYNAMIC_AXES = {0: "batch", 2: "height", 3: "width"}
-"""Names of the dynamic input/output axes (unless ``dynamic=False``)."""
-
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 _EXPORTER_OPSET = 18  # the opset torch's exporter writes natively
-STAGES = ("capture", "rewrite", "onnx", "simplify", "check", "lint", "verify")
-
-METADATA_KEYS = {
-    "architecture": "zoo name, or file.py:factory for user modules, or the module's class name",
-    "num_classes": "output channels of the logits",
-    "in_channels": "input image channels",
-    "trace_shape": "the input shape the user asked for, NxCxHxW",
-    "dynamic_axes": "comma-separated input axes that are dynamic, e.g. 'batch,height,width' ('' when static)",
-    "min_size": "smallest height/width the model accepts",
-    "rewrites": "comma-separated segdeploy rewrites applied ('' when none)",
-    "precision": "fp32 or fp16",
-    "opset": "default-domain ONNX opset",
-    "segdeploy_version": "version of segdeploy that wrote the file",
-}
-"""The ``metadata_props`` segdeploy writes, all strings (see ``read_metadata``)."""
+STAGES = ("probe", "capture", "rewrite", "onnx", "simplify", "check", "lint", "verify")
 
 
 @dataclass
@@ -62,52 +64,41 @@ class ExportResult:
     """What ``export_onnx`` wrote and what it found on the way."""
 
     path: Path
-    opset: int
+    metadata: Metadata
     ir_version: int
-    input_shape: Shape
-    dynamic: bool
-    precision: str
-    rewrites: list[str]
-    metadata: dict[str, str]
+    size_rule: Any = None  # segdeploy.export.capture.SizeRule
     lint: Any = None  # segdeploy.export.lint.LintReport | None
     verification: Any = None  # segdeploy.verify.VerificationReport | None
     fp32_nodes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
+
+    @property
+    def tensorrt_ready(self) -> bool:
+        """The TensorRT lint found nothing that stops TensorRT's parser."""
+        return self.lint is None or self.lint.ok
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what ``segdeploy export --report`` writes)."""
         return {
             "path": str(self.path),
-            "opset": self.opset,
+            "opset": self.metadata.opset,
             "ir_version": self.ir_version,
-            "input_shape": format_shape(self.input_shape),
-            "dynamic": self.dynamic,
-            "precision": self.precision,
-            "rewrites": list(self.rewrites),
-            "metadata": dict(self.metadata),
-            "lint": _to_dict(self.lint),
-            "verification": _to_dict(self.verification),
+            "input_shape": format_shape(self.metadata.trace_shape) if self.metadata.trace_shape else None,
+            "dynamic": not self.metadata.static,
+            "precision": self.metadata.precision.value,
+            "rewrites": list(self.metadata.rewrites),
+            "sizes": self.size_rule.describe() if self.size_rule is not None else None,
+            "metadata": self.metadata.to_props(),
+            "tensorrt_ready": self.tensorrt_ready,
+            "lint": self.lint.to_dict() if self.lint is not None else None,
+            "verification": self.verification.to_dict() if self.verification is not None else None,
             "fp32_nodes": list(self.fp32_nodes),
             "warnings": list(self.warnings),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             "seconds": round(self.seconds, 3),
         }
-
-
-def _to_dict(report: Any) -> Any:
-    return report.to_dict() if report is not None and hasattr(report, "to_dict") else None
-
-
-def read_metadata(path_or_model: str | os.PathLike[str] | onnx.ModelProto) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX model as a dict (keys: ``METADATA_KEYS``).
-
-    Raises:
-        UserInputError: the file is missing or not ONNX.
-    """
-    from segdeploy.export.lint import load_onnx
-
-    model = load_onnx(path_or_model)
-    return {prop.key: prop.value for prop in model.metadata_props}
 
 
 def export_onnx(
@@ -117,13 +108,18 @@ def export_onnx(
     input_shape: Sequence[int],
     opset: int = 17,
     dynamic: bool = True,
-    precision: str = "fp32",
+    precision: Precision | str = Precision.FP32,
     simplify: bool = True,
     verify: bool = True,
-    num_classes: int = 21,
-    in_channels: int = 3,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
     weights: str | os.PathLike[str] | None = None,
     config: dict[str, Any] | None = None,
+    input_format: InputFormat | str = InputFormat.FLOAT32_NCHW,
+    color: ColorOrder | str = ColorOrder.RGB,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    output: OutputKind | str = OutputKind.LOGITS,
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a segmentation model to an ONNX file TensorRT's parser accepts, and prove parity.
@@ -131,114 +127,173 @@ def export_onnx(
     Args:
         model_or_name: an ``nn.Module``, a zoo name or ``path/to/file.py:factory``.
         path: the ``.onnx`` file to write (atomically; not written if verification fails).
-        input_shape: ``(N, C, H, W)`` recorded as the trace shape and used for verification.
+        input_shape: NCHW shape to trace and verify at; its C is the model's input channels.
         opset: default-domain opset to write, 13 to 20.
-        dynamic: dynamic ``batch``/``height``/``width`` axes; ``False`` fixes ``input_shape``.
-        precision: ``"fp32"`` or ``"fp16"`` (FP16 weights and math, float32 input/output).
+        dynamic: dynamic batch/height/width axes; ``False`` fixes ``input_shape``.
+        precision: ``fp32`` or ``fp16`` (FP16 weights and math, float32 input/output).
         simplify: run onnxsim (a failure is recorded as a warning, not raised).
-        verify: compare ONNX Runtime with PyTorch at several shapes before writing.
-        num_classes, in_channels, weights, config: how to build a named model.
+        verify: compare the file with PyTorch at several valid shapes before writing.
+        num_classes, weights, config: how to build a named model (``num_classes`` default 21;
+            an ``nn.Module``'s classes are read from its output).
+        in_channels: must agree with ``input_shape`` when given.
+        input_format: ``float32-nchw`` (normalized by the caller), ``uint8-nhwc`` or ``uint8-nchw`` (raw frames,
+            normalized inside the graph with ``mean``/``std`` and ``color``).
+        color: channel order of the input (``bgr``: flipped to RGB inside the graph for uint8 input).
+        mean, std: per-channel, 0..1 units, RGB order; default ImageNet's for 3 channels.
+        output: ``logits``, ``probs`` (softmax) or ``classmap`` (int32 argmax).
         progress: called with each stage name in ``STAGES`` as it starts.
 
     Returns:
         An ``ExportResult``.
 
     Raises:
-        UserInputError: bad model name, shape, opset or precision.
+        UserInputError: bad model name, shape, opset, option, or a model that raises in PyTorch.
         ExportError: capture, rewrite, conversion or checking failed.
-        VerificationError: ONNX Runtime disagreed with PyTorch; nothing is written, and
+        VerificationError: the file disagrees with PyTorch; nothing is written, and
             ``exc.report`` / ``exc.result`` hold the report and the would-be ``ExportResult``.
     """
     import torch
 
+    from segdeploy.export.capture import capture, probe_sizes
+    from segdeploy.export.io import FusedIO
     from segdeploy.export.rewrites import apply_rewrites
 
     started = time.perf_counter()
-    if opset not in SUPPORTED_OPSETS:
-        raise UserInputError(
-            f"opset {opset} is not supported: choose {SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1}"
-        )
-    if precision not in ("fp32", "fp16"):
-        raise UserInputError(f"precision {precision!r} is not supported: choose fp32 or fp16")
+    timings: dict[str, float] = {}
+    check_opset(opset)
+    precision = parse_precision(precision)
+    if precision not in (Precision.FP32, Precision.FP16):
+        raise UserInputError(f"precision {precision.value} needs calibration data: use segdeploy.quantize")
+    shape = check_shape(tuple(input_shape))  # type: ignore[arg-type]
+    if in_channels is not None and in_channels != shape[1]:
+        raise UserInputError(f"in_channels {in_channels} disagrees with input shape {format_shape(shape)}")
+    preprocessing = _preprocessing(input_format, color, mean, std, shape[1])
+    output = parse_choice(OutputKind, output, "output")
     check_output_path(path)  # before minutes of export work, not after
-    step = progress or (lambda stage: None)
-    loaded = _load(model_or_name, num_classes, in_channels, weights, config)
-    shape = check_shape(tuple(input_shape), in_channels=loaded.in_channels, min_size=loaded.min_size)  # type: ignore[arg-type]
+    clock = _StageClock(progress, timings)
+
+    clock("probe")
+    loaded = _load(model_or_name, num_classes, shape[1], weights, config)
+    shape = check_shape(shape, min_size=loaded.min_size)
+    rule = probe_sizes(loaded.module, shape, min_size_hint=loaded.min_size)
     notes: list[str] = []
+    if rule.multiple > 1 or rule.min_size > loaded.min_size:
+        notes.append(f"the model {rule.describe()}")
+    if dynamic and (shape[2] < 2 or shape[3] < 2):
+        raise UserInputError(f"a dynamic export needs height and width of at least 2, got {format_shape(shape)}")
 
-    step("capture")
-    example = torch.randn(*_trace_example_shape(shape, dynamic))
-    captured = _capture(loaded.module, example, dynamic)
-    graph_module = _unlocked_module(captured)
+    clock("capture")
+    wrapper = FusedIO(loaded.module, preprocessing, output).eval()
+    axes = dynamic_axes(preprocessing.input_format) if dynamic else None
+    example_shape = (max(shape[0], 2) if dynamic else shape[0], *shape[1:])  # torch.export specializes size 1
+    example = _example(file_input_shape(example_shape, preprocessing.input_format), preprocessing)  # type: ignore[arg-type]
+    program = capture(wrapper, example, axes)
 
-    step("rewrite")
-    rewrites = apply_rewrites(graph_module)
-    _check_rewritten(loaded.module, graph_module, example, rewrites)
-    missing = [name for name in loaded.rewrites_hint if name not in rewrites]
+    clock("rewrite")
+    found = apply_rewrites(program)
+    missing = [name for name in loaded.rewrites_hint if name not in found.applied]
     if missing:
         notes.append(f"the registry lists rewrites {missing} for this model but they did not match its graph")
+    if found.applied:
+        _check_rewritten(wrapper, program, _check_shape(shape, rule), preprocessing, found.applied)
 
-    step("onnx")
-    # unchanged graphs go to the exporter as captured: no second torch.export trace
-    proto = _to_onnx(graph_module if rewrites else captured, example, dynamic, opset)
+    clock("onnx")
+    proto, renamed = _to_onnx(program, example, opset, OUTPUT_NAMES[output], axes, [n for n, _ in found.unpool_inputs])
 
-    step("simplify")
+    clock("simplify")
     if simplify:
         proto = _simplify(proto, notes)
-    metadata = {
-        "architecture": loaded.name,
-        "num_classes": str(loaded.num_classes),
-        "in_channels": str(loaded.in_channels),
-        "trace_shape": format_shape(shape),
-        "dynamic_axes": ",".join(DYNAMIC_AXES.values()) if dynamic else "",
-        "min_size": str(loaded.min_size),
-        "rewrites": ",".join(rewrites),
-        "precision": precision,
-        "opset": str(opset),
-        "segdeploy_version": __version__,
-    }
+    values = {out for node in proto.graph.node for out in node.output} | {i.name for i in proto.graph.input}
+    unpool_inputs = tuple((renamed[name], k) for name, k in found.unpool_inputs if renamed.get(name) in values)
+    if len(unpool_inputs) != len(found.unpool_inputs):
+        notes.append("some unpooling inputs were optimized away: verification cannot read the window choices")
+        unpool_inputs = ()
+    metadata = Metadata(
+        architecture=loaded.name, source=loaded.source, config=dict(config or {}) if loaded.source != "object" else {},
+        num_classes=rule.out_channels, in_channels=shape[1], trace_shape=shape,
+        dynamic_axes=tuple(axes.values()) if axes else (), min_size=rule.min_size, size_multiple=rule.multiple,
+        rewrites=tuple(found.applied), precision=precision, opset=opset, preprocessing=preprocessing,
+        output=output, unpool_inputs=unpool_inputs,
+    )  # fmt: skip
     fp32_nodes: list[str] = []
-    if precision == "fp16":
-        proto, fp32_nodes = _to_fp16(proto)
+    if precision is Precision.FP16:
+        from segdeploy.precision import convert_to_fp16
+
+        proto, fp32_nodes = convert_to_fp16(proto)
     _set_metadata(proto, metadata)
 
-    step("check")
+    clock("check")
     _check(proto, opset)
 
-    index_unpooling = "max_unpool" in rewrites or bool(loaded.info and loaded.info.index_unpooling)
+    result = ExportResult(Path(path), metadata, int(proto.ir_version), rule, fp32_nodes=fp32_nodes, warnings=notes,
+                          stage_seconds=timings)
     from segdeploy.fileio import atomic_output
 
-    result = ExportResult(
-        path=Path(path),
-        opset=opset,
-        ir_version=int(proto.ir_version),
-        input_shape=shape,
-        dynamic=dynamic,
-        precision=precision,
-        rewrites=rewrites,
-        metadata=metadata,
-        fp32_nodes=fp32_nodes,
-        warnings=notes,
-    )
     with atomic_output(path) as tmp:
         _save(proto, tmp)
-        step("lint")
-        result.lint = _lint(tmp, notes)
+        clock("lint")
+        from segdeploy.export.lint import lint_onnx
+
+        result.lint = lint_onnx(tmp)
         if verify:
-            step("verify")
-            result.verification = report = _verify(tmp, loaded, shape, precision, index_unpooling)
+            clock("verify")
+            from segdeploy.runtime import open_runner
+            from segdeploy.verify import verification_shapes, verify
+
+            shapes = verification_shapes(shape, rule.min_size, rule.multiple, static=not dynamic)
+            candidate = open_runner(tmp, engine="ort", precision=precision)  # the temporary file: name the engine
+            result.verification = report = verify(candidate, loaded.module, shapes=shapes, metadata=metadata)
+            clock(None)
             result.seconds = time.perf_counter() - started
             if not report.passed:
-                error = VerificationError(f"ONNX Runtime disagrees with PyTorch, {path} not written: {report.worst()}")
+                error = VerificationError(f"the exported file disagrees with PyTorch, {path} not written: {report.worst()}")
                 error.report = report  # type: ignore[attr-defined]
                 error.result = result  # type: ignore[attr-defined]
                 raise error
+    clock(None)
     result.seconds = time.perf_counter() - started
     return result
 
 
+class _StageClock:
+    """Reports each stage as it starts and keeps how long each took."""
+
+    def __init__(self, progress: Callable[[str], None] | None, timings: dict[str, float]) -> None:
+        self.progress, self.timings = progress, timings
+        self.stage: str | None = None
+        self.began = time.perf_counter()
+
+    def __call__(self, stage: str | None) -> None:
+        now = time.perf_counter()
+        if self.stage is not None:
+            self.timings[self.stage] = self.timings.get(self.stage, 0.0) + now - self.began
+        self.stage, self.began = stage, now
+        if stage is not None and self.progress is not None:
+            self.progress(stage)
+
+
 # --------------------------------------------------------------------------- stages
-def _load(model_or_name: Any, num_classes: int, in_channels: int, weights: Any, config: dict[str, Any] | None) -> Any:
+def _preprocessing(input_format: Any, color: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
+                   channels: int) -> Preprocessing:
+    fmt = parse_choice(InputFormat, input_format, "input format")
+    order = parse_choice(ColorOrder, color, "color order")
+    if mean is None and std is None and channels != 3:
+        if fmt is not InputFormat.FLOAT32_NCHW:
+            raise UserInputError(f"a {channels}-channel model with {fmt.value} input needs --mean and --std")
+        mean, std = (0.0,) * channels, (1.0,) * channels
+    mean = tuple(float(v) for v in (mean if mean is not None else IMAGENET_MEAN))
+    std = tuple(float(v) for v in (std if std is not None else IMAGENET_STD))
+    if len(mean) != channels or len(std) != channels:
+        raise UserInputError(f"--mean and --std need {channels} values (one per input channel), got {len(mean)} and {len(std)}")
+    if any(not s > 0 for s in std):
+        raise UserInputError(f"--std values must be positive, got {','.join(f'{s:g}' for s in std)}")
+    if order is ColorOrder.BGR and channels != 3:
+        raise UserInputError(f"--color bgr needs a 3-channel model, this one takes {channels}")
+    return Preprocessing(fmt, order, mean, std)
+
+
+def _load(model_or_name: Any, num_classes: int | None, in_channels: int, weights: Any,
+          config: dict[str, Any] | None) -> Any:
     from torch import nn
 
     from segdeploy.models.loading import LoadedModel, load_model
@@ -248,128 +303,127 @@ def _load(model_or_name: Any, num_classes: int, in_channels: int, weights: Any, 
             from segdeploy.checkpoints import load_weights
 
             load_weights(model_or_name, weights)
-        return LoadedModel(
-            module=model_or_name.eval(),
-            name=type(model_or_name).__name__,
-            info=None,
-            num_classes=num_classes,
-            in_channels=in_channels,
-            min_size=1,
-        )
+        return LoadedModel(module=model_or_name.eval(), name=type(model_or_name).__name__, info=None,
+                           num_classes=num_classes or 0, in_channels=in_channels, min_size=1, source="object")
     if not isinstance(model_or_name, str):
         raise UserInputError(f"expected an nn.Module, a zoo name or file.py:factory, got {type(model_or_name).__name__}")
-    loaded = load_model(model_or_name, num_classes=num_classes, in_channels=in_channels, weights=weights, **(config or {}))
-    if loaded.info is None:
-        loaded.name = model_or_name  # so `segdeploy verify` can rebuild a user module from the metadata
-    return loaded
+    return load_model(model_or_name, num_classes=num_classes or 21, in_channels=in_channels, weights=weights,
+                      **(config or {}))
 
 
-def _trace_example_shape(shape: Shape, dynamic: bool) -> Shape:
-    """torch.export specializes dims of example size 0 or 1: trace dynamic axes at >= 2."""
-    if not dynamic:
-        return shape
-    n, c, h, w = shape
-    return (max(n, 2), c, max(h, 2), max(w, 2))
-
-
-def _capture(module: nn.Module, example: torch.Tensor, dynamic: bool) -> Any:
-    import torch
-    from torch.export import Dim
-
-    dynamic_shapes = ({axis: Dim.AUTO for axis in DYNAMIC_AXES},) if dynamic else None
-    try:
-        with torch.no_grad():
-            program = torch.export.export(module, (example,), dynamic_shapes=dynamic_shapes)
-    except Exception as exc:
-        raise ExportError(f"torch.export could not capture the model: {_first_line(exc)}") from exc
-    if dynamic:
-        user_input = program.graph_signature.user_inputs[0]
-        placeholder = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == user_input)
-        dims = placeholder.meta["val"].shape
-        fixed = [name for axis, name in DYNAMIC_AXES.items() if isinstance(dims[axis], int)]
-        if fixed:
-            raise ExportError(
-                f"the model only works at its traced {', '.join(fixed)} "
-                f"({format_shape(tuple(example.shape))}); export with --static or fix the model"
-            )
-    return program
-
-
-def _unlocked_module(program: Any) -> Any:
-    """The captured program as a GraphModule the rewrites can edit."""
-    graph_module = program.module()
-    for sub in graph_module.modules():
-        sub.training = False  # ops were captured in eval mode; this only silences the exporter's warning
-    return graph_module
-
-
-def _check_rewritten(original: nn.Module, rewritten: Any, example: torch.Tensor, rewrites: list[str]) -> None:
-    """Rewritten graph against the original model, in PyTorch, before anything is exported."""
+def _example(shape: Sequence[int], preprocessing: Preprocessing) -> torch.Tensor:
     import torch
 
-    if not rewrites:
-        return
+    if preprocessing.fused:
+        return torch.randint(0, 256, tuple(shape), dtype=torch.uint8)
+    return torch.randn(*shape)
+
+
+def _check_shape(shape: Shape, rule: Any) -> Shape:
+    """A small valid shape (batch 2, sides near 64) to check the rewritten program at: cheap, and not the traced one."""
+    def side(s: int) -> int:
+        target = max(rule.min_size, min(s, 64) + 1)
+        return -(-target // rule.multiple) * rule.multiple
+    return (2, shape[1], side(shape[2]), side(shape[3] + 2))
+
+
+def _check_rewritten(wrapper: nn.Module, program: Any, shape: Shape, preprocessing: Preprocessing,
+                     rewrites: list[str]) -> None:
+    """The edited program against the model in PyTorch, before anything is translated."""
+    import torch
+
+    example = _example(file_input_shape(shape, preprocessing.input_format), preprocessing)
     with torch.no_grad():
-        expected = _main_output(original(example))
-        got = _main_output(rewritten(example))
+        expected = wrapper(example)
+        got = program.module()(example)
     if expected.shape != got.shape:
         raise ExportError(f"rewrites {rewrites} changed the output shape {tuple(expected.shape)} -> {tuple(got.shape)}")
+    if not expected.is_floating_point():
+        same = float((expected == got).float().mean())
+        if same < 0.999:  # a class map: a near-tie may round the other way, nothing more
+            raise ExportError(f"rewrites {rewrites} changed {1 - same:.2%} of the class map in PyTorch")
+        return
     scale = float(expected.abs().max()) or 1.0
     error = float((expected - got).abs().max()) / scale
     if not error <= 1e-5:  # also catches NaN
         raise ExportError(f"rewrites {rewrites} changed the model's output in PyTorch (relative error {error:.3g})")
 
 
-def _main_output(output: Any) -> torch.Tensor:
-    if isinstance(output, (tuple, list)):
-        return output[0]
-    if isinstance(output, dict):
-        return next(iter(output.values()))
-    return output
-
-
-def _to_onnx(model: Any, example: torch.Tensor, dynamic: bool, opset: int) -> onnx.ModelProto:
+def _to_onnx(program: Any, example: torch.Tensor, opset: int, output_name: str, axes: dict[int, str] | None,
+             track: Sequence[str] = ()) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The ONNX model, and the ONNX value names of the captured program's nodes named in ``track``."""
     import onnx.helper
 
+    from segdeploy.export.capture import describe_exception
     from segdeploy.export.opset import convert_opset
 
     try:
         with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnx_ir", "onnxscript"):
             warnings.simplefilter("ignore")  # deprecation chatter from torch internals, not the user's model
-            program = _run_torch_exporter(model, example, dynamic)
+            onnx_program = _run_torch_exporter(program, example, output_name)
     except Exception as exc:
-        raise ExportError(f"torch.onnx.export failed: {_first_line(exc)}") from exc
-    proto = program.model_proto
+        raise ExportError(f"translating the captured model to ONNX failed: {describe_exception(exc)}") from exc
+    proto = onnx_program.model_proto
     del proto.metadata_props[:]  # the exporter's own (stack traces, name scopes) live on nodes only
     for node in proto.graph.node:
         del node.metadata_props[:]
+    if axes:
+        _name_dynamic_axes(proto, axes)
     proto = convert_opset(proto, opset)
     # the lowest IR version that can carry this opset: loadable by older runtimes and TensorRT
     proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
-    return proto
+    return proto, _value_names(onnx_program, track)
 
 
-def _run_torch_exporter(model: Any, example: torch.Tensor, dynamic: bool) -> Any:
-    """``torch.onnx.export(dynamo=True)`` of a GraphModule or ExportedProgram at its native opset, axes named."""
+def _value_names(onnx_program: Any, track: Sequence[str]) -> dict[str, str]:
+    """Follow nodes of the captured program to the names the exporter gave them.
+
+    The exporter decomposes the program first, which renames nodes (``relu_`` becomes ``relu``); each
+    decomposed node remembers the nodes it came from (``meta["from_node"]``), and ONNX values are named
+    after decomposed nodes.
+    """
+    wanted = set(track)
+    found: dict[str, str] = {}
+    if not wanted:
+        return found
+    graph = getattr(getattr(onnx_program, "exported_program", None), "graph", None)
+    for node in getattr(graph, "nodes", ()):
+        stack, seen = list(node.meta.get("from_node") or ()), set()
+        while stack:
+            source = stack.pop()
+            if id(source) in seen:
+                continue
+            seen.add(id(source))
+            if source.name in wanted:
+                found[source.name] = node.name  # the last node made from it is its output
+            stack.extend(getattr(source, "from_node", None) or ())
+        if node.name in wanted and node.name not in found:
+            found[node.name] = node.name
+    return found
+
+
+def _run_torch_exporter(program: Any, example: torch.Tensor, output_name: str) -> Any:
+    """Translate the captured program at the exporter's native opset (no second torch.export trace)."""
     import torch
-    from torch.export import Dim
 
-    named_axes = (dict(DYNAMIC_AXES),) if dynamic else None
     cached = _cached_exporter()
     if cached is None:
-        return torch.onnx.export(
-            model, (example,), dynamo=True, opset_version=_EXPORTER_OPSET, dynamic_shapes=named_axes,
-            input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False, verbose=False,
-        )
+        return torch.onnx.export(program, (example,), dynamo=True, opset_version=_EXPORTER_OPSET,
+                                 input_names=[INPUT_NAME], output_names=[output_name], external_data=False,
+                                 verbose=False)
     core, registry = cached
-    program = core.export(
-        model, (example,), registry=registry, opset_version=_EXPORTER_OPSET,
-        dynamic_shapes=({axis: Dim.AUTO for axis in DYNAMIC_AXES},) if dynamic else None,
-        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], verbose=False,
-    )
-    if dynamic:
-        program._rename_dynamic_axes(named_axes)
-    return program
+    return core.export(program, (example,), registry=registry, opset_version=_EXPORTER_OPSET,
+                       input_names=[INPUT_NAME], output_names=[output_name], verbose=False)
+
+
+def _name_dynamic_axes(proto: onnx.ModelProto, axes: dict[int, str]) -> None:
+    """Give the input's symbolic dims their names (batch, height, width) everywhere they appear."""
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    renames = {dims[axis].dim_param: name for axis, name in axes.items() if dims[axis].dim_param}
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renames:
+                dim.dim_param = renames[dim.dim_param]
 
 
 @contextlib.contextmanager
@@ -396,11 +450,9 @@ def _cached_exporter() -> tuple[Any, Any] | None:
     otherwise fall back to the public call.
     """
     try:
-        from torch.onnx._internal.exporter import _core, _onnx_program, _registration
+        from torch.onnx._internal.exporter import _core, _registration
 
         if "registry" not in inspect.signature(_core.export).parameters:
-            return None
-        if not hasattr(_onnx_program.ONNXProgram, "_rename_dynamic_axes"):
             return None
         return _core, _registration.ONNXRegistry.from_torchlib(opset_version=_EXPORTER_OPSET)
     except Exception:  # internals moved: the public call still works
@@ -408,12 +460,14 @@ def _cached_exporter() -> tuple[Any, Any] | None:
 
 
 def _simplify(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    from segdeploy.errors import first_line
+
     try:
         import onnxsim
 
         simplified, ok = onnxsim.simplify(proto)
     except Exception as exc:  # onnxsim is an optimisation: keep the unsimplified model
-        notes.append(f"onnxsim failed, kept the unsimplified model: {_first_line(exc)}")
+        notes.append(f"onnxsim failed, kept the unsimplified model: {type(exc).__name__}: {first_line(exc)}")
         return proto
     if not ok:
         notes.append("onnxsim could not validate its result, kept the unsimplified model")
@@ -422,17 +476,11 @@ def _simplify(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
     return simplified
 
 
-def _to_fp16(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
-    try:
-        from segdeploy.precision import convert_to_fp16
-    except ImportError:
-        raise ExportError("fp16 export needs segdeploy.precision.convert_to_fp16, which is not available") from None
-    return convert_to_fp16(proto)
+def _set_metadata(proto: onnx.ModelProto, metadata: Metadata) -> None:
+    from segdeploy._version import __version__
 
-
-def _set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
     del proto.metadata_props[:]
-    for key, value in metadata.items():
+    for key, value in metadata.to_props().items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     proto.producer_name = "segdeploy"
@@ -442,12 +490,13 @@ def _set_metadata(proto: onnx.ModelProto, metadata: dict[str, str]) -> None:
 def _check(proto: onnx.ModelProto, opset: int) -> None:
     import onnx.checker
 
+    from segdeploy.errors import first_line
     from segdeploy.export.opset import default_opset
 
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as exc:
-        raise ExportError(f"the exported model fails onnx.checker: {_first_line(exc)}") from None
+        raise ExportError(f"the exported model fails onnx.checker: {first_line(exc)}") from None
     if default_opset(proto) != opset:
         raise ExportError(f"the exported model has opset {default_opset(proto)}, expected {opset}")
 
@@ -456,32 +505,3 @@ def _save(proto: onnx.ModelProto, path: Path) -> None:
     import onnx
 
     onnx.save_model(proto, str(path), save_as_external_data=False)
-
-
-def _lint(path: Path, notes: list[str]) -> Any:
-    try:
-        from segdeploy.export.lint import lint_onnx
-    except ImportError:
-        notes.append("lint skipped: segdeploy.export.lint is not available")
-        return None
-    return lint_onnx(path)
-
-
-def _verify(path: Path, loaded: Any, shape: Shape, precision: str, index_unpooling: bool) -> Any:
-    from segdeploy.runtime import open_runner
-    from segdeploy.verify import verification_shapes, verify
-
-    # the candidate is the temporary file (suffix .tmp), so name the engine
-    return verify(
-        open_runner(path, engine="ort", precision=precision),
-        loaded.module,
-        shapes=verification_shapes(shape, loaded.min_size),
-        precision=precision,
-        index_unpooling=index_unpooling,
-    )
-
-
-def _first_line(exc: BaseException) -> str:
-    if isinstance(exc, SegdeployError):
-        return str(exc)
-    return f"{type(exc).__name__}: {first_line(exc)}"[:400]

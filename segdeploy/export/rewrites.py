@@ -1,10 +1,11 @@
 """Graph-level rewrites of export-hostile ops into plain PyTorch ops.
 
-The exporter captures a model with ``torch.export`` and gets a ``GraphModule``
-in ATen ops. Each rewrite here matches nodes of that graph and replaces them
-with a call to a plain-PyTorch function of this module; the rewritten graph
-is checked against the original in PyTorch and then exported to ONNX, where
-those functions turn into ops TensorRT 10's ONNX parser accepts.
+The exporter captures a model once with ``torch.export`` and gets an
+``ExportedProgram`` in ATen ops. Each rewrite here matches nodes of its graph
+and splices in, in place, the ATen ops of a plain-PyTorch function of this
+module (traced on the program's own symbolic sizes); the edited program is
+checked against the original model in PyTorch and then translated to ONNX,
+where those ops become ones TensorRT 10's ONNX parser accepts.
 
 Working on the captured graph (not on ``nn.Module`` types, not by patching
 ``torch.nn.functional``) means functional calls in user code are rewritten
@@ -13,16 +14,19 @@ too, and the model's own ``forward`` stays the program PyTorch runs.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
+from torch import fx
 
 from segdeploy.errors import ExportError
 
 if TYPE_CHECKING:
-    from torch import fx
+    from torch.export import ExportedProgram
 
 aten = torch.ops.aten
 
@@ -162,16 +166,72 @@ def _masked_max_last_dim(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask, x.unsqueeze(-2), fill).amax(dim=-1)
 
 
+# --------------------------------------------------------------------------- splicing into the captured program
+def splice_call(graph: fx.Graph, anchor: fx.Node, fn: Callable[..., torch.Tensor], args: Sequence[Any]) -> fx.Node:
+    """Insert the ATen ops of ``fn(*args)`` before ``anchor`` and return the node of its result.
+
+    ``args`` may hold graph nodes (tensors or symbolic sizes), lists of them and constants.
+    ``fn`` is traced once on the nodes' fake values, inside the captured program's own fake
+    mode, so its symbolic sizes are the program's (the exported graph stays dynamic) and the
+    program is never traced a second time.
+    """
+    from torch._dispatch.python import enable_python_dispatcher
+    from torch._guards import detect_fake_mode
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    leaves: list[fx.Node] = []
+
+    def collect(arg: Any) -> None:
+        if isinstance(arg, fx.Node):
+            leaves.append(arg)
+        elif isinstance(arg, (list, tuple)):
+            for item in arg:
+                collect(item)
+
+    collect(list(args))
+
+    def rebuild(arg: Any, values: Iterator[Any]) -> Any:
+        if isinstance(arg, fx.Node):
+            return next(values)
+        if isinstance(arg, (list, tuple)):
+            return type(arg)(rebuild(item, values) for item in arg)
+        return arg
+
+    def traced(*values: Any) -> torch.Tensor:
+        it = iter(values)
+        return fn(*(rebuild(arg, it) for arg in args))
+
+    fake_values = [leaf.meta["val"] for leaf in leaves]
+    fake_mode = detect_fake_mode(fake_values)
+    # The python dispatcher lets ops with symbolic sizes (pad by out - in) use their symbolic meta
+    # kernels; pre_dispatch keeps the op level torch.export itself captures at.
+    with fake_mode or contextlib.nullcontext(), enable_python_dispatcher():
+        sub = make_fx(traced, tracing_mode="real", pre_dispatch=True)(*fake_values)
+    placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+    env: dict[fx.Node, fx.Node] = dict(zip(placeholders, leaves))
+    result: fx.Node | None = None
+    with graph.inserting_before(anchor):
+        for node in sub.graph.nodes:
+            if node.op == "placeholder":
+                continue
+            if node.op == "output":
+                result = env[node.args[0]]
+                continue
+            env[node] = graph.node_copy(node, lambda n: env[n])
+    assert result is not None
+    return result
+
+
 # --------------------------------------------------------------------------- the rewrites
 class Rewrite:
-    """A named graph rewrite: ``match(node)`` says whether it applies, ``apply(gm, node)`` does it."""
+    """A named rewrite: ``match(node)`` says whether it applies, ``apply(graph, node)`` splices the replacement."""
 
     name: str = ""
 
     def match(self, node: fx.Node) -> bool:
         raise NotImplementedError
 
-    def apply(self, gm: fx.GraphModule, node: fx.Node) -> None:
+    def apply(self, graph: fx.Graph, node: fx.Node, found: RewriteResult) -> None:
         raise NotImplementedError
 
 
@@ -185,6 +245,8 @@ class MaxUnpool(Rewrite):
     becomes ``unpool_first_max(pool_input, values, k, output_size)``, which
     exports to slices, comparisons, boolean logic, ``Where``, ``DepthToSpace``
     and ``Pad``: no MaxPool Indices, MaxUnpool, ScatterND, ArgMax or TopK.
+    Each unpooling's pooling input is recorded (``RewriteResult.unpool_inputs``) so that
+    verification can read the window choices a runtime made.
 
     Conditions: square kernel equal to the stride, no padding, dilation 1,
     ``ceil_mode=False``; anything else raises ``ExportError`` naming the config.
@@ -197,7 +259,7 @@ class MaxUnpool(Rewrite):
             return False
         return bool(_index_users(node))
 
-    def apply(self, gm: fx.GraphModule, node: fx.Node) -> None:
+    def apply(self, graph: fx.Graph, node: fx.Node, found: RewriteResult) -> None:
         pool_input, kernel, stride, padding, dilation, ceil_mode = _pool_args(node)
         config = f"kernel={kernel}, stride={stride}, padding={padding}, dilation={dilation}, ceil_mode={ceil_mode}"
         if (
@@ -219,22 +281,18 @@ class MaxUnpool(Rewrite):
                     f"max_unpool rewrite: max-pool indices are used by {user.target} ({user.name}), "
                     "not only by max_unpool2d; such indices cannot be exported for TensorRT"
                 )
-        graph = gm.graph
-        with graph.inserting_after(node):
-            pooled = graph.call_function(aten.max_pool2d.default, (pool_input, [k, k], [k, k]))
-        pooled.meta = {**node.meta, "val": node.meta["val"][0]} if "val" in node.meta else dict(node.meta)
-        for getter in list(node.users):
-            if getter.args[1] == 0:
-                getter.replace_all_uses_with(pooled)
         for unpool in unpools:
             values, _, output_size = unpool.args[:3]
             same = _same_sizes(output_size, pool_input.meta["val"].shape[-2:])
-            with graph.inserting_after(unpool):
-                new = graph.call_function(unpool_first_max, (pool_input, values, k, list(output_size), same))
-            new.meta = dict(unpool.meta)
+            new = splice_call(graph, unpool, unpool_first_max, (pool_input, values, k, list(output_size), same))
             unpool.replace_all_uses_with(new)
             graph.erase_node(unpool)
+            found.unpool_inputs.append((pool_input.name, k))
+            found._unpool_nodes.append(new)
+        pooled = splice_call(graph, node, F.max_pool2d, (pool_input, k, k))
         for getter in list(node.users):
+            if getter.args[1] == 0:
+                getter.replace_all_uses_with(pooled)
             graph.erase_node(getter)
         graph.erase_node(node)
 
@@ -255,9 +313,11 @@ class AdaptiveAvgPool(Rewrite):
     def match(self, node: fx.Node) -> bool:
         return node.op == "call_function" and node.target in self.targets
 
-    def apply(self, gm: fx.GraphModule, node: fx.Node) -> None:
+    def apply(self, graph: fx.Graph, node: fx.Node, found: RewriteResult) -> None:
         x, output_size = node.args[:2]
-        _replace(gm, node, adaptive_avg_pool2d_exact, (x, list(output_size)))
+        new = splice_call(graph, node, adaptive_avg_pool2d_exact, (x, list(output_size)))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
 
 
 class AdaptiveMaxPool(Rewrite):
@@ -273,19 +333,16 @@ class AdaptiveMaxPool(Rewrite):
     def match(self, node: fx.Node) -> bool:
         return node.op == "call_function" and node.target is aten.adaptive_max_pool2d.default
 
-    def apply(self, gm: fx.GraphModule, node: fx.Node) -> None:
+    def apply(self, graph: fx.Graph, node: fx.Node, found: RewriteResult) -> None:
         if _index_users(node):
             raise ExportError(
                 "adaptive_max_pool rewrite: the model uses the indices of adaptive_max_pool2d; "
                 "only its values can be exported exactly"
             )
         x, output_size = node.args[:2]
-        graph = gm.graph
-        with graph.inserting_after(node):
-            new = graph.call_function(adaptive_max_pool2d_exact, (x, list(output_size)))
+        new = splice_call(graph, node, adaptive_max_pool2d_exact, (x, list(output_size)))
         for getter in list(node.users):
             if getter.args[1] == 0:
-                new.meta = dict(getter.meta)
                 getter.replace_all_uses_with(new)
             graph.erase_node(getter)
         graph.erase_node(node)
@@ -297,29 +354,48 @@ REWRITES: tuple[Rewrite, ...] = (MaxUnpool(), AdaptiveAvgPool(), AdaptiveMaxPool
 REWRITE_NAMES: tuple[str, ...] = tuple(r.name for r in REWRITES)
 
 
-def apply_rewrites(gm: fx.GraphModule) -> list[str]:
-    """Apply every matching rewrite to ``gm`` in place and recompile it.
+@dataclass
+class RewriteResult:
+    """What ``apply_rewrites`` changed: rewrite names, and each index unpooling's pooling input in graph order."""
+
+    applied: list[str] = field(default_factory=list)
+    unpool_inputs: list[tuple[str, int]] = field(default_factory=list)
+    _unpool_nodes: list[fx.Node] = field(default_factory=list, repr=False)
+
+
+def apply_rewrites(program: ExportedProgram) -> RewriteResult:
+    """Apply every matching rewrite to the captured ``program`` in place.
+
+    The program is edited, not re-traced: its graph keeps the symbolic sizes of
+    the capture, so what is exported next is exactly what was captured, plus
+    the replacements.
 
     Args:
-        gm: a ``GraphModule`` in ATen ops, e.g. ``torch.export.export(...).module()``.
+        program: from ``torch.export.export``.
 
     Returns:
-        The names of the rewrites that changed the graph, in ``REWRITES`` order.
+        A ``RewriteResult``; ``applied`` lists the rewrites that changed the graph, in ``REWRITES`` order.
 
     Raises:
         ExportError: a matched op has a configuration no rewrite can export exactly.
     """
-    applied: list[str] = []
+    graph = program.graph_module.graph
+    found = RewriteResult()
     for rewrite in REWRITES:
-        for node in list(gm.graph.nodes):
-            if node.graph is gm.graph and rewrite.match(node):
-                rewrite.apply(gm, node)
-                if rewrite.name not in applied:
-                    applied.append(rewrite.name)
-    if applied:
-        gm.graph.lint()
-        gm.recompile()
-    return applied
+        for node in list(graph.nodes):
+            if node.graph is graph and rewrite.match(node):
+                rewrite.apply(graph, node, found)
+                if rewrite.name not in found.applied:
+                    found.applied.append(rewrite.name)
+    if found.applied:
+        graph.eliminate_dead_code()
+        graph.lint()
+        program.graph_module.recompile()
+    # in the order the model runs its unpoolings (graph order), which verification relies on
+    order = {node: i for i, node in enumerate(graph.nodes)}
+    ranks = [order[node] for node in found._unpool_nodes]
+    found.unpool_inputs = [entry for _, entry in sorted(zip(ranks, found.unpool_inputs))]
+    return found
 
 
 # --------------------------------------------------------------------------- helpers
@@ -359,12 +435,3 @@ def _size_expr(size: Any) -> Any:
     if isinstance(size, torch.SymInt):
         return size.node.expr
     return int(size) if isinstance(size, int) else size
-
-
-def _replace(gm: fx.GraphModule, node: fx.Node, fn: Any, args: tuple[Any, ...]) -> None:
-    graph = gm.graph
-    with graph.inserting_after(node):
-        new = graph.call_function(fn, args)
-    new.meta = dict(node.meta)
-    node.replace_all_uses_with(new)
-    graph.erase_node(node)

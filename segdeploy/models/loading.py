@@ -29,6 +29,20 @@ class LoadedModel:
     in_channels: int
     min_size: int
     rewrites_hint: tuple[str, ...] = ()
+    source: str = "zoo"  # "zoo", "file" (file.py:factory) or "object" (a module given from Python)
+
+
+def main_output(output: Any) -> Any:
+    """The segmentation output of a model's result: a tensor, a dict's ``"out"`` entry, or a tuple's first.
+
+    Models return auxiliary heads or side outputs beside the logits (PSPNet's aux in training,
+    U2-Net's side maps, torchvision-style dicts); every consumer takes the main one this way.
+    """
+    if isinstance(output, dict):
+        return main_output(output["out"] if "out" in output else next(iter(output.values())))
+    if isinstance(output, (tuple, list)):
+        return main_output(output[0])
+    return output
 
 
 def is_user_spec(spec: str) -> bool:
@@ -66,7 +80,7 @@ def load_model(
     if is_user_spec(spec):
         module = _build_user_module(spec, num_classes=num_classes, in_channels=in_channels, **config)
         info = None
-        name = spec.rsplit(":", 1)[-1]
+        name = spec  # the spec itself, so that `segdeploy verify` can rebuild the module
         min_size = 1
     else:
         info = model_info(spec)
@@ -86,6 +100,7 @@ def load_model(
         in_channels=in_channels,
         min_size=min_size,
         rewrites_hint=info.rewrites if info else (),
+        source="zoo" if info else "file",
     )
 
 

@@ -9,25 +9,27 @@ import os
 from pathlib import Path
 from typing import Any
 
+from segdeploy.artifact import ENGINE_SUFFIXES, ONNX_SUFFIX, Engine, Precision, parse_choice
 from segdeploy.errors import UserInputError
 from segdeploy.runtime.base import Runner
 
 __all__ = ["Runner", "open_runner"]
 
-ENGINES = ("torch", "ort", "trt")
-_SUFFIX_ENGINE = {".onnx": "ort", ".engine": "trt", ".plan": "trt"}
-
 
 def open_runner(
-    source: Any, *, engine: str | None = None, precision: str = "fp32", threads: int | None = None
+    source: Any,
+    *,
+    engine: Engine | str | None = None,
+    precision: Precision | str | None = None,
+    threads: int | None = None,
 ) -> Runner:
     """Pick the runner for ``source``.
 
     Args:
         source: an ``nn.Module`` (torch), a ``.onnx`` path (ONNX Runtime), a ``.engine``/``.plan``
             path (TensorRT), or a ``Runner`` (returned as is).
-        engine: force ``"torch"``, ``"ort"`` or ``"trt"`` instead of choosing by type/suffix.
-        precision: ``"fp32"`` or ``"fp16"``.
+        engine: force ``torch``, ``ort`` or ``trt`` instead of choosing by type/suffix.
+        precision: the model's precision; default: the file's metadata (ONNX) or sidecar (engine), else fp32.
         threads: CPU threads for torch / ONNX Runtime.
 
     Returns:
@@ -39,29 +41,34 @@ def open_runner(
     """
     if isinstance(source, Runner):
         return source
-    if engine is not None and engine not in ENGINES:
-        raise UserInputError(f"unknown engine {engine!r}: expected one of {', '.join(ENGINES)}")
+    chosen = parse_choice(Engine, engine, "engine") if engine is not None else None
     if not isinstance(source, (str, os.PathLike)):
         from torch import nn
 
         if not isinstance(source, nn.Module):
             raise UserInputError(f"cannot run a {type(source).__name__}: expected an nn.Module, .onnx or .engine path")
-        if engine not in (None, "torch"):
-            raise UserInputError(f"a PyTorch module runs on the torch engine, not {engine!r}; export it first")
+        if chosen not in (None, Engine.TORCH):
+            raise UserInputError(f"a PyTorch module runs on the torch engine, not {chosen.value}; export it first")
         from segdeploy.runtime.torch_runner import TorchRunner
 
-        return TorchRunner(source, precision=precision, threads=threads)
+        return TorchRunner(source, precision=precision or Precision.FP32, threads=threads)
 
     path = Path(source)
-    chosen = engine or _SUFFIX_ENGINE.get(path.suffix.lower())
+    suffix = path.suffix.lower()
+    if chosen is None:
+        chosen = Engine.ORT if suffix == ONNX_SUFFIX else Engine.TRT if suffix in ENGINE_SUFFIXES else None
     if chosen is None:
         raise UserInputError(f"{path}: unknown model file type {path.suffix!r}; expected .onnx, .engine or .plan")
-    if chosen == "ort":
+    if chosen is Engine.ORT:
         from segdeploy.runtime.ort_runner import OrtRunner
 
-        return OrtRunner(path, precision=precision, threads=threads)
-    if chosen == "trt":
-        if path.suffix.lower() == ".onnx":
+        if precision is None and path.is_file():
+            from segdeploy.artifact import read_metadata
+
+            precision = read_metadata(path).precision
+        return OrtRunner(path, precision=precision or Precision.FP32, threads=threads)
+    if chosen is Engine.TRT:
+        if suffix == ONNX_SUFFIX:
             raise UserInputError(f"{path} is an ONNX file: build a TensorRT engine from it first (segdeploy build)")
         from segdeploy.runtime.trt_runner import TrtRunner
 

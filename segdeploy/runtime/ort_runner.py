@@ -3,40 +3,39 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from segdeploy.artifact import Engine, InputFormat, Precision, parse_choice
 from segdeploy.errors import MissingDependencyError, UserInputError, first_line
-from segdeploy.runtime.base import Runner, check_batch
+from segdeploy.runtime.base import InputSpec, Runner, main_output_index
 
-INPUT_NAME = "input"  # what segdeploy export names the image input
-OUTPUT_NAME = "logits"
+_NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
 
 
 class OrtRunner(Runner):
-    """Run an ONNX model with ONNX Runtime on float32 numpy batches.
+    """Run an ONNX model with ONNX Runtime.
 
     Args:
         path_or_bytes: a ``.onnx`` path or the serialized model.
-        precision: label of the model's precision (``"fp32"``/``"fp16"``); an FP16 model with
-            float16 I/O gets its input cast and its output cast back to float32.
+        precision: the model's precision (``fp32``, ``fp16``, ``int8``...); an FP16 model with float16
+            I/O gets its float32 input cast and its output cast back to float32.
         providers: ONNX Runtime execution providers; default ``["CPUExecutionProvider"]``.
         threads: ``intra_op_num_threads``; None lets ONNX Runtime decide.
 
     Raises:
-        UserInputError: (on activation) the file is not an ONNX model ONNX Runtime loads, or it
-            has no single image input of rank 4.
+        UserInputError: (on activation) not an ONNX model ONNX Runtime loads, or no single rank-4 image input.
     """
 
-    engine = "ort"
+    engine = Engine.ORT
 
     def __init__(
         self,
         path_or_bytes: str | os.PathLike[str] | bytes,
-        precision: str = "fp32",
+        precision: Precision | str = Precision.FP32,
         providers: list[str] | None = None,
         threads: int | None = None,
     ) -> None:
@@ -57,12 +56,20 @@ class OrtRunner(Runner):
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads
         self.session: Any = None
-        self.input_name = INPUT_NAME
-        self.output_name = OUTPUT_NAME
-        self._input_shape: list[Any] = []
-        self._io_dtype: type = np.float32
+        self.input_name = ""
+        self.output_name = ""
+        self._sessions: dict[tuple[str, ...], Any] = {}
 
-    def activate(self) -> None:
+    def _activate(self) -> None:
+        self.session = self._open(())
+        self._inspect_io()
+
+    def _deactivate(self) -> None:
+        self.session = None
+        self._sessions.clear()
+
+    def _open(self, extra_outputs: tuple[str, ...]) -> Any:
+        """A session of the model, with ``extra_outputs`` (intermediate value names) added as graph outputs."""
         try:
             import onnxruntime as ort
         except ImportError:
@@ -76,53 +83,65 @@ class OrtRunner(Runner):
         options = ort.SessionOptions()
         if self.threads is not None:
             options.intra_op_num_threads = int(self.threads)
+        source = self.source if not extra_outputs else _with_outputs(self.source, extra_outputs)
         try:
-            self.session = ort.InferenceSession(self.source, sess_options=options, providers=self.providers)
+            return ort.InferenceSession(source, sess_options=options, providers=self.providers)
         except Exception as exc:  # ORT raises InvalidProtobuf, Fail, InvalidGraph... for bad files
-            first = first_line(exc)
-            raise UserInputError(f"{self.name} is not an ONNX model ONNX Runtime can load: {first}") from None
-        self._inspect_io()
-
-    def deactivate(self) -> None:
-        self.session = None
+            raise UserInputError(f"{self.name} is not an ONNX model ONNX Runtime can load: {first_line(exc)}") from None
 
     def _inspect_io(self) -> None:
+        from segdeploy.artifact import INPUT_NAME
+
         inputs = self.session.get_inputs()
-        names = [i.name for i in inputs]
         if not inputs:
             raise UserInputError(f"{self.name} has no inputs; expected one image input named {INPUT_NAME!r}")
         chosen = next((i for i in inputs if i.name == INPUT_NAME), None)
         if chosen is None and len(inputs) > 1:
-            raise UserInputError(
-                f"{self.name} has inputs {', '.join(names)}; expected one image input named {INPUT_NAME!r}"
-            )
+            names = ", ".join(i.name for i in inputs)
+            raise UserInputError(f"{self.name} has inputs {names}; expected one image input named {INPUT_NAME!r}")
         chosen = chosen or inputs[0]
         if len(chosen.shape) != 4:
             raise UserInputError(
-                f"{self.name}: input {chosen.name!r} has rank {len(chosen.shape)}; expected an NCHW image (rank 4)"
+                f"{self.name}: input {chosen.name!r} has rank {len(chosen.shape)}; expected an image (rank 4)"
             )
+        dtype = _NUMPY_TYPES.get(chosen.type)
+        if dtype is None:
+            raise UserInputError(f"{self.name}: input {chosen.name!r} is {chosen.type}; expected float, float16 or uint8")
         self.input_name = chosen.name
-        self._input_shape = list(chosen.shape)
-        self._io_dtype = np.float16 if chosen.type == "tensor(float16)" else np.float32
+        layout = self._layout(dtype)
+        fixed = {axis: int(d) for axis, d in enumerate(chosen.shape) if isinstance(d, int) and d > 0}
+        channels = fixed.pop(layout.index("C"), None)
+        self.input_spec = InputSpec(dtype, layout, channels, fixed)
         outputs = [o.name for o in self.session.get_outputs()]
-        self.output_name = OUTPUT_NAME if OUTPUT_NAME in outputs else outputs[0]
+        self.output_name = outputs[main_output_index(outputs)]
+
+    def _layout(self, dtype: Any) -> str:
+        """NHWC only for uint8 files whose segdeploy metadata says so."""
+        if dtype != np.uint8:
+            return "NCHW"
+        meta = self.session.get_modelmeta().custom_metadata_map
+        return parse_choice(InputFormat, meta.get("input_format", "uint8-nchw"), "input_format").layout
 
     @property
     def input_shape(self) -> list[Any]:
         """The model's input shape as ONNX Runtime reports it (ints for static dims, names for dynamic)."""
-        self._ensure_session()
-        return self._input_shape
+        self.activate()
+        return list(self.session.get_inputs()[0].shape)
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Float32 ``[N, C, H, W]`` in, float32 logits out."""
-        feed = self._feed(batch)
-        (out,) = self.session.run([self.output_name], {self.input_name: feed})
-        return np.asarray(out, dtype=np.float32)
+    def _run(self, batch: np.ndarray, names: Sequence[str] | None) -> list[np.ndarray]:
+        wanted = (self.output_name, *(names or ()))
+        session = self.session
+        if names:
+            key = tuple(names)
+            if key not in self._sessions:
+                self._sessions[key] = self._open(key)
+            session = self._sessions[key]
+        outs = session.run(list(wanted), {self.input_name: batch})
+        return [np.asarray(o, dtype=np.float32) if o.dtype == np.float16 else np.asarray(o) for o in outs]
 
-    def prepare(self, batch: np.ndarray) -> Callable[[], None]:
-        feed = self._feed(batch)
+    def _prepare(self, batch: np.ndarray) -> Callable[[], None]:
         binding = self.session.io_binding()
-        binding.bind_cpu_input(self.input_name, feed)
+        binding.bind_cpu_input(self.input_name, batch)
         binding.bind_output(self.output_name)
         session = self.session
 
@@ -131,13 +150,20 @@ class OrtRunner(Runner):
 
         return step
 
-    def _ensure_session(self) -> None:
-        if self.session is None:  # allow use without ``with``: activate on first call
-            self.activate()
-            self.active = True
 
-    def _feed(self, batch: np.ndarray) -> np.ndarray:
-        self._ensure_session()
-        _, channels, height, width = self._input_shape
-        check_batch(batch, channels if isinstance(channels, int) else None, (height, width))
-        return np.ascontiguousarray(batch, dtype=self._io_dtype)
+def _with_outputs(source: str | bytes, names: Sequence[str]) -> bytes:
+    """The serialized model with intermediate values ``names`` added as graph outputs (types left to ORT)."""
+    import onnx
+
+    from segdeploy.artifact import load_onnx
+
+    model = load_onnx(source) if isinstance(source, str) else onnx.load_from_string(source)
+    produced = {out for node in model.graph.node for out in node.output} | {i.name for i in model.graph.input}
+    missing = [n for n in names if n not in produced]
+    if missing:
+        raise UserInputError(f"the ONNX model has no value named {', '.join(missing)}")
+    existing = {o.name for o in model.graph.output}
+    for name in names:
+        if name not in existing:
+            model.graph.output.append(onnx.ValueInfoProto(name=name))
+    return model.SerializeToString()

@@ -1,15 +1,19 @@
-"""PyTorch eager runner: the reference every other runtime is compared with."""
+"""PyTorch eager runner: a model as PyTorch runs it, for benchmarks and quick checks.
+
+Verification does not use it: its float32/float64 reference lives in ``segdeploy.reference``.
+"""
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segdeploy.artifact import Engine, Precision
 from segdeploy.errors import UserInputError
-from segdeploy.runtime.base import Runner, check_batch
+from segdeploy.runtime.base import InputSpec, Runner
 
 if TYPE_CHECKING:
     import torch
@@ -17,31 +21,31 @@ if TYPE_CHECKING:
 
 
 class TorchRunner(Runner):
-    """Run an ``nn.Module`` in inference mode on float32 numpy batches.
+    """Run an ``nn.Module`` in inference mode on float32 NCHW numpy batches.
 
     Args:
         module: the model; it is put in eval mode (an FP16 run works on a copy).
-        precision: ``"fp32"`` or ``"fp16"`` (casts a copy of the module and the input to half).
-        threads: torch intra-op threads while active; None keeps the current setting.
+        precision: ``fp32`` or ``fp16`` (casts a copy of the module and the input to half).
+        threads: torch intra-op threads while active; the previous count is restored on deactivation.
         device: ``"cpu"``, ``"cuda"``...; None uses the device of the module's parameters.
     """
 
-    engine = "torch"
+    engine = Engine.TORCH
 
     def __init__(
-        self, module: nn.Module, precision: str = "fp32", threads: int | None = None, device: str | None = None
-    ) -> None:
+        self, module: nn.Module, precision: Precision | str = Precision.FP32, threads: int | None = None,
+        device: str | None = None,
+    ) -> None:  # fmt: skip
         super().__init__(precision)
-        if precision not in ("fp32", "fp16"):
-            raise UserInputError(f"unknown precision {precision!r}: expected fp32 or fp16")
+        if self.precision not in (Precision.FP32, Precision.FP16):
+            raise UserInputError(f"the torch engine runs fp32 or fp16, not {self.precision.value}")
         self.module = module
         self.threads = threads
         self.device = device
         self._model: nn.Module | None = None
         self._saved_threads: int | None = None
-        self._in_channels = _first_conv_in_channels(module)
 
-    def activate(self) -> None:
+    def _activate(self) -> None:
         import torch
 
         if self.threads is not None:
@@ -51,11 +55,12 @@ class TorchRunner(Runner):
         if self.device is None:
             param = next(model.parameters(), None)
             self.device = str(param.device) if param is not None else "cpu"
-        if self.precision == "fp16":
+        if self.precision is Precision.FP16:
             model = copy.deepcopy(model).half()
         self._model = model.to(self.device)
+        self.input_spec = InputSpec(np.float32, "NCHW", _first_conv_in_channels(self.module))
 
-    def deactivate(self) -> None:
+    def _deactivate(self) -> None:
         import torch
 
         self._model = None
@@ -63,20 +68,24 @@ class TorchRunner(Runner):
             torch.set_num_threads(self._saved_threads)
             self._saved_threads = None
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Float32 ``[N, C, H, W]`` in, float32 logits out (the first output of tuple/dict-returning models)."""
+    def _run(self, batch: np.ndarray, names: Sequence[str] | None) -> list[np.ndarray]:
         import torch
 
-        tensor = self._stage(batch)
+        from segdeploy.models.loading import main_output
+
+        if names:
+            raise UserInputError("the torch engine returns the model's output only, no intermediate tensors")
+        assert self._model is not None
         with torch.inference_mode():
-            out = _logits(self._ensure_model()(tensor))
-        return out.float().cpu().numpy()
+            out = main_output(self._model(self._to_device(batch)))
+        return [out.float().cpu().numpy()]
 
-    def prepare(self, batch: np.ndarray) -> Callable[[], None]:
+    def _prepare(self, batch: np.ndarray) -> Callable[[], None]:
         import torch
 
-        tensor = self._stage(batch)
-        model = self._ensure_model()
+        tensor = self._to_device(batch)
+        model = self._model
+        assert model is not None
         synchronize = torch.cuda.synchronize if tensor.is_cuda else (lambda: None)
 
         def step() -> None:
@@ -86,35 +95,17 @@ class TorchRunner(Runner):
 
         return step
 
-    def _ensure_model(self) -> nn.Module:
-        if self._model is None:  # allow use without ``with``: activate on first call
-            self.activate()
-            self.active = True
-        assert self._model is not None
-        return self._model
-
-    def _stage(self, batch: np.ndarray) -> torch.Tensor:
+    def _to_device(self, batch: np.ndarray) -> torch.Tensor:
         import torch
 
-        self._ensure_model()
-        check_batch(batch, self._in_channels)
-        tensor = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(self.device)
-        return tensor.half() if self.precision == "fp16" else tensor
+        tensor = torch.from_numpy(batch).to(self.device)
+        return tensor.half() if self.precision is Precision.FP16 else tensor
 
 
-def _first_conv_in_channels(module: nn.Module) -> int | None:
+def _first_conv_in_channels(module: nn.Module) -> Any:
     from torch import nn
 
     for sub in module.modules():
         if isinstance(sub, nn.Conv2d):
             return int(sub.in_channels)
     return None
-
-
-def _logits(out: Any) -> torch.Tensor:
-    """Segmentation models may return a tuple (aux heads, side outputs) or a dict (``out``): take the main one."""
-    if isinstance(out, dict):
-        return out["out"] if "out" in out else next(iter(out.values()))
-    if isinstance(out, (tuple, list)):
-        return _logits(out[0])
-    return out

@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
+from segdeploy.artifact import Engine, Precision
 from segdeploy.errors import SegdeployError, UserInputError
-from segdeploy.runtime.base import Runner, check_batch
+from segdeploy.runtime.base import InputSpec, Measurement, Runner, main_output_index
 from segdeploy.runtime.trt_build import Profile, read_sidecar, require_tensorrt, sidecar_path
 from segdeploy.shapes import format_shape
 
-LOGITS_NAME = "logits"  # what segdeploy export names the segmentation output
 REBUILD_HINT = "rebuild it on this machine with `segdeploy build MODEL.onnx`"
 
 
@@ -116,9 +116,10 @@ class TrtRunner(Runner):
             verification thresholds, since an engine without a sidecar says nothing about its precision).
     """
 
-    engine = "trt"
+    engine = Engine.TRT
+    timing = "cuda_events"
 
-    def __init__(self, engine_path: str | Path, precision: str | None = None) -> None:
+    def __init__(self, engine_path: str | Path, precision: Precision | str | None = None) -> None:
         self.engine_path = Path(engine_path)
         self.sidecar = read_sidecar(self.engine_path) if self.engine_path.is_file() else None
         super().__init__(precision or (self.sidecar or {}).get("precision") or "fp16")
@@ -130,7 +131,7 @@ class TrtRunner(Runner):
         self.io: EngineIO | None = None
 
     # ------------------------------------------------------------------ contract
-    def activate(self) -> None:
+    def _activate(self) -> None:
         """Check compatibility, deserialize the engine and create its execution context.
 
         Raises:
@@ -163,30 +164,33 @@ class TrtRunner(Runner):
             raise SegdeployError(f"TensorRT could not create an execution context for {self.engine_path} "
                                  "(out of GPU memory?)")
         self.io = _describe_io(trt, engine, self.engine_path)
+        self.input_spec = _input_spec(self.io, self.sidecar)
         # A non-default stream: enqueueing on the legacy default stream adds device-wide syncs.
         self._stream = torch.cuda.Stream()
 
-    def deactivate(self) -> None:
+    def _deactivate(self) -> None:
         """Release context, engine and runtime, in that order."""
         self._context = None
         self._cuda_engine = None
         self._runtime = None
         self._stream = None
 
-    def infer(self, batch: np.ndarray) -> np.ndarray:
-        """Run one float32 NCHW batch; returns the ``logits`` output (else the first) as float32."""
+    def _run(self, batch: np.ndarray, names: Sequence[str] | None) -> list[np.ndarray]:
+        """Run one checked batch; returns the main output (float outputs as float32)."""
         import torch
 
+        if names:
+            raise UserInputError("a TensorRT engine exposes only its outputs, no intermediate tensors")
         stream = self._require_active()
         with torch.cuda.stream(stream):
             binding = self._stage(batch)
             self._execute()
             out = binding.outputs[0]
-            host = (out if out.dtype == torch.float32 else out.float()).cpu()
+            host = (out.float() if out.is_floating_point() else out).cpu()
         stream.synchronize()
-        return host.numpy()
+        return [host.numpy()]
 
-    def prepare(self, batch: np.ndarray) -> Callable[[], None]:
+    def _prepare(self, batch: np.ndarray) -> Callable[[], None]:
         """Stage ``batch`` on the GPU once; the returned step only enqueues and waits (no host copies)."""
         import torch
 
@@ -203,6 +207,28 @@ class TrtRunner(Runner):
         return step
 
     # ------------------------------------------------------------------ timing for the benchmark
+    def measure(
+        self,
+        batch: np.ndarray,
+        *,
+        warmup: int = 10,
+        iters: int | None = None,
+        seconds: float | None = None,
+        min_iters: int = 10,
+        cuda_graph: bool = False,
+    ) -> Measurement:
+        """GPU compute time per step (CUDA events, like trtexec), with end-to-end times (copies included) beside.
+
+        A ``seconds`` budget becomes an iteration count from a short probe: CUDA-event timing runs a fixed count.
+        """
+        if iters is None:
+            budget = 3.0 if seconds is None else seconds
+            probe = self.gpu_compute_ms(batch, warmup=warmup, iters=min_iters, cuda_graph=cuda_graph)
+            iters = max(min_iters, int(budget * 1e3 / max(float(np.mean(probe)), 1e-6)))
+        compute = self.gpu_compute_ms(batch, warmup=warmup, iters=iters, cuda_graph=cuda_graph)
+        end_to_end = self.end_to_end_ms(batch, warmup=warmup, iters=iters)  # copies included, no graph
+        return Measurement(compute, "cuda_events", gpu_compute_ms=compute, end_to_end_ms=end_to_end)
+
     def gpu_compute_ms(self, batch: np.ndarray, *, warmup: int = 10, iters: int = 100,
                        cuda_graph: bool = False) -> list[float]:
         """Per-iteration GPU time of the enqueue alone, like trtexec's "GPU Compute Time".
@@ -283,12 +309,9 @@ class TrtRunner(Runner):
         import torch
 
         assert self.io is not None
-        batch = np.asarray(batch)
-        check_batch(batch, self.io.profile.min[1])
         check_in_profile(batch.shape, self.io.profile.min, self.io.profile.max, self.io.input_name)
         ctx = self._context
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to("cuda").to(self.io.input_dtype)
-        x = x.contiguous()
+        x = torch.from_numpy(batch).to("cuda").to(self.io.input_dtype).contiguous()
         # [CTX] set_input_shape -> bool; infer_shapes -> names it could not infer ([] = all known).
         if not ctx.set_input_shape(self.io.input_name, tuple(x.shape)):
             raise UserInputError(f"TensorRT refused input shape {format_shape(x.shape)} for {self.io.input_name!r}")
@@ -321,10 +344,22 @@ def _describe_io(trt: Any, engine: Any, engine_path: Path) -> EngineIO:
         raise UserInputError(f"{engine_path} has {len(inputs)} inputs and {len(outputs)} outputs; "
                              "segdeploy runs engines with one input and at least one output")
     input_name, input_dtype = inputs[0]
-    # infer() returns outputs[0]: the segmentation logits when the export named them, like the ORT runner.
-    outputs.sort(key=lambda entry: entry[0] != LOGITS_NAME)
+    # infer() returns outputs[0]: the segmentation output when the export named it, like the ORT runner.
+    main = main_output_index([name for name, _ in outputs])
+    outputs.insert(0, outputs.pop(main))
     lo, opt, hi = (tuple(int(d) for d in dims) for dims in engine.get_tensor_profile_shape(input_name, 0))
     return EngineIO(input_name, input_dtype, tuple(outputs), Profile(lo, opt, hi))  # type: ignore[arg-type]
+
+
+def _input_spec(io: EngineIO, sidecar: dict[str, Any] | None) -> InputSpec:
+    """The input check of an engine: its dtype, the layout its ONNX had (from the sidecar) and its fixed dims."""
+    import torch
+
+    layout = "NHWC" if (sidecar or {}).get("input_format") == "uint8-nhwc" else "NCHW"
+    dtype = {torch.uint8: np.uint8, torch.float16: np.float32}.get(io.input_dtype, np.float32)
+    fixed = {axis: lo for axis, (lo, hi) in enumerate(zip(io.profile.min, io.profile.max)) if lo == hi}
+    channels = fixed.pop(layout.index("C"), None)
+    return InputSpec(dtype, layout, channels, fixed)
 
 
 def _torch_dtype(trt: Any, trt_dtype: Any, name: str) -> Any:

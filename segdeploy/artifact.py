@@ -1,0 +1,380 @@
+"""What a segdeploy file is: tensor names, opsets, precisions, engines, I/O formats and the ONNX metadata.
+
+This is a leaf module (it imports only ``errors``, ``shapes`` and the version), so every stage that
+reads or writes a segdeploy file (export, verify, runtime, build, bench, bundle) shares one
+description of it without importing each other. ``onnx`` is imported only when a file is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from segdeploy._version import __version__
+from segdeploy.errors import UserInputError
+from segdeploy.shapes import Shape, format_shape, parse_shape
+
+if TYPE_CHECKING:
+    import onnx
+
+
+class Precision(str, Enum):
+    """How the ONNX computes: FP32, FP16 (float32 I/O), INT8 Q/DQ with FP32 or FP16 elsewhere."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"
+    INT8_FP16 = "int8-fp16"
+
+
+class Engine(str, Enum):
+    """The runtimes segdeploy runs and compares."""
+
+    TORCH = "torch"
+    ORT = "ort"
+    TRT = "trt"
+
+
+class InputFormat(str, Enum):
+    """The image input a file takes: float32 NCHW (normalized by the caller) or raw uint8 frames."""
+
+    FLOAT32_NCHW = "float32-nchw"
+    UINT8_NHWC = "uint8-nhwc"
+    UINT8_NCHW = "uint8-nchw"
+
+    @property
+    def layout(self) -> str:
+        return "NHWC" if self is InputFormat.UINT8_NHWC else "NCHW"
+
+    @property
+    def dtype(self) -> str:
+        return "float32" if self is InputFormat.FLOAT32_NCHW else "uint8"
+
+
+class OutputKind(str, Enum):
+    """What the file outputs: float32 logits, float32 probabilities, or an int32 class map."""
+
+    LOGITS = "logits"
+    PROBS = "probs"
+    CLASSMAP = "classmap"
+
+
+class ColorOrder(str, Enum):
+    RGB = "rgb"
+    BGR = "bgr"
+
+
+INPUT_NAME = "input"
+"""Name of the image input of every segdeploy ONNX file and engine."""
+
+OUTPUT_NAMES = {kind: kind.value for kind in OutputKind}
+"""Output tensor name per output kind: ``logits``, ``probs`` or ``classmap``."""
+
+SUPPORTED_OPSETS = range(13, 21)
+"""Opsets segdeploy writes and checks (TensorRT 10 parses 9 to 20)."""
+DEFAULT_OPSET = 17
+
+ONNX_SUFFIX = ".onnx"
+ENGINE_SUFFIXES = (".engine", ".plan")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+DYNAMIC_AXIS_NAMES = ("batch", "height", "width")
+
+E = TypeVar("E", bound=Enum)
+
+_PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16"}
+
+
+def parse_choice(enum: type[E], value: Any, what: str) -> E:
+    """``value`` as a member of ``enum`` (by value, case-insensitive): the one validator of each fixed option.
+
+    Raises:
+        UserInputError: naming the accepted values.
+    """
+    if isinstance(value, enum):
+        return value
+    text = str(value).strip().lower()
+    if enum is Precision:
+        text = _PRECISION_ALIASES.get(text, text)
+    for member in enum:
+        if member.value == text:
+            return member
+    choices = ", ".join(m.value for m in enum)
+    raise UserInputError(f"bad {what} {value!r}: choose {choices}")
+
+
+def parse_precision(value: Any, what: str = "precision") -> Precision:
+    """``"FP16"``/``"float16"``/``Precision.FP16`` -> ``Precision.FP16``."""
+    return parse_choice(Precision, value, what)
+
+
+def check_opset(opset: int) -> int:
+    """Refuse an opset segdeploy does not write.
+
+    Raises:
+        UserInputError: outside 13..20.
+    """
+    if opset not in SUPPORTED_OPSETS:
+        raise UserInputError(
+            f"opset {opset} is not supported: choose {SUPPORTED_OPSETS.start} to {SUPPORTED_OPSETS.stop - 1}"
+        )
+    return int(opset)
+
+
+def dynamic_axes(input_format: InputFormat) -> dict[int, str]:
+    """Input axis index -> name of the dynamic axes, for the format's layout."""
+    if input_format.layout == "NHWC":
+        return {0: "batch", 1: "height", 2: "width"}
+    return {0: "batch", 2: "height", 3: "width"}
+
+
+def file_input_shape(nchw: Shape, input_format: InputFormat) -> tuple[int, ...]:
+    """The shape of the file's input tensor for a model input of NCHW shape ``nchw``."""
+    n, c, h, w = nchw
+    return (n, h, w, c) if input_format.layout == "NHWC" else (n, c, h, w)
+
+
+def model_input_shape(shape: tuple[int, ...], input_format: InputFormat) -> Shape:
+    """Inverse of :func:`file_input_shape`: the NCHW shape of a file input shape."""
+    if len(shape) != 4:
+        raise UserInputError(f"bad input shape {tuple(shape)}: expected rank 4")
+    n, a, b, c = (int(d) for d in shape)
+    return (n, c, a, b) if input_format.layout == "NHWC" else (n, a, b, c)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How pixels become the network's input: ``(pixel / 255 - mean[c]) / std[c]`` in ``color`` order."""
+
+    input_format: InputFormat = InputFormat.FLOAT32_NCHW
+    color: ColorOrder = ColorOrder.RGB
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    @property
+    def fused(self) -> bool:
+        """uint8 inputs normalize inside the graph; a float32 input is normalized by the caller."""
+        return self.input_format is not InputFormat.FLOAT32_NCHW
+
+
+@dataclass
+class Metadata:
+    """The ``metadata_props`` of a segdeploy ONNX file, parsed (all optional for files from elsewhere).
+
+    Attributes:
+        architecture: zoo name, ``file.py:factory``, or the class name of a Python object.
+        source: ``"zoo"``, ``"file"`` (a ``file.py:factory``) or ``"object"`` (an ``nn.Module`` given from
+            Python, which ``segdeploy verify`` cannot rebuild).
+        config: builder options the model was built with (``width_mult``, ``backbone``...).
+        num_classes, in_channels: what the network outputs and takes.
+        trace_shape: the NCHW shape the export was traced and checked at.
+        dynamic_axes: names of the dynamic input axes (empty when static).
+        min_size, size_multiple: valid heights and widths are multiples of ``size_multiple`` and >= ``min_size``.
+        rewrites: the graph rewrites applied.
+        precision, opset: how the file computes.
+        preprocessing: input format, color order, mean and std.
+        output: the output kind.
+        unpool_inputs: for index unpooling, the value name of each unpooling's pooling input and its window,
+            in graph order (verification reads the window choices through them).
+        segdeploy_version: the writer's version.
+    """
+
+    architecture: str | None = None
+    source: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    in_channels: int | None = None
+    trace_shape: Shape | None = None
+    dynamic_axes: tuple[str, ...] = DYNAMIC_AXIS_NAMES
+    min_size: int = 1
+    size_multiple: int = 1
+    rewrites: tuple[str, ...] = ()
+    precision: Precision = Precision.FP32
+    opset: int | None = None
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+    output: OutputKind = OutputKind.LOGITS
+    unpool_inputs: tuple[tuple[str, int], ...] = ()
+    segdeploy_version: str | None = None
+
+    @property
+    def static(self) -> bool:
+        return not self.dynamic_axes
+
+    @property
+    def index_unpooling(self) -> bool:
+        """The network unpools with max-pool indices (rewritten by the ``max_unpool`` rewrite)."""
+        return "max_unpool" in self.rewrites
+
+    def to_props(self) -> dict[str, str]:
+        """The string key/values written into ``metadata_props`` (see ``METADATA_KEYS``)."""
+        props = {
+            "architecture": self.architecture or "",
+            "source": self.source or "",
+            "config": json.dumps(self.config, sort_keys=True),
+            "num_classes": _str(self.num_classes),
+            "in_channels": _str(self.in_channels),
+            "trace_shape": format_shape(self.trace_shape) if self.trace_shape else "",
+            "dynamic_axes": ",".join(self.dynamic_axes),
+            "min_size": str(self.min_size),
+            "size_multiple": str(self.size_multiple),
+            "rewrites": ",".join(self.rewrites),
+            "precision": self.precision.value,
+            "opset": _str(self.opset),
+            "input_format": self.preprocessing.input_format.value,
+            "color": self.preprocessing.color.value,
+            "mean": ",".join(f"{v:g}" for v in self.preprocessing.mean),
+            "std": ",".join(f"{v:g}" for v in self.preprocessing.std),
+            "output": self.output.value,
+            "unpool_inputs": ",".join(f"{name}:{k}" for name, k in self.unpool_inputs),
+            "segdeploy_version": self.segdeploy_version or __version__,
+        }
+        return props
+
+    @classmethod
+    def from_props(cls, props: dict[str, str], *, where: str = "the file") -> Metadata:
+        """Parse ``metadata_props``; missing keys keep their defaults.
+
+        Raises:
+            UserInputError: a key segdeploy writes holds a value it cannot parse.
+        """
+
+        def get(key: str) -> str | None:
+            value = props.get(key, "").strip()
+            return value or None
+
+        try:
+            pre = Preprocessing(
+                input_format=parse_choice(InputFormat, get("input_format") or "float32-nchw", "input_format"),
+                color=parse_choice(ColorOrder, get("color") or "rgb", "color"),
+                mean=_floats(get("mean")) or IMAGENET_MEAN,
+                std=_floats(get("std")) or IMAGENET_STD,
+            )
+            trace = get("trace_shape") or get("input_shape")
+            return cls(
+                architecture=get("architecture") or get("model"),
+                source=get("source"),
+                config=json.loads(get("config") or "{}"),
+                num_classes=_int(get("num_classes") or get("classes")),
+                in_channels=_int(get("in_channels") or get("channels")),
+                trace_shape=parse_shape(trace.strip("[]() ").replace(" ", "")) if trace else None,
+                dynamic_axes=tuple(a for a in props.get("dynamic_axes", ",".join(DYNAMIC_AXIS_NAMES)).split(",") if a),
+                min_size=_int(get("min_size")) or 1,
+                size_multiple=_int(get("size_multiple")) or 1,
+                rewrites=tuple(r for r in (get("rewrites") or "").split(",") if r),
+                precision=parse_precision(get("precision") or "fp32", "precision metadata"),
+                opset=_int(get("opset")),
+                preprocessing=pre,
+                output=parse_choice(OutputKind, get("output") or "logits", "output"),
+                unpool_inputs=tuple(_unpool_entry(e) for e in (get("unpool_inputs") or "").split(",") if e),
+                segdeploy_version=get("segdeploy_version"),
+            )
+        except (ValueError, TypeError, json.JSONDecodeError) as exc:
+            raise UserInputError(f"{where} has unreadable segdeploy metadata: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["trace_shape"] = list(self.trace_shape) if self.trace_shape else None
+        data["preprocessing"] = {**asdict(self.preprocessing), "input_format": self.preprocessing.input_format.value,
+                                 "color": self.preprocessing.color.value}
+        data["precision"], data["output"] = self.precision.value, self.output.value
+        return data
+
+
+METADATA_KEYS = {
+    "architecture": "zoo name, file.py:factory, or the class name of a Python object",
+    "source": "zoo, file or object (a Python object must be verified from Python)",
+    "config": "JSON of the builder options the model was built with",
+    "num_classes": "output classes of the network",
+    "in_channels": "input image channels",
+    "trace_shape": "the NCHW shape the export was traced and verified at, NxCxHxW",
+    "dynamic_axes": "comma-separated dynamic input axes, e.g. 'batch,height,width' ('' when static)",
+    "min_size": "smallest height/width the model accepts",
+    "size_multiple": "height and width must be multiples of this",
+    "rewrites": "comma-separated segdeploy rewrites applied ('' when none)",
+    "precision": "fp32, fp16, int8 or int8-fp16",
+    "opset": "default-domain ONNX opset",
+    "input_format": "float32-nchw, uint8-nhwc or uint8-nchw",
+    "color": "rgb or bgr: the channel order the network expects",
+    "mean": "per-channel mean in 0..1 units (fused into the graph for uint8 input)",
+    "std": "per-channel std in 0..1 units (fused into the graph for uint8 input)",
+    "output": "logits, probs or classmap",
+    "unpool_inputs": "name:window of each index unpooling's pooling input, in graph order",
+    "segdeploy_version": "version of segdeploy that wrote the file",
+}
+"""The ``metadata_props`` segdeploy writes, all strings."""
+
+
+def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *, load_weights: bool = False) -> onnx.ModelProto:
+    """Read an ONNX model, refusing anything that is not one.
+
+    Args:
+        source: a path to a ``.onnx`` file, or an already loaded ``ModelProto`` (returned as is).
+        load_weights: also load external weight files (segdeploy writes none).
+
+    Raises:
+        UserInputError: missing, empty, unparsable or invalid file, in one line.
+    """
+    import onnx
+
+    if isinstance(source, onnx.ModelProto):
+        return source
+    path = Path(source)
+    if not path.exists():
+        raise UserInputError(f"{path} does not exist; expected an ONNX file (.onnx)")
+    if not path.is_file():
+        raise UserInputError(f"{path} is not a file; expected an ONNX file (.onnx)")
+    if path.stat().st_size == 0:
+        raise UserInputError(f"{path} is empty, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=load_weights)
+    except Exception as exc:  # protobuf raises DecodeError and friends on random or truncated bytes
+        raise UserInputError(
+            f"{path} is not an ONNX model (protobuf parsing failed: {type(exc).__name__}); "
+            "is it truncated or another format?"
+        ) from None
+    if not model.graph.node or not model.opset_import:
+        raise UserInputError(f"{path} is not an ONNX model (no graph nodes or opset); is it truncated or another format?")
+    return model
+
+
+def read_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> Metadata:
+    """The parsed segdeploy metadata of an ONNX file (defaults for what it lacks).
+
+    Raises:
+        UserInputError: the file is missing or not ONNX, or its metadata is unreadable.
+    """
+    model = load_onnx(source)
+    where = str(source) if isinstance(source, (str, os.PathLike)) else "the model"
+    return Metadata.from_props({p.key: p.value for p in model.metadata_props}, where=where)
+
+
+def raw_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> dict[str, str]:
+    """The ``metadata_props`` of an ONNX model as strings."""
+    return {p.key: p.value for p in load_onnx(source).metadata_props}
+
+
+def is_engine_path(path: str | os.PathLike[str]) -> bool:
+    return Path(path).suffix.lower() in ENGINE_SUFFIXES
+
+
+def _str(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _int(text: str | None) -> int | None:
+    return int(text) if text is not None else None
+
+
+def _floats(text: str | None) -> tuple[float, ...] | None:
+    return tuple(float(v) for v in text.split(",")) if text else None
+
+
+def _unpool_entry(text: str) -> tuple[str, int]:
+    name, _, window = text.rpartition(":")
+    return name, int(window)

@@ -1,0 +1,127 @@
+"""A cache of exported ONNX files and built engines, keyed by everything that makes them differ.
+
+An exported file depends on the model, its options and classes, the input
+shape, opset and precision, segdeploy's model and export code, and the
+exporters' versions. An engine depends on the exact ONNX bytes, the profile,
+the precision, the TensorRT version and the GPU: after a TensorRT upgrade or on
+another GPU the key changes and the engine is rebuilt, never served stale.
+
+Files live in ``$SEGDEPLOY_CACHE`` or ``~/.cache/segdeploy`` (``onnx/``, ``engines/``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from segdeploy.artifact import DEFAULT_OPSET, Precision, parse_precision
+from segdeploy.shapes import Shape
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """``cache_dir``, else ``$SEGDEPLOY_CACHE``, else ``~/.cache/segdeploy``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("SEGDEPLOY_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "segdeploy"
+
+
+def _digest(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1)
+def export_fingerprint() -> str:
+    """A digest of what decides an exported file: segdeploy's model and export code and the exporters' versions.
+
+    The version string alone would keep serving a stale file to anyone editing a
+    model or a rewrite in a checkout; hashing the sources costs a few milliseconds.
+    """
+    from importlib import metadata
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    sources = [package / "precision.py", package / "artifact.py", *sorted((package / "models").rglob("*.py")),
+               *sorted((package / "export").rglob("*.py"))]
+    for source in sources:
+        digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes() + b"\0")
+    for dist in ("torch", "onnx", "onnxscript", "onnxsim", "onnxconverter-common"):
+        try:
+            digest.update(f"{dist}={metadata.version(dist)}\0".encode())
+        except metadata.PackageNotFoundError:
+            digest.update(f"{dist}=none\0".encode())
+    return digest.hexdigest()[:16]
+
+
+def onnx_key(name: str, *, config: dict[str, Any], shape: Shape, precision: Precision | str, num_classes: int,
+             opset: int = DEFAULT_OPSET) -> str:
+    """The cache key of a zoo model's export."""
+    return _digest({"model": name, "config": config, "shape": list(shape), "precision": parse_precision(precision).value,
+                    "num_classes": num_classes, "opset": opset, "code": export_fingerprint()})
+
+
+def cached_onnx(
+    name: str,
+    *,
+    config: dict[str, Any],
+    shape: Shape,
+    precision: Precision | str = Precision.FP32,
+    num_classes: int = 21,
+    opset: int = DEFAULT_OPSET,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """The zoo model ``name`` exported with dynamic N/H/W: from the cache, or exported into it (unverified).
+
+    Parity is export's and verify's business; a cached file only saves the export time.
+    """
+    from segdeploy.export.onnx import export_onnx
+
+    precision = parse_precision(precision)
+    key = onnx_key(name, config=config, shape=shape, precision=precision, num_classes=num_classes, opset=opset)
+    path = cache_root(cache_dir) / "onnx" / f"{name}-{opset}-{precision.value}-{key}.onnx"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        export_onnx(name, path, input_shape=shape, opset=opset, precision=precision, verify=False,
+                    num_classes=num_classes, config=config)
+    return path
+
+
+def engine_key(onnx_sha256: str, *, profile: Sequence[Sequence[int]], precision: Precision | str,
+               trt_version: str, gpu_name: str, compute_capability: str) -> str:
+    """The cache key of an engine: the ONNX bytes, the build settings, the TensorRT version and the GPU."""
+    return _digest({"onnx": onnx_sha256, "profile": [list(p) for p in profile],
+                    "precision": parse_precision(precision).value, "tensorrt": trt_version, "gpu": gpu_name,
+                    "compute_capability": compute_capability})
+
+
+def cached_engine(
+    onnx_path: Path,
+    *,
+    min_shape: Shape,
+    opt_shape: Shape,
+    max_shape: Shape,
+    precision: Precision | str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """An engine built from ``onnx_path`` with this profile, from the cache or built into it.
+
+    Raises:
+        MissingDependencyError: TensorRT or a CUDA GPU is missing.
+    """
+    from segdeploy.runtime.trt_build import build_engine, read_onnx_facts, require_tensorrt, sha256_file
+
+    trt, gpu = require_tensorrt()
+    wanted = parse_precision(precision) if precision is not None else read_onnx_facts(onnx_path).precision
+    key = engine_key(sha256_file(onnx_path), profile=(min_shape, opt_shape, max_shape), precision=wanted,
+                     trt_version=str(trt.__version__), gpu_name=gpu.name, compute_capability=gpu.compute_capability)
+    path = cache_root(cache_dir) / "engines" / f"{onnx_path.stem}-{parse_precision(wanted).value}-{key}.engine"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_engine(onnx_path, path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+                     precision=parse_precision(wanted).value)
+    return path
