@@ -483,3 +483,33 @@ def test_build_cli_prints_a_summary(tmp_path, fake_trt):
     assert "fp16 (strongly typed)" in result.stdout and "TensorRT 11.0.0.114" in result.stdout
     assert "min 1x3x32x32, opt 1x3x64x64, max 2x3x128x128" in result.stdout
     assert (tmp_path / "m.engine").read_bytes() == b"PLAN"
+
+
+@pytest.mark.parametrize("blocked", ["engine", "sidecar", "timing cache"])
+def test_build_cli_refuses_an_output_path_that_is_a_directory_before_any_tensorrt_work(tmp_path, fake_trt, blocked):
+    fake = fake_trt("10.3.0.26")
+    onnx_path = write_onnx(tmp_path / "m.onnx")
+    engine, cache = tmp_path / "out.engine", tmp_path / "timing.cache"
+    directory = {"engine": engine, "sidecar": tmp_path / "out.engine.json", "timing cache": cache}[blocked]
+    directory.mkdir()
+    result = CliRunner().invoke(app, ["build", str(onnx_path), "-o", str(engine), "--timing-cache", str(cache)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot write {directory}: it is a directory" in lines[0]
+    assert fake.calls == []  # not even a Logger: refused before TensorRT
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", directory.name])
+
+
+def test_build_refuses_outputs_that_overwrite_the_onnx_or_each_other(tmp_path, fake_trt):
+    fake = fake_trt("10.3.0.26")
+    onnx_path = write_onnx(tmp_path / "m.onnx")
+    with pytest.raises(UserInputError, match="engine path .* would overwrite the ONNX"):
+        build_engine(onnx_path, onnx_path)
+    with pytest.raises(UserInputError, match="timing cache path .* would overwrite the ONNX"):
+        build_engine(onnx_path, tmp_path / "m.engine", timing_cache=onnx_path)
+    with pytest.raises(UserInputError, match="would overwrite the engine or its sidecar"):
+        build_engine(onnx_path, tmp_path / "m.engine", timing_cache=tmp_path / "m.engine.json")
+    with pytest.raises(UserInputError, match="directory .*nowhere does not exist"):
+        build_engine(onnx_path, tmp_path / "nowhere" / "m.engine")
+    assert fake.calls == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

@@ -27,7 +27,7 @@ from typing import Any
 
 from segdeploy._version import __version__
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError
-from segdeploy.fileio import atomic_output, write_bytes_atomic, write_text_atomic
+from segdeploy.fileio import atomic_output, check_output_path, write_bytes_atomic, write_text_atomic
 from segdeploy.shapes import Shape, check_shape, format_shape, parse_shape
 
 PRECISIONS = ("fp32", "fp16")
@@ -412,11 +412,8 @@ def build_engine(
     onnx_path = Path(onnx_path)
     facts = read_onnx_facts(onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
-    if engine_path.resolve() == onnx_path.resolve():
-        raise UserInputError(f"the engine path {engine_path} would overwrite the ONNX file: pick another -o")
-    for target in (engine_path, Path(timing_cache) if timing_cache else None):
-        if target is not None and not target.parent.is_dir():
-            raise UserInputError(f"cannot write {target}: directory {target.parent} does not exist")
+    cache_path = Path(timing_cache) if timing_cache else None
+    _check_outputs(onnx_path, engine_path, cache_path)
     if not workspace_gb > 0:
         raise UserInputError(f"bad workspace {workspace_gb} GB: expected a positive number")
     normalize_precision(precision)
@@ -424,7 +421,6 @@ def build_engine(
 
     trt, gpu = require_tensorrt()
     plan = plan_build(trt_major(trt), facts.precision, precision)
-    cache_path = Path(timing_cache) if timing_cache else None
     cache_in = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
 
     started = time.perf_counter()
@@ -449,6 +445,19 @@ def build_engine(
         write_bytes_atomic(cache_path, cache_out)
     return BuildResult(engine_path, side, sidecar, plan, profile, len(serialized), build_seconds,
                        cache_path if cache_out else None)
+
+
+def _check_outputs(onnx_path: Path, engine_path: Path, cache_path: Path | None) -> None:
+    """Refuse, before any TensorRT work, outputs that cannot be written or would overwrite an input or each other."""
+    outputs = {"engine": engine_path, "sidecar": sidecar_path(engine_path)}
+    if cache_path is not None:
+        outputs["timing cache"] = cache_path
+    for what, path in outputs.items():
+        check_output_path(path)
+        if path.resolve() == onnx_path.resolve():
+            raise UserInputError(f"the {what} path {path} would overwrite the ONNX file: pick another path")
+    if cache_path is not None and cache_path.resolve() in (engine_path.resolve(), sidecar_path(engine_path).resolve()):
+        raise UserInputError(f"the timing cache {cache_path} would overwrite the engine or its sidecar: pick another path")
 
 
 def network_flags(trt: Any, plan: BuildPlan) -> int:
