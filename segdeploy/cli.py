@@ -319,7 +319,8 @@ def build_cmd(
     max_shape: Annotated[Optional[str], typer.Option("--max-shape", help="Largest input NxCxHxW.")] = None,
     workspace: Annotated[float, typer.Option("--workspace", help="Workspace memory limit in GiB.")] = 4.0,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file to reuse and update.")] = None,
-    precision: Annotated[Optional[str], typer.Option("--precision", help="fp16 or fp32 (default: the ONNX's).")] = None,
+    precision: Annotated[Optional[str], typer.Option(
+        "--precision", help="fp32, fp16, int8 or int8-fp16 (default: the ONNX's; int8 needs Q/DQ nodes).")] = None,
 ) -> None:
     """Build a TensorRT engine (TensorRT 10.x or 11.x) plus a JSON sidecar describing it."""
     from rich.console import Console
@@ -334,6 +335,8 @@ def build_cmd(
         )
     side = result.sidecar
     typing_note = "strongly typed" if result.plan.strongly_typed else "weakly typed + FP16 flag" if result.plan.fp16_flag else "weakly typed"
+    if result.plan.explicit_quantization:
+        typing_note += ", Q/DQ"
     console = _console()
     console.print(f"[bold]{result.engine_path}[/bold]: {result.engine_bytes / 2**20:.1f} MiB, {side['precision']} "
                   f"({typing_note}), built in {result.build_seconds:.1f} s")

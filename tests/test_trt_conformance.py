@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trt_bindings
-from test_trt_build import write_onnx
+from test_trt_build import write_onnx, write_qdq_onnx
 
 from segdeploy.environment import GpuInfo
 from segdeploy.errors import SegdeployError, UserInputError
@@ -104,6 +104,10 @@ BUILDS = [
     ("fp32", "fp16", False),
     ("fp16", None, False),
     ("fp16", None, True),
+    ("int8", None, False),
+    ("int8", "int8", True),
+    ("int8-fp16", None, False),
+    ("int8-fp16", "int8-fp16", True),
 ]
 
 
@@ -113,7 +117,10 @@ def test_build_engine_makes_only_calls_the_real_bindings_accept(trt_api, install
     from segdeploy.runtime.trt_build import build_engine
 
     fake = install(trt_api)
-    onnx_path = write_onnx(tmp_path / "m.onnx", fp16=onnx_precision == "fp16")
+    if onnx_precision.startswith("int8"):
+        onnx_path = write_qdq_onnx(tmp_path / "m.onnx", fp16=onnx_precision == "int8-fp16")
+    else:
+        onnx_path = write_onnx(tmp_path / "m.onnx", fp16=onnx_precision == "fp16")
     cache = tmp_path / "timing.cache"
     if with_cache:
         cache.write_bytes(b"OLD")
@@ -125,7 +132,7 @@ def test_build_engine_makes_only_calls_the_real_bindings_accept(trt_api, install
     result = build_engine(onnx_path, precision=requested, workspace_gb=2, timing_cache=cache if with_cache else None)
 
     engine_precision = requested or onnx_precision
-    strongly_typed = major(trt_api) >= 11 or onnx_precision == "fp16"
+    strongly_typed = major(trt_api) >= 11 or onnx_precision != "fp32"
     flags = fake.calls_to("Builder.create_network")
     expected_bits = 1 << 1 if major(trt_api) == 10 and strongly_typed else 0
     assert [args["flags"] for args in flags] == [expected_bits]
@@ -140,6 +147,7 @@ def test_build_engine_makes_only_calls_the_real_bindings_accept(trt_api, install
     assert result.engine_path.read_bytes() == b"PLAN"
     assert result.sidecar["tensorrt_version"] == trt_api["version"]
     assert result.sidecar["precision"] == engine_precision and result.sidecar["strongly_typed"] is strongly_typed
+    assert result.sidecar["explicit_quantization"] is onnx_precision.startswith("int8")
     if with_cache:
         assert [bytes(a["serialized_timing_cache"]) for a in fake.calls_to("IBuilderConfig.create_timing_cache")] == [b"OLD"]
         assert [a["ignore_mismatch"] for a in fake.calls_to("IBuilderConfig.set_timing_cache")] == [False]
