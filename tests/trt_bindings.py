@@ -254,7 +254,6 @@ def _clean_type(text: str) -> str:
 # py::implicitly_convertible for its Dims types), so a tuple is a valid shape argument.
 _SEQUENCE_CONVERTIBLE_PREFIXES = ("Dims", "Permutation")
 _INSTALLED_DUNDERS = ("__len__", "__getitem__", "__setitem__", "__str__", "__contains__", "__call__")
-_UNCHECKED = object()
 
 
 class Call:
@@ -426,7 +425,6 @@ class _FakeObject:
     """Base of every fake TensorRT class: only real properties can be set, constructors are checked."""
 
     _fake_module: FakeTensorRT
-    _fake_qualname = ""
     _fake_properties: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
@@ -461,7 +459,7 @@ class _FakeHostMemory(bytes):
 def _make_class(module: FakeTensorRT, qualname: str, spec: dict[str, Any], types: dict[str, type],
                 behaviour: dict[str, Callable[..., Any]]) -> type:
     bases = tuple(types[b] for b in spec["bases"]) or (_FakeObject,)
-    namespace: dict[str, Any] = {"__qualname__": qualname, "_fake_qualname": qualname, "_fake_module": module,
+    namespace: dict[str, Any] = {"__qualname__": qualname, "_fake_module": module,
                                  "_fake_properties": spec["properties"]}
     if qualname == "IHostMemory":
         bases = (*bases, _FakeHostMemory)
