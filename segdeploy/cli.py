@@ -381,6 +381,8 @@ def build_cmd(
         )  # fmt: skip
     side = result.sidecar
     typing_note = "strongly typed" if result.plan.strongly_typed else "weakly typed + FP16 flag" if result.plan.fp16_flag else "weakly typed"
+    if result.plan.explicit_quantization:
+        typing_note += ", Q/DQ"
     console = _console()
     console.print(f"[bold]{result.engine_path}[/bold]: {result.engine_bytes / 2**20:.1f} MiB, {side['precision']} "
                   f"({typing_note}), built in {result.build_seconds:.1f} s")

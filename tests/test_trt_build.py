@@ -57,6 +57,62 @@ def write_onnx(path: Path, *, fp16: bool = False, dims=("N", 3, "H", "W"), metad
     return path
 
 
+def write_qdq_onnx(path: Path, *, fp16: bool = False, metadata: dict[str, str] | None = None) -> Path:
+    """A tiny explicitly quantized (Q/DQ) 1x1-conv model, float32 I/O.
+
+    FP32 elsewhere: ONNX Runtime's ``quantize_static`` (QDQ, symmetric int8, per-channel weights) on
+    :func:`write_onnx`'s model. FP16 elsewhere: built by hand at opset 19 (FP16 scales), Cast at both ends.
+    """
+    meta = {"trace_shape": "2x3x64x96", "in_channels": "3", "min_size": "32"} if metadata is None else metadata
+    if fp16:
+        half = TensorProto.FLOAT16
+        nodes = [
+            helper.make_node("Cast", ["input"], ["x16"], to=half),
+            helper.make_node("QuantizeLinear", ["x16", "x_scale", "x_zero"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xdq"]),
+            helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zero"], ["wdq"], axis=0),
+            helper.make_node("Conv", ["xdq", "wdq"], ["y16"]),
+            helper.make_node("Cast", ["y16"], ["logits"], to=TensorProto.FLOAT),
+        ]
+        initializers = [
+            helper.make_tensor("x_scale", half, [], [0.05]),
+            helper.make_tensor("x_zero", TensorProto.INT8, [], [0]),
+            helper.make_tensor("wq", TensorProto.INT8, [2, 3, 1, 1], [127, -64, 32, 5, 100, -127]),
+            helper.make_tensor("w_scale", half, [2], [0.004, 0.008]),
+            helper.make_tensor("w_zero", TensorProto.INT8, [2], [0, 0]),
+        ]
+        graph = helper.make_graph(
+            nodes, "tiny_qdq_fp16",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+            initializer=initializers,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        model.ir_version = 9
+    else:
+        import numpy as np
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        class Batches(CalibrationDataReader):
+            def __init__(self) -> None:
+                rng = np.random.default_rng(0)
+                self.batches = iter([{"input": rng.standard_normal((1, 3, 8, 8), dtype=np.float32)} for _ in range(2)])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        float_path = write_onnx(path.with_name(path.stem + ".float.onnx"), metadata={})
+        quantize_static(str(float_path), str(path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        float_path.unlink()
+        model = onnx.load(str(path))
+        del model.metadata_props[:]
+    helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
 class RecordingEnum:
     """An enum stand-in that logs every attribute lookup, so a test can prove nothing touched a member."""
 
@@ -226,6 +282,15 @@ PLANS = [
     (11, "fp16", None, ("fp16", True, False, False)),
     (11, "fp16", "fp16", ("fp16", True, False, False)),
     (12, "fp16", "fp16", ("fp16", True, False, False)),
+    # Q/DQ (explicit quantization): strongly typed on both lines, no precision flag ever.
+    (10, "int8", None, ("int8", True, True, False)),
+    (10, "int8", "int8", ("int8", True, True, False)),
+    (10, "int8-fp16", None, ("int8-fp16", True, True, False)),
+    (10, "int8-fp16", "int8-fp16", ("int8-fp16", True, True, False)),
+    (11, "int8", None, ("int8", True, False, False)),
+    (11, "int8", "int8", ("int8", True, False, False)),
+    (11, "int8-fp16", None, ("int8-fp16", True, False, False)),
+    (12, "int8-fp16", "int8-fp16", ("int8-fp16", True, False, False)),
 ]
 
 
@@ -235,6 +300,7 @@ def test_plan_build_picks_typing_and_flags_per_tensorrt_line(major, onnx_precisi
     assert (plan.precision, plan.strongly_typed, plan.strongly_typed_flag, plan.fp16_flag) == expected
     assert not (plan.fp16_flag and plan.strongly_typed), "FP16 flag + strong typing fails the build"
     assert plan.strict_fp32 == (plan.precision == "fp32")
+    assert plan.explicit_quantization == plan.precision.startswith("int8")
 
 
 @pytest.mark.parametrize("major", [11, 12])
@@ -252,8 +318,36 @@ def test_plan_build_refuses_fp32_engine_from_fp16_onnx(major):
 def test_plan_build_refuses_tensorrt_older_than_10_and_bad_precision():
     with pytest.raises(MissingDependencyError, match="10.3"):
         plan_build(8, "fp32", None)
-    with pytest.raises(UserInputError, match="fp32 or fp16"):
-        plan_build(10, "fp32", "int8")
+    with pytest.raises(UserInputError, match="expected fp32, fp16, int8 or int8-fp16"):
+        plan_build(10, "fp32", "int4")
+
+
+# (ONNX precision, requested) -> the one-line refusal, the same on every TensorRT line.
+QUANTIZATION_REFUSALS = [
+    ("fp32", "int8", r"no QuantizeLinear/DequantizeLinear nodes.*--precision int8 --calib PATH"),
+    ("fp16", "int8", r"no QuantizeLinear/DequantizeLinear nodes.*--precision int8 --calib PATH"),
+    ("fp32", "int8-fp16", r"no QuantizeLinear/DequantizeLinear nodes.*--precision int8-fp16 --calib PATH"),
+    ("int8", "fp32", r"quantized as int8 .*FP32 elsewhere.*--precision fp32`"),
+    ("int8", "fp16", r"quantized as int8 .*--precision fp16`"),
+    ("int8", "int8-fp16", r"quantized as int8 .*--precision int8-fp16 --calib PATH"),
+    ("int8-fp16", "int8", r"quantized as int8-fp16 .*FP16 elsewhere.*--precision int8 --calib PATH"),
+    ("int8-fp16", "fp16", r"quantized as int8-fp16 .*--precision fp16`"),
+]
+
+
+@pytest.mark.parametrize("major", [10, 11])
+@pytest.mark.parametrize("onnx_precision, requested, message", QUANTIZATION_REFUSALS)
+def test_plan_build_refuses_precisions_a_quantized_or_float_onnx_cannot_give(major, onnx_precision, requested, message):
+    with pytest.raises(UserInputError, match=message) as info:
+        plan_build(major, onnx_precision, requested)
+    assert "\n" not in str(info.value)
+
+
+def test_precision_names_are_normalized():
+    from segdeploy.runtime.trt_build import normalize_precision
+
+    assert [normalize_precision(p) for p in ("INT8", "int8_fp16", "INT8+FP16", "float16", None)] == [
+        "int8", "int8-fp16", "int8-fp16", "fp16", None]
 
 
 def test_trt_major_reads_the_version_string():
@@ -324,6 +418,45 @@ def test_onnx_facts_read_precision_from_metadata_or_weights(tmp_path):
     assert read_onnx_facts(write_onnx(tmp_path / "b.onnx", fp16=True)).precision == "fp16"
     tagged = write_onnx(tmp_path / "c.onnx", metadata={"precision": "fp16", "trace_shape": "1x3x32x32"})
     assert read_onnx_facts(tagged).precision == "fp16"
+
+
+def test_onnx_facts_find_qdq_nodes_with_or_without_metadata(tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    fp32_qdq = write_qdq_onnx(tmp_path / "q.onnx", metadata={})
+    fp16_qdq = write_qdq_onnx(tmp_path / "q16.onnx", fp16=True, metadata={})
+    x = np.random.default_rng(0).standard_normal((2, 3, 5, 7), dtype=np.float32)
+    for path in (fp32_qdq, fp16_qdq):  # real models ONNX Runtime runs, not just node lists
+        (out,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})
+        assert out.shape == (2, 2, 5, 7) and out.dtype == np.float32
+    assert read_onnx_facts(fp32_qdq).precision == "int8"
+    assert read_onnx_facts(fp16_qdq).precision == "int8-fp16"
+    tagged = write_qdq_onnx(tmp_path / "t.onnx", metadata={"precision": "int8", "trace_shape": "1x3x32x32"})
+    assert read_onnx_facts(tagged).precision == "int8"
+    # A quantized file still tagged with its float precision builds as what its nodes say.
+    stale = write_qdq_onnx(tmp_path / "s.onnx", fp16=True, metadata={"precision": "fp16"})
+    assert read_onnx_facts(stale).precision == "int8-fp16"
+
+
+def test_onnx_facts_find_qdq_nodes_inside_subgraphs(tmp_path):
+    path = write_onnx(tmp_path / "m.onnx")
+    model = onnx.load(str(path))
+    branch = helper.make_graph(
+        [helper.make_node("DequantizeLinear", ["q", "s"], ["d"])], "branch", [],
+        [helper.make_tensor_value_info("d", TensorProto.FLOAT, None)],
+        initializer=[helper.make_tensor("q", TensorProto.INT8, [1], [3]), helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])],
+    )
+    model.graph.initializer.append(helper.make_tensor("cond", TensorProto.BOOL, [], [True]))
+    model.graph.node.append(helper.make_node("If", ["cond"], ["unused"], then_branch=branch, else_branch=branch))
+    onnx.save(model, str(path))
+    assert read_onnx_facts(path).precision == "int8"
+
+
+def test_int8_metadata_without_qdq_nodes_is_refused(tmp_path):
+    path = write_onnx(tmp_path / "m.onnx", metadata={"precision": "int8", "trace_shape": "1x3x32x32"})
+    with pytest.raises(UserInputError, match=r"says precision int8 but has no QuantizeLinear.*--precision int8 --calib PATH"):
+        read_onnx_facts(path)
 
 
 def test_onnx_facts_refuse_random_and_truncated_files(tmp_path):
@@ -402,6 +535,39 @@ def test_tensorrt11_fp32_onnx_with_fp16_request_is_an_error_not_a_silent_fp32_en
         build_engine(onnx_path, precision="fp16")
     assert "Builder" not in fake.names() and ("enum", "BuilderFlag", "FP16") not in fake.calls
     assert not (tmp_path / "m.engine").exists() and not (tmp_path / "m.engine.json").exists()
+
+
+@pytest.mark.parametrize("version, bits", [("10.3.0.26", 1 << 1), ("11.0.0.114", 0)])
+@pytest.mark.parametrize("fp16", [False, True])
+def test_qdq_onnx_builds_strongly_typed_with_no_precision_flag(tmp_path, fake_trt, version, bits, fp16):
+    fake = fake_trt(version)
+    result = build_engine(write_qdq_onnx(tmp_path / "q.onnx", fp16=fp16), opt_shape="1x3x64x64")
+    assert fake.find("create_network") == [("create_network", bits)]
+    assert fake.find("set_flag") == [] and fake.find("clear_flag") == []
+    assert not [c for c in fake.calls if c[:2] == ("enum", "BuilderFlag")]  # not even a probe of INT8/FP16
+    assert fake.find("set_shape") == [("set_shape", "input", (1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 128, 128))]
+    side = json.loads(sidecar_path(tmp_path / "q.engine").read_text())
+    assert side["precision"] == ("int8-fp16" if fp16 else "int8")
+    assert side["strongly_typed"] is True and side["explicit_quantization"] is True
+    assert side["fp16_builder_flag"] is False and result.plan.explicit_quantization
+
+
+def test_int8_from_a_float_onnx_is_refused_in_one_line_before_looking_for_tensorrt(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # no TensorRT here: the input error still comes first
+    onnx_path = write_onnx(tmp_path / "m.onnx")
+    result = CliRunner().invoke(app, ["build", str(onnx_path), "--precision", "int8"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no QuantizeLinear/DequantizeLinear nodes" in lines[0]
+    assert "`segdeploy export MODEL --precision int8 --calib PATH`" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_build_cli_summary_names_qdq_int8(tmp_path, fake_trt):
+    fake_trt("10.3.0.26")
+    result = CliRunner().invoke(app, ["build", str(write_qdq_onnx(tmp_path / "q.onnx")), "--precision", "INT8"])
+    assert result.exit_code == 0, result.output
+    assert "int8 (strongly typed, Q/DQ)" in result.stdout
 
 
 def test_parse_errors_become_one_message_and_no_file(tmp_path, fake_trt):
@@ -483,3 +649,33 @@ def test_build_cli_prints_a_summary(tmp_path, fake_trt):
     assert "fp16 (strongly typed)" in result.stdout and "TensorRT 11.0.0.114" in result.stdout
     assert "min 1x3x32x32, opt 1x3x64x64, max 2x3x128x128" in result.stdout
     assert (tmp_path / "m.engine").read_bytes() == b"PLAN"
+
+
+@pytest.mark.parametrize("blocked", ["engine", "sidecar", "timing cache"])
+def test_build_cli_refuses_an_output_path_that_is_a_directory_before_any_tensorrt_work(tmp_path, fake_trt, blocked):
+    fake = fake_trt("10.3.0.26")
+    onnx_path = write_onnx(tmp_path / "m.onnx")
+    engine, cache = tmp_path / "out.engine", tmp_path / "timing.cache"
+    directory = {"engine": engine, "sidecar": tmp_path / "out.engine.json", "timing cache": cache}[blocked]
+    directory.mkdir()
+    result = CliRunner().invoke(app, ["build", str(onnx_path), "-o", str(engine), "--timing-cache", str(cache)])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"cannot write {directory}: it is a directory" in lines[0]
+    assert fake.calls == []  # not even a Logger: refused before TensorRT
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["m.onnx", directory.name])
+
+
+def test_build_refuses_outputs_that_overwrite_the_onnx_or_each_other(tmp_path, fake_trt):
+    fake = fake_trt("10.3.0.26")
+    onnx_path = write_onnx(tmp_path / "m.onnx")
+    with pytest.raises(UserInputError, match="engine path .* would overwrite the ONNX"):
+        build_engine(onnx_path, onnx_path)
+    with pytest.raises(UserInputError, match="timing cache path .* would overwrite the ONNX"):
+        build_engine(onnx_path, tmp_path / "m.engine", timing_cache=onnx_path)
+    with pytest.raises(UserInputError, match="would overwrite the engine or its sidecar"):
+        build_engine(onnx_path, tmp_path / "m.engine", timing_cache=tmp_path / "m.engine.json")
+    with pytest.raises(UserInputError, match="directory .*nowhere does not exist"):
+        build_engine(onnx_path, tmp_path / "nowhere" / "m.engine")
+    assert fake.calls == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]

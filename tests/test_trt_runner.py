@@ -260,6 +260,46 @@ def test_tensorrt10_builds_fp16_from_fp32_onnx_with_the_builder_flag(trt_module,
 
 
 @pytest.mark.trt
+def test_int8_qdq_engine_agrees_with_onnx_runtime_on_the_same_quantized_file(tiny_onnx, tmp_path):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from segdeploy.runtime.trt_build import build_engine
+
+    _, fp32_path, _ = tiny_onnx
+    rng = np.random.default_rng(2)
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter([{"input": rng.standard_normal((2, 3, 64, 64), dtype=np.float32)} for _ in range(8)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    qdq_path = tmp_path / "tiny_int8.onnx"
+    # TensorRT-safe settings: symmetric int8, per-channel weights, Conv inputs only, biases left in float.
+    quantize_static(str(fp32_path), str(qdq_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
+                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    model = onnx.load(str(qdq_path))
+    helper.set_model_props(model, {"trace_shape": "2x3x64x64", "in_channels": "3", "min_size": "16",
+                                   "precision": "int8"})
+    onnx.save(model, str(qdq_path))
+    result = build_engine(qdq_path, tmp_path / "int8.engine", **PROFILE)
+    assert result.sidecar["precision"] == "int8" and result.sidecar["explicit_quantization"] is True
+    session = ort.InferenceSession(str(qdq_path), providers=["CPUExecutionProvider"])
+    with TrtRunner(result.engine_path) as runner:
+        for shape in SHAPES:
+            x = rng.standard_normal(shape, dtype=np.float32)
+            (ref,) = session.run(None, {"input": x})
+            out = runner.infer(x)
+            assert out.shape == ref.shape
+            assert (out.argmax(1) == ref.argmax(1)).mean() >= 0.99, shape
+
+
+@pytest.mark.trt
 def test_real_runner_rejects_shapes_outside_the_profile(tiny_onnx, tmp_path):
     from segdeploy.runtime.trt_build import build_engine
 

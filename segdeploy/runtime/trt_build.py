@@ -11,7 +11,11 @@ TensorRT calls follow NVIDIA's Python API reference and migration guide:
         Network, OnnxParser pages; 11.0: .../tensorrt/11.0.0/_static/python-api/infer/Core/Builder.html)
   [MIG] https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-python-api-patterns.html
   [REM] https://docs.nvidia.com/deeplearning/tensorrt/11.4.0/api/migration/tensorrt-10x-to-11x-python-api-reference.html
-and were checked against the bindings (NVIDIA/TensorRT python/src/infer/pyCore.cpp, tags v10.3.0 and v11.1).
+  [EQ]  https://docs.nvidia.com/deeplearning/tensorrt/latest/inference-library/quantized-types-explicit-quantization.html
+  [TX]  trtexec 10.3 (NVIDIA/TensorRT samples/common/sampleOptions.cpp, tag v10.3.0): --stronglyTyped turns
+        --int8/--fp16 off ("not allowed if graph is strongly typed")
+and were checked against the bindings (NVIDIA/TensorRT python/src/infer/pyCore.cpp, tags v10.3.0 and v11.1);
+tests/test_trt_conformance.py runs every call against the real 10.3, 10.16 and 11.4 Python bindings.
 """
 
 from __future__ import annotations
@@ -27,10 +31,13 @@ from typing import Any
 
 from segdeploy._version import __version__
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError
-from segdeploy.fileio import atomic_output, write_bytes_atomic, write_text_atomic
+from segdeploy.fileio import atomic_output, check_output_path, write_bytes_atomic, write_text_atomic
 from segdeploy.shapes import Shape, check_shape, format_shape, parse_shape
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8", "int8-fp16")
+# Explicitly quantized: INT8 where the ONNX has QuantizeLinear/DequantizeLinear, FP32 or FP16 elsewhere.
+QUANTIZED = ("int8", "int8-fp16")
+QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 DEFAULT_MIN_SIDE = 32  # the largest total stride in the zoo; used when the ONNX metadata names no min_size
 SIDECAR_SUFFIX = ".json"
 SIDECAR_FORMAT = 1
@@ -55,12 +62,14 @@ class BuildPlan:
 
     Attributes:
         trt_major: the TensorRT line the plan is for.
-        precision: the engine's precision, ``"fp32"`` or ``"fp16"``.
+        precision: the engine's precision: ``"fp32"``, ``"fp16"``, ``"int8"`` (Q/DQ, FP32 elsewhere) or
+            ``"int8-fp16"`` (Q/DQ, FP16 elsewhere).
         strongly_typed: layer types come from the ONNX tensor types.
         strongly_typed_flag: pass ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (10.x only; 11.x is
             always strongly typed and deprecates the flag).
         fp16_flag: set ``BuilderFlag.FP16`` (10.x weak typing only; the flag does not exist on 11.x).
         strict_fp32: clear ``BuilderFlag.TF32`` so an FP32 engine really computes in FP32.
+        explicit_quantization: the ONNX carries QuantizeLinear/DequantizeLinear nodes (INT8 engine).
     """
 
     trt_major: int
@@ -69,34 +78,79 @@ class BuildPlan:
     strongly_typed_flag: bool
     fp16_flag: bool
     strict_fp32: bool
+    explicit_quantization: bool = False
 
 
 def normalize_precision(value: str | None, *, what: str = "precision") -> str | None:
-    """``"FP16"``/``"float16"`` -> ``"fp16"``; None stays None.
+    """``"FP16"``/``"float16"`` -> ``"fp16"``, ``"INT8_FP16"`` -> ``"int8-fp16"``; None stays None.
 
     Raises:
-        UserInputError: anything but fp32/fp16.
+        UserInputError: anything but fp32, fp16, int8 or int8-fp16.
     """
     if value is None:
         return None
-    text = str(value).strip().lower()
+    text = str(value).strip().lower().replace("_", "-").replace("+", "-")
     text = {"float32": "fp32", "float16": "fp16", "half": "fp16", "float": "fp32"}.get(text, text)
     if text not in PRECISIONS:
-        raise UserInputError(f"bad {what} {value!r}: expected fp32 or fp16")
+        raise UserInputError(f"bad {what} {value!r}: expected fp32, fp16, int8 or int8-fp16")
     return text
+
+
+def check_precision(onnx_precision: str, requested_precision: str | None) -> str:
+    """The engine precision an ONNX gives, refusing requests no TensorRT line can meet from it.
+
+    Called before TensorRT is even imported, so a wrong request is reported on any machine.
+
+    Args:
+        onnx_precision: what the ONNX stores (see :func:`read_onnx_facts`).
+        requested_precision: the engine precision asked for, or None for the ONNX's own.
+
+    Returns:
+        The engine precision.
+
+    Raises:
+        UserInputError: INT8 from an ONNX without Q/DQ nodes, a Q/DQ ONNX asked for another precision, or
+            FP32 from an FP16 ONNX.
+    """
+    onnx_precision = normalize_precision(onnx_precision, what="ONNX precision") or "fp32"
+    wanted = normalize_precision(requested_precision) or onnx_precision
+    if wanted in QUANTIZED and onnx_precision not in QUANTIZED:
+        raise UserInputError(
+            f"this ONNX has no QuantizeLinear/DequantizeLinear nodes, so TensorRT cannot build {wanted} from it: "
+            f"export a quantized ONNX with `segdeploy export MODEL --precision {wanted} --calib PATH` and build that"
+        )
+    if onnx_precision in QUANTIZED and wanted != onnx_precision:
+        hint = f"--precision {wanted} --calib PATH" if wanted in QUANTIZED else f"--precision {wanted}"
+        raise UserInputError(
+            f"this ONNX is quantized as {onnx_precision} (QuantizeLinear/DequantizeLinear nodes, "
+            f"{'FP16' if onnx_precision == 'int8-fp16' else 'FP32'} elsewhere), so its engine is {onnx_precision}: "
+            f"export the {wanted} ONNX with `segdeploy export MODEL {hint}` and build that"
+        )
+    if onnx_precision == "fp16" and wanted == "fp32":
+        raise UserInputError(
+            "this ONNX stores FP16 weights, so its engine is FP16: build the FP32 ONNX "
+            "(`segdeploy export MODEL --precision fp32`) for an FP32 engine"
+        )
+    return wanted
 
 
 def plan_build(trt_major: int, onnx_precision: str, requested_precision: str | None) -> BuildPlan:
     """Decide network typing and builder flags for one TensorRT line.
 
-    TensorRT >= 11 has no FP16 builder flag (removed, [REM]); networks are always strongly typed, so
+    TensorRT >= 11 has no FP16 or INT8 builder flag (removed, [REM]); networks are always strongly typed, so
     the ONNX dtypes *are* the engine precision. TensorRT 10.x builds an FP32 ONNX weakly typed (with
     ``BuilderFlag.FP16`` for fp16) and an FP16 ONNX strongly typed; never both, which fails the build
     (NVIDIA/TensorRT issues 4228, 4253).
 
+    INT8 is explicit quantization on both lines: the ONNX's QuantizeLinear/DequantizeLinear nodes say
+    where, its float types say what runs elsewhere (FP32 for ``int8``, FP16 for ``int8-fp16``). NVIDIA asks
+    for strong typing and no precision flags with Q/DQ networks ([EQ]); 10.x offers it through the
+    STRONGLY_TYPED creation flag, with which trtexec 10.3 itself drops --int8/--fp16 ([TX]). The deprecated
+    10.x alternative, weak typing plus ``BuilderFlag.INT8``, is never used: that flag is gone in 11.x ([REM]).
+
     Args:
         trt_major: TensorRT major version (see :func:`trt_major`).
-        onnx_precision: ``"fp32"`` or ``"fp16"``: what the ONNX file stores.
+        onnx_precision: what the ONNX file stores: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"int8-fp16"``.
         requested_precision: the engine precision asked for, or None for the ONNX's own.
 
     Returns:
@@ -107,14 +161,12 @@ def plan_build(trt_major: int, onnx_precision: str, requested_precision: str | N
         MissingDependencyError: TensorRT older than 10.
     """
     onnx_precision = normalize_precision(onnx_precision, what="ONNX precision") or "fp32"
-    wanted = normalize_precision(requested_precision) or onnx_precision
     if trt_major < 10:
         raise MissingDependencyError(f"TensorRT {trt_major}.x is too old: segdeploy needs TensorRT 10.3 or newer")
-    if onnx_precision == "fp16" and wanted == "fp32":
-        raise UserInputError(
-            "this ONNX stores FP16 weights, so its engine is FP16: build the FP32 ONNX "
-            "(`segdeploy export MODEL --precision fp32`) for an FP32 engine"
-        )
+    wanted = check_precision(onnx_precision, requested_precision)
+    if wanted in QUANTIZED:
+        return BuildPlan(trt_major, wanted, strongly_typed=True, strongly_typed_flag=trt_major < 11,
+                         fp16_flag=False, strict_fp32=False, explicit_quantization=True)
     if trt_major >= 11:
         if wanted == "fp16" and onnx_precision == "fp32":
             raise UserInputError(
@@ -246,6 +298,7 @@ def make_sidecar(
         "precision": plan.precision,
         "strongly_typed": plan.strongly_typed,
         "fp16_builder_flag": plan.fp16_flag,
+        "explicit_quantization": plan.explicit_quantization,
         "tf32": not plan.strict_fp32,
         "input_name": input_name,
         "profile": profile.as_dict(),
@@ -299,11 +352,13 @@ class OnnxFacts:
 def read_onnx_facts(onnx_path: str | Path) -> OnnxFacts:
     """Load an ONNX file's graph (not its external weights) and read input, precision and metadata.
 
-    The precision is the ``precision`` metadata written by ``segdeploy export``, else fp16 when any
-    initializer is FLOAT16.
+    The float precision is the ``precision`` metadata written by ``segdeploy export``, else fp16 when any
+    initializer is FLOAT16. QuantizeLinear/DequantizeLinear nodes make it ``int8`` (FP32 elsewhere) or
+    ``int8-fp16`` (FP16 elsewhere), whatever the metadata says: the nodes are what TensorRT builds.
 
     Raises:
-        UserInputError: missing file, not an ONNX model, or not exactly one 4-D input.
+        UserInputError: missing file, not an ONNX model, not exactly one 4-D input, or metadata claiming
+            int8 for a file without Q/DQ nodes.
     """
     import onnx
 
@@ -324,11 +379,32 @@ def read_onnx_facts(onnx_path: str | Path) -> OnnxFacts:
     if len(dims) != 4:
         raise UserInputError(f"{path}: input {inputs[0].name!r} has rank {len(dims)}; expected NCHW (rank 4)")
     metadata = {p.key: p.value for p in model.metadata_props}
-    precision = normalize_precision(metadata.get("precision"), what="precision metadata")
-    if precision is None:
-        has_fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
-        precision = "fp16" if has_fp16 else "fp32"
+    claimed = normalize_precision(metadata.get("precision"), what="precision metadata")
+    quantized = _has_qdq(graph)
+    if claimed in QUANTIZED and not quantized:
+        raise UserInputError(
+            f"{path} says precision {claimed} but has no QuantizeLinear/DequantizeLinear nodes: re-export it with "
+            f"`segdeploy export MODEL --precision {claimed} --calib PATH`"
+        )
+    if claimed is not None:
+        fp16 = claimed in ("fp16", "int8-fp16")
+    else:
+        fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
+    precision = ("int8-fp16" if fp16 else "int8") if quantized else ("fp16" if fp16 else "fp32")
     return OnnxFacts(inputs[0].name, dims, precision, metadata)
+
+
+def _has_qdq(graph: Any) -> bool:
+    """Whether a graph (or a subgraph of an If/Loop/Scan) has standard-domain Q/DQ nodes."""
+    for node in graph.node:
+        if node.op_type in QDQ_OPS and node.domain in ("", "ai.onnx"):
+            return True
+        for attr in node.attribute:
+            if attr.HasField("g") and _has_qdq(attr.g):
+                return True
+            if any(_has_qdq(g) for g in attr.graphs):
+                return True
+    return False
 
 
 # --------------------------------------------------------------------------- TensorRT availability
@@ -392,12 +468,14 @@ def build_engine(
     """Build a TensorRT engine (plus ``ENGINE.json`` sidecar) from an ONNX file.
 
     Args:
-        onnx_path: the ONNX file (FP32, or FP16 with float32 I/O from ``segdeploy export --precision fp16``).
+        onnx_path: the ONNX file: FP32, FP16 with float32 I/O (``segdeploy export --precision fp16``), or
+            INT8 with QuantizeLinear/DequantizeLinear nodes, FP32 or FP16 elsewhere (``--precision int8`` or
+            ``int8-fp16``).
         engine_path: where to write; default: the ONNX path with suffix ``.engine``.
         min_shape, opt_shape, max_shape: the optimization profile (see :func:`derive_profile` for defaults).
         workspace_gb: TensorRT workspace memory pool limit in GiB.
         timing_cache: a timing cache file to reuse (when it exists) and update after the build.
-        precision: ``"fp32"``/``"fp16"``; default: the ONNX's own precision.
+        precision: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"int8-fp16"``; default: the ONNX's own precision.
         progress: called with a short message at each stage.
 
     Returns:
@@ -412,19 +490,15 @@ def build_engine(
     onnx_path = Path(onnx_path)
     facts = read_onnx_facts(onnx_path)
     engine_path = Path(engine_path) if engine_path is not None else onnx_path.with_suffix(".engine")
-    if engine_path.resolve() == onnx_path.resolve():
-        raise UserInputError(f"the engine path {engine_path} would overwrite the ONNX file: pick another -o")
-    for target in (engine_path, Path(timing_cache) if timing_cache else None):
-        if target is not None and not target.parent.is_dir():
-            raise UserInputError(f"cannot write {target}: directory {target.parent} does not exist")
+    cache_path = Path(timing_cache) if timing_cache else None
+    _check_outputs(onnx_path, engine_path, cache_path)
     if not workspace_gb > 0:
         raise UserInputError(f"bad workspace {workspace_gb} GB: expected a positive number")
-    normalize_precision(precision)
+    check_precision(facts.precision, precision)
     profile = derive_profile(facts.metadata, min_shape, opt_shape, max_shape, graph_shape=facts.input_dims)
 
     trt, gpu = require_tensorrt()
     plan = plan_build(trt_major(trt), facts.precision, precision)
-    cache_path = Path(timing_cache) if timing_cache else None
     cache_in = cache_path.read_bytes() if cache_path is not None and cache_path.is_file() else b""
 
     started = time.perf_counter()
@@ -449,6 +523,19 @@ def build_engine(
         write_bytes_atomic(cache_path, cache_out)
     return BuildResult(engine_path, side, sidecar, plan, profile, len(serialized), build_seconds,
                        cache_path if cache_out else None)
+
+
+def _check_outputs(onnx_path: Path, engine_path: Path, cache_path: Path | None) -> None:
+    """Refuse, before any TensorRT work, outputs that cannot be written or would overwrite an input or each other."""
+    outputs = {"engine": engine_path, "sidecar": sidecar_path(engine_path)}
+    if cache_path is not None:
+        outputs["timing cache"] = cache_path
+    for what, path in outputs.items():
+        check_output_path(path)
+        if path.resolve() == onnx_path.resolve():
+            raise UserInputError(f"the {what} path {path} would overwrite the ONNX file: pick another path")
+    if cache_path is not None and cache_path.resolve() in (engine_path.resolve(), sidecar_path(engine_path).resolve()):
+        raise UserInputError(f"the timing cache {cache_path} would overwrite the engine or its sidecar: pick another path")
 
 
 def network_flags(trt: Any, plan: BuildPlan) -> int:

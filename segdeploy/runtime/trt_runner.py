@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -147,23 +147,11 @@ class TrtRunner(Runner):
                 self.sidecar, engine_path=self.engine_path, engine_sha256=hashlib.sha256(plan).hexdigest(),
                 trt_version=str(trt.__version__), compute_capability=gpu.compute_capability,
             )
+        loaded = load_engine(trt, plan, self.engine_path, has_sidecar=self.sidecar is not None)
         import torch
 
         self._trt = trt
-        logger = trt.Logger(trt.Logger.WARNING)
-        self._runtime = trt.Runtime(logger)  # [RT]
-        engine = self._runtime.deserialize_cuda_engine(plan)  # [RT]: ICudaEngine, or None on failure
-        if engine is None:
-            why = ("no sidecar says how it was built" if self.sidecar is None
-                   else "the file may be truncated or corrupt")
-            raise UserInputError(f"TensorRT {trt.__version__} could not load {self.engine_path} ({why}; see "
-                                 f"TensorRT's messages above): {REBUILD_HINT}")
-        self._cuda_engine = engine
-        self._context = engine.create_execution_context()  # [ENG]
-        if self._context is None:
-            raise SegdeployError(f"TensorRT could not create an execution context for {self.engine_path} "
-                                 "(out of GPU memory?)")
-        self.io = _describe_io(trt, engine, self.engine_path)
+        self._runtime, self._cuda_engine, self._context, self.io = loaded
         self.input_spec = _input_spec(self.io, self.sidecar)
         # A non-default stream: enqueueing on the legacy default stream adds device-wide syncs.
         self._stream = torch.cuda.Stream()
@@ -310,26 +298,86 @@ class TrtRunner(Runner):
 
         assert self.io is not None
         check_in_profile(batch.shape, self.io.profile.min, self.io.profile.max, self.io.input_name)
-        ctx = self._context
         x = torch.from_numpy(batch).to("cuda").to(self.io.input_dtype).contiguous()
-        # [CTX] set_input_shape -> bool; infer_shapes -> names it could not infer ([] = all known).
-        if not ctx.set_input_shape(self.io.input_name, tuple(x.shape)):
-            raise UserInputError(f"TensorRT refused input shape {format_shape(x.shape)} for {self.io.input_name!r}")
-        unresolved = ctx.infer_shapes()
-        if unresolved:
-            raise SegdeployError(f"TensorRT could not infer the shapes of {', '.join(unresolved)}")
-        ctx.set_tensor_address(self.io.input_name, x.data_ptr())  # [CTX] set_tensor_address(name, int pointer)
-        outputs = []
-        for name, dtype in self.io.outputs:
-            out = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=dtype, device="cuda")  # [CTX] get_tensor_shape
-            ctx.set_tensor_address(name, out.data_ptr())
-            outputs.append(out)
+        output_shapes = set_shapes(self._context, self.io, tuple(x.shape))
+        outputs = [torch.empty(shape, dtype=dtype, device="cuda")
+                   for shape, (_, dtype) in zip(output_shapes, self.io.outputs)]
+        bind_tensors(self._context, self.io, x.data_ptr(), [out.data_ptr() for out in outputs])
         return _Binding(tuple(x.shape), x, outputs)
 
     def _execute(self) -> None:
-        # [CTX] execute_async_v3(stream_handle) -> bool; enqueues on the runner's own (non-default) stream.
-        if not self._context.execute_async_v3(self._stream.cuda_stream):
-            raise SegdeployError(f"TensorRT failed to run {self.engine_path} (see TensorRT's messages above)")
+        enqueue(self._context, self._stream.cuda_stream, self.engine_path)
+
+
+# --------------------------------------------------------------------------- the TensorRT calls (no CUDA here)
+class LoadedEngine(NamedTuple):
+    """What :func:`load_engine` made; the runtime and engine must outlive the context."""
+
+    runtime: Any
+    engine: Any
+    context: Any
+    io: EngineIO
+
+
+def load_engine(trt: Any, plan: bytes, engine_path: Path, *, has_sidecar: bool) -> LoadedEngine:
+    """Deserialize ``plan``, create its execution context and describe its I/O.
+
+    Raises:
+        UserInputError: TensorRT cannot load the engine, or its I/O is not one input and some outputs.
+        SegdeployError: no execution context (out of GPU memory).
+    """
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)  # [RT]
+    engine = runtime.deserialize_cuda_engine(plan)  # [RT]: ICudaEngine, or None on failure
+    if engine is None:
+        why = "the file may be truncated or corrupt" if has_sidecar else "no sidecar says how it was built"
+        raise UserInputError(f"TensorRT {trt.__version__} could not load {engine_path} ({why}; see "
+                             f"TensorRT's messages above): {REBUILD_HINT}")
+    context = engine.create_execution_context()  # [ENG]
+    if context is None:
+        raise SegdeployError(f"TensorRT could not create an execution context for {engine_path} "
+                             "(out of GPU memory?)")
+    return LoadedEngine(runtime, engine, context, _describe_io(trt, engine, engine_path))
+
+
+def set_shapes(context: Any, io: EngineIO, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Give the context the input shape; return each output's shape, in ``io.outputs`` order.
+
+    Raises:
+        UserInputError: TensorRT refuses the shape.
+        SegdeployError: TensorRT cannot infer every shape.
+    """
+    # [CTX] set_input_shape -> bool; infer_shapes -> names it could not infer ([] = all known).
+    if not context.set_input_shape(io.input_name, tuple(int(d) for d in input_shape)):
+        raise UserInputError(f"TensorRT refused input shape {format_shape(input_shape)} for {io.input_name!r}")
+    unresolved = context.infer_shapes()
+    if unresolved:
+        raise SegdeployError(f"TensorRT could not infer the shapes of {', '.join(unresolved)}")
+    return [tuple(int(d) for d in context.get_tensor_shape(name)) for name, _ in io.outputs]  # [CTX]
+
+
+def bind_tensors(context: Any, io: EngineIO, input_address: int, output_addresses: Sequence[int]) -> None:
+    """Bind device addresses to the input and each output (``io.outputs`` order).
+
+    Raises:
+        SegdeployError: TensorRT refuses an address.
+    """
+    names = [io.input_name] + [name for name, _ in io.outputs]
+    for name, address in zip(names, [input_address, *output_addresses]):
+        # [CTX] set_tensor_address(name, int pointer) -> bool (False: unknown name or misaligned pointer).
+        if not context.set_tensor_address(name, int(address)):
+            raise SegdeployError(f"TensorRT refused the device address of tensor {name!r}")
+
+
+def enqueue(context: Any, stream_handle: int, engine_path: Path) -> None:
+    """Enqueue one inference on the CUDA stream ``stream_handle``.
+
+    Raises:
+        SegdeployError: TensorRT reports a failure.
+    """
+    # [CTX] execute_async_v3(stream_handle) -> bool; the runner passes its own (non-default) stream.
+    if not context.execute_async_v3(int(stream_handle)):
+        raise SegdeployError(f"TensorRT failed to run {engine_path} (see TensorRT's messages above)")
 
 
 def _describe_io(trt: Any, engine: Any, engine_path: Path) -> EngineIO:
