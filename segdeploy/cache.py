@@ -58,11 +58,14 @@ def export_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def onnx_key(name: str, *, config: dict[str, Any], shape: Shape, precision: Precision | str, num_classes: int,
-             opset: int = DEFAULT_OPSET) -> str:
-    """The cache key of a zoo model's export."""
-    return _digest({"model": name, "config": config, "shape": list(shape), "precision": parse_precision(precision).value,
-                    "num_classes": num_classes, "opset": opset, "code": export_fingerprint()})
+def onnx_cache_path(name: str, *, config: dict[str, Any], shape: Shape, precision: Precision | str = Precision.FP32,
+                    num_classes: int = 21, opset: int = DEFAULT_OPSET,
+                    cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the export of zoo model ``name`` with these settings is kept: ``onnx/<name>-<opset>-<precision>-<key>.onnx``."""
+    precision = parse_precision(precision)
+    key = _digest({"model": name, "config": config, "shape": list(shape), "precision": precision.value,
+                   "num_classes": num_classes, "opset": opset, "code": export_fingerprint()})
+    return cache_root(cache_dir) / "onnx" / f"{name}-{opset}-{precision.value}-{key}.onnx"
 
 
 def cached_onnx(
@@ -81,9 +84,8 @@ def cached_onnx(
     """
     from segdeploy.export.onnx import export_onnx
 
-    precision = parse_precision(precision)
-    key = onnx_key(name, config=config, shape=shape, precision=precision, num_classes=num_classes, opset=opset)
-    path = cache_root(cache_dir) / "onnx" / f"{name}-{opset}-{precision.value}-{key}.onnx"
+    path = onnx_cache_path(name, config=config, shape=shape, precision=precision, num_classes=num_classes, opset=opset,
+                           cache_dir=cache_dir)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(name, path, input_shape=shape, opset=opset, precision=precision, verify=False,
@@ -91,12 +93,16 @@ def cached_onnx(
     return path
 
 
-def engine_key(onnx_sha256: str, *, profile: Sequence[Sequence[int]], precision: Precision | str,
-               trt_version: str, gpu_name: str, compute_capability: str) -> str:
-    """The cache key of an engine: the ONNX bytes, the build settings, the TensorRT version and the GPU."""
-    return _digest({"onnx": onnx_sha256, "profile": [list(p) for p in profile],
-                    "precision": parse_precision(precision).value, "tensorrt": trt_version, "gpu": gpu_name,
-                    "compute_capability": compute_capability})
+def engine_cache_path(onnx_path: Path, *, profile: Sequence[Sequence[int]], precision: Precision | str,
+                      trt_version: str, gpu_name: str, compute_capability: str,
+                      cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where an engine is kept: its key covers the ONNX bytes, the profile, precision, TensorRT version and GPU."""
+    from segdeploy.runtime.trt_build import sha256_file
+
+    precision = parse_precision(precision)
+    key = _digest({"onnx": sha256_file(onnx_path), "profile": [list(p) for p in profile], "precision": precision.value,
+                   "tensorrt": trt_version, "gpu": gpu_name, "compute_capability": compute_capability})
+    return cache_root(cache_dir) / "engines" / f"{onnx_path.stem}-{precision.value}-{key}.engine"
 
 
 def cached_engine(
@@ -113,15 +119,15 @@ def cached_engine(
     Raises:
         MissingDependencyError: TensorRT or a CUDA GPU is missing.
     """
-    from segdeploy.runtime.trt_build import build_engine, read_onnx_facts, require_tensorrt, sha256_file
+    from segdeploy.runtime.trt_build import build_engine, read_onnx_facts, require_tensorrt
 
     trt, gpu = require_tensorrt()
-    wanted = parse_precision(precision) if precision is not None else read_onnx_facts(onnx_path).precision
-    key = engine_key(sha256_file(onnx_path), profile=(min_shape, opt_shape, max_shape), precision=wanted,
-                     trt_version=str(trt.__version__), gpu_name=gpu.name, compute_capability=gpu.compute_capability)
-    path = cache_root(cache_dir) / "engines" / f"{onnx_path.stem}-{parse_precision(wanted).value}-{key}.engine"
+    wanted = parse_precision(precision if precision is not None else read_onnx_facts(onnx_path).precision)
+    path = engine_cache_path(onnx_path, profile=(min_shape, opt_shape, max_shape), precision=wanted,
+                             trt_version=str(trt.__version__), gpu_name=gpu.name,
+                             compute_capability=gpu.compute_capability, cache_dir=cache_dir)
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         build_engine(onnx_path, path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-                     precision=parse_precision(wanted).value)
+                     precision=wanted.value)
     return path

@@ -188,15 +188,15 @@ def export_cmd(
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Compare with PyTorch at 3 valid shapes.")
     ] = True,
-    precision: Annotated[Precision, typer.Option(help="fp32, or fp16 (float32 input/output).")] = Precision.FP32,
+    precision: Annotated[Precision, typer.Option(case_sensitive=False, help="fp32, or fp16 (float32 input/output).")] = Precision.FP32,
     input_format: Annotated[
-        InputFormat, typer.Option("--input-format", help="float32-nchw, or raw uint8 frames normalized in the graph.")
+        InputFormat, typer.Option("--input-format", case_sensitive=False, help="float32-nchw, or raw uint8 frames normalized in the graph.")
     ] = InputFormat.FLOAT32_NCHW,
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, 0..1, R,G,B (default ImageNet's).")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-channel std, 0..1, R,G,B (default ImageNet's).")] = None,
-    color: Annotated[ColorOrder, typer.Option(help="Channel order of the input frames.")] = ColorOrder.RGB,
+    color: Annotated[ColorOrder, typer.Option(case_sensitive=False, help="Channel order of the input frames.")] = ColorOrder.RGB,
     output_kind: Annotated[
-        OutputKind, typer.Option("--output", help="logits, probs (softmax) or classmap (int32 argmax).")
+        OutputKind, typer.Option("--output", case_sensitive=False, help="logits, probs (softmax) or classmap (int32 argmax).")
     ] = OutputKind.LOGITS,
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the export result as JSON here.")] = None,
 ) -> None:
@@ -365,7 +365,7 @@ def build_cmd(
     max_shape: Annotated[Optional[str], typer.Option("--max-shape", help="Largest input NxCxHxW.")] = None,
     workspace: Annotated[float, typer.Option("--workspace", help="Workspace memory limit in GiB.")] = 4.0,
     timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file to reuse and update.")] = None,
-    precision: Annotated[Optional[Precision], typer.Option("--precision", help="Engine precision (default: the ONNX's).")] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", case_sensitive=False, help="Engine precision (default: the ONNX's).")] = None,
 ) -> None:
     """Build a TensorRT engine (TensorRT 10.x or 11.x) plus a JSON sidecar describing it.
 
@@ -454,11 +454,11 @@ def bench_cmd(
         Optional[str], typer.Argument(help="Zoo name, .onnx or .engine file; omit to run every zoo model.")
     ] = None,
     engine: Annotated[
-        Optional[list[Engine]], typer.Option("--engine", "-e", help="Repeat to compare (default torch and ort).")
+        Optional[list[Engine]], typer.Option("--engine", "-e", case_sensitive=False, help="Repeat to compare (default torch and ort).")
     ] = None,
     shape: Annotated[str, typer.Option(help="Input shape NxCxHxW; N is the batch unless --batch is given.")] = "1x3x512x512",
     batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated, e.g. 1,4,8.")] = None,
-    precision: Annotated[Precision, typer.Option(help="Precision of zoo exports (fp16: ort and trt only).")] = Precision.FP32,
+    precision: Annotated[Precision, typer.Option(case_sensitive=False, help="Precision of zoo exports (fp16: ort and trt only).")] = Precision.FP32,
     config: ConfigOption = None,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 10,
     iters: Annotated[Optional[int], typer.Option(help="Timed steps (instead of --seconds).")] = None,

@@ -10,10 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdeploy import bench
+from segdeploy import bench, cache
+from segdeploy.artifact import Engine
 from segdeploy.bench import BenchRecord, BenchSuite, benchmark, latency_stats
 from segdeploy.errors import MissingDependencyError, UserInputError
-from segdeploy.runtime.base import Runner
+from segdeploy.runtime import base
+from segdeploy.runtime.base import Measurement, Runner
 
 
 # --------------------------------------------------------------------------- statistics
@@ -63,7 +65,7 @@ class FakeClock:
 class SteppingRunner(Runner):
     """A runner whose steps take known durations on a fake clock."""
 
-    engine = "fake"
+    engine = Engine.ORT
 
     def __init__(self, clock: FakeClock, durations_ms: list[float]) -> None:
         super().__init__("fp32")
@@ -72,10 +74,10 @@ class SteppingRunner(Runner):
         self.calls = 0
         self.activations = 0
 
-    def activate(self) -> None:
+    def _activate(self) -> None:
         self.activations += 1
 
-    def prepare(self, batch: np.ndarray):
+    def _prepare(self, batch: np.ndarray):
         def step() -> None:
             duration = self.durations_ms[min(self.calls, len(self.durations_ms) - 1)]
             self.clock.now_ns += int(duration * 1e6)
@@ -87,7 +89,7 @@ class SteppingRunner(Runner):
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr(bench.time, "perf_counter_ns", fake)
+    monkeypatch.setattr(base.time, "perf_counter_ns", fake)
     return fake
 
 
@@ -118,7 +120,7 @@ def test_benchmark_enters_an_inactive_runner_and_leaves_it(clock):
     runner = SteppingRunner(clock, [1.0])
     benchmark(runner, np.zeros((1, 3, 4, 4), np.float32), warmup=0, iters=2)
     assert runner.activations == 1
-    assert not runner.active
+    assert not runner.is_active
 
 
 def test_benchmark_without_flops_reports_no_gflops(clock):
@@ -133,16 +135,15 @@ def test_benchmark_refuses_nonsense_loop_options(clock, options):
 
 
 class FakeTrtRunner(Runner):
-    """Offers CUDA-event timings with TrtRunner's signatures."""
+    """Measures itself with CUDA events, like TrtRunner, without a GPU."""
 
-    engine = "trt"
+    engine = Engine.TRT
+    timing = "cuda_events"
 
-    def gpu_compute_ms(self, batch, *, warmup=10, iters=100, cuda_graph=False):
+    def measure(self, batch, *, warmup=10, iters=None, seconds=None, min_iters=10, cuda_graph=False):
         self.cuda_graph = cuda_graph
-        return [1.0, 2.0, 3.0][:iters] + [2.0] * max(0, iters - 3)
-
-    def end_to_end_ms(self, batch, *, warmup=10, iters=100):
-        return [5.0] * iters
+        compute = [1.0, 2.0, 3.0][:iters] + [2.0] * max(0, iters - 3)
+        return Measurement(compute, "cuda_events", gpu_compute_ms=compute, end_to_end_ms=[5.0] * iters)
 
 
 def test_gpu_runner_reports_compute_and_end_to_end_separately():
@@ -160,9 +161,9 @@ def test_gpu_runner_reports_compute_and_end_to_end_separately():
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS reset is Linux-only")
 def test_peak_memory_sees_native_allocations_during_the_run():
     class Allocating(Runner):
-        engine = "alloc"
+        engine = Engine.ORT
 
-        def prepare(self, batch):
+        def _prepare(self, batch):
             def step():
                 # A fresh anonymous mapping: malloc could instead reuse freed pages that are
                 # still resident after earlier tests, which raises no RSS (order-dependent).
@@ -222,11 +223,11 @@ def test_onnx_file_with_torch_engine_is_refused(tmp_path):
     assert targets[0].kind == "onnx"
     with pytest.raises(UserInputError, match="torch engine needs a zoo model"):
         bench.check_request(targets, ["torch", "ort"], "fp32")
-    assert bench.default_engines(targets) == ["ort"]
+    assert bench.default_engines(targets) == [Engine.ORT]
 
 
 def test_unknown_engine_is_refused():
-    with pytest.raises(UserInputError, match="unknown engine"):
+    with pytest.raises(UserInputError, match="bad engine 'tensorflow': choose torch, ort, trt"):
         bench.check_request([], ["tensorflow"], "fp32")
 
 
@@ -242,43 +243,15 @@ def test_trt_without_tensorrt_is_a_missing_dependency(no_tensorrt):
         bench.check_request(bench.resolve_targets(["unet"]), ["trt"], "fp32")
 
 
-def test_cache_path_follows_env_and_changes_with_config(tmp_path, monkeypatch):
-    monkeypatch.setenv("SEGDEPLOY_CACHE", str(tmp_path))
-    a = bench.cached_onnx_path("unet", config={"width_mult": 0.125}, precision="fp32")
-    b = bench.cached_onnx_path("unet", config={"width_mult": 0.25}, precision="fp32")
-    assert a.parent == tmp_path / "onnx"
-    assert a.name.startswith("unet-17-fp32-") and a.suffix == ".onnx"
-    assert a != b
-    assert a == bench.cached_onnx_path("unet", config={"width_mult": 0.125}, precision="fp32")
+def test_bench_restores_the_torch_thread_count(tmp_path, monkeypatch):
+    import torch
 
-
-def test_cache_path_changes_when_the_export_code_changes(tmp_path, monkeypatch):
-    # A stale export must not be served after a model or rewrite is edited in a checkout.
-    before = bench.cached_onnx_path("unet", config={}, precision="fp32", cache_dir=tmp_path)
-    monkeypatch.setattr(bench, "export_fingerprint", lambda: "edited-rewrites")
-    after = bench.cached_onnx_path("unet", config={}, precision="fp32", cache_dir=tmp_path)
-    assert before != after and before.parent == after.parent
-
-
-def test_export_fingerprint_covers_the_rewrite_sources(tmp_path, monkeypatch):
-    from pathlib import Path
-
-    real_read = Path.read_bytes
-    bench.export_fingerprint.cache_clear()
-    original = bench.export_fingerprint()
-
-    def edited(path):
-        data = real_read(path)
-        return data + b"# edited" if path.name == "rewrites.py" else data
-
-    monkeypatch.setattr(Path, "read_bytes", edited)
-    bench.export_fingerprint.cache_clear()
-    try:
-        assert bench.export_fingerprint() != original
-    finally:
-        monkeypatch.undo()
-        bench.export_fingerprint.cache_clear()
-    assert bench.export_fingerprint() == original
+    model = tmp_path / "tiny.onnx"
+    _tiny_conv_onnx(model)
+    before = torch.get_num_threads()
+    other = 2 if before != 2 else 1
+    bench.run_benchmarks([str(model)], shape=(1, 3, 16, 16), iters=1, warmup=0, threads=other)
+    assert torch.get_num_threads() == before
 
 
 # --------------------------------------------------------------------------- CLI
@@ -341,12 +314,13 @@ def test_cli_smoke_torch_and_ort_side_by_side(cli, tmp_path, monkeypatch):
     monkeypatch.setenv("SEGDEPLOY_CACHE", str(tmp_path / "cache"))
     from segdeploy.models import model_info
 
-    cached = bench.zoo_onnx_path("unet", model_info("unet").test_config)
+    cached = cache.onnx_cache_path("unet", config=model_info("unet").test_config, shape=(1, 3, 64, 64))
     cached.parent.mkdir(parents=True)
     _tiny_conv_onnx(cached)
     import segdeploy.export.onnx
 
     monkeypatch.setattr(segdeploy.export.onnx, "export_onnx", lambda *a, **k: pytest.fail("exported despite the cache"))
+    # the bench exports at each batch's shape only through the cache: batch 1 is the shape asked for
 
     out_json, out_csv = tmp_path / "bench.json", tmp_path / "bench.csv"
     args = [*SMALL_UNET, "--batch", "1,2", "--iters", "3", "--warmup", "1", "--threads", "1"]

@@ -180,7 +180,7 @@ def test_fp16_drift_on_trained_model_is_within_thresholds(trained, shapes_data, 
     x = images[: TEST_SHAPE[0]]
     reference, candidate = _run(fp32, x), _run(fp16, x)
     assert candidate.dtype == np.float32 and candidate.shape == (TEST_SHAPE[0], NUM_CLASSES, *TEST_SHAPE[2:])
-    comparison = compare(candidate, reference, thresholds_for("fp16", index_unpooling=name == "segnet"))
+    comparison = compare(candidate, reference, None, thresholds_for("fp16", index_unpooling=name == "segnet"))
     assert comparison.passed, comparison.failed
     drift = evaluate(candidate, labels[: TEST_SHAPE[0]], NUM_CLASSES) - evaluate(
         reference, labels[: TEST_SHAPE[0]], NUM_CLASSES

@@ -57,8 +57,10 @@ class AdaptivePools(nn.Module):
 
 
 def _rewritten(module: nn.Module, example: torch.Tensor) -> tuple[torch.fx.GraphModule, list[str]]:
-    graph_module = torch.export.export(module, (example,), dynamic_shapes=DYNAMIC).module()
-    return graph_module, apply_rewrites(graph_module)
+    """Capture once, rewrite the program in place, and return it as a runnable module."""
+    program = torch.export.export(module, (example,), dynamic_shapes=DYNAMIC)
+    applied = apply_rewrites(program).applied
+    return program.module(), applied
 
 
 def _inputs(shape: tuple[int, ...], generator: torch.Generator) -> list[torch.Tensor]:
@@ -121,9 +123,9 @@ def test_max_unpool_rewrite_refuses_overlapping_windows():
             pooled, indices = F.max_pool2d(x, 3, 2, return_indices=True)
             return F.max_unpool2d(pooled, indices, 3, 2, output_size=x.shape[-2:])
 
-    graph_module = torch.export.export(Overlapping(), (torch.randn(2, 1, 9, 9),)).module()
+    program = torch.export.export(Overlapping(), (torch.randn(2, 1, 9, 9),))
     with pytest.raises(ExportError, match=r"unsupported max_pool2d config \(kernel=\[3, 3\], stride=\[2, 2\]"):
-        apply_rewrites(graph_module)
+        apply_rewrites(program)
 
 
 def test_adaptive_pool_rewrites_match_pytorch_at_every_size():
@@ -145,9 +147,9 @@ def test_adaptive_max_pool_rewrite_refuses_used_indices():
             values, indices = F.adaptive_max_pool2d(x, 3, return_indices=True)
             return values + indices.float()
 
-    graph_module = torch.export.export(WithIndices(), (torch.randn(2, 1, 9, 9),)).module()
+    program = torch.export.export(WithIndices(), (torch.randn(2, 1, 9, 9),))
     with pytest.raises(ExportError, match="indices of adaptive_max_pool2d"):
-        apply_rewrites(graph_module)
+        apply_rewrites(program)
 
 
 def test_rewritten_onnx_has_only_tensorrt_ops_and_is_exact_at_other_sizes(tmp_path):
@@ -161,13 +163,12 @@ def test_rewritten_onnx_has_only_tensorrt_ops_and_is_exact_at_other_sizes(tmp_pa
             return unpooled, avg, mx, area, mean
 
     module = Everything()
-    graph_module, applied = _rewritten(module, torch.randn(2, 3, 36, 48))
-    assert applied == list(REWRITE_NAMES)
+    example = torch.randn(2, 3, 36, 48)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},))
+    assert apply_rewrites(program).applied == list(REWRITE_NAMES)
     path = tmp_path / "rewritten.onnx"
-    torch.onnx.export(
-        graph_module, (torch.randn(2, 3, 36, 48),), str(path), dynamo=True, external_data=False,
-        dynamic_shapes=({0: "batch", 2: "height", 3: "width"},), verbose=False,
-    )
+    # the edited program itself is translated: torch does not trace the model a second time
+    torch.onnx.export(program, (example,), str(path), dynamo=True, external_data=False, verbose=False)
     proto = onnx.load(str(path))
     op_types = {node.op_type for node in proto.graph.node}
     assert not op_types & FORBIDDEN_OPS
@@ -180,3 +181,22 @@ def test_rewritten_onnx_has_only_tensorrt_ops_and_is_exact_at_other_sizes(tmp_pa
             got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
             for g, expected in zip(got, module(x)):
                 np.testing.assert_allclose(g, expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+def test_unpool_inputs_are_recorded_in_the_order_the_model_unpools():
+    class TwoStage(nn.Module):
+        def forward(self, x):
+            y1 = F.relu(x)
+            p1, i1 = F.max_pool2d(y1, 2, 2, return_indices=True)
+            y2 = torch.sigmoid(p1)
+            p2, i2 = F.max_pool2d(y2, 3, 3, return_indices=True)
+            u2 = F.max_unpool2d(p2 * 2, i2, 3, 3, output_size=y2.shape[-2:])
+            return F.max_unpool2d(u2 + 1, i1, 2, 2, output_size=y1.shape[-2:])
+
+    program = torch.export.export(TwoStage(), (torch.randn(2, 2, 12, 18),), dynamic_shapes=DYNAMIC)
+    found = apply_rewrites(program)
+    # decoder order: the deepest pooling (window 3, fed by the sigmoid) is unpooled first
+    assert [k for _, k in found.unpool_inputs] == [3, 2]
+    names = {node.name: node for node in program.graph.nodes}
+    assert names[found.unpool_inputs[0][0]].target is torch.ops.aten.sigmoid.default
+    assert names[found.unpool_inputs[1][0]].target is torch.ops.aten.relu.default

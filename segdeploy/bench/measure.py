@@ -47,7 +47,7 @@ def benchmark(
     """Time ``runner`` on ``batch`` and summarize the latencies.
 
     Args:
-        runner: any ``Runner``; activated here if it is not.
+        runner: any ``Runner``; entered (and left) here unless already active.
         batch: an input in the runner's format.
         warmup: untimed steps before timing.
         iters: timed steps; stops the loop when reached.
@@ -62,7 +62,12 @@ def benchmark(
         A ``BenchRecord``; ``timing`` says whether latency is wall clock or CUDA events.
     """
     check_loop_options(warmup, iters, seconds, min_iters)
-    runner.activate()
+    if not runner.is_active:
+        with runner:
+            return benchmark(
+                runner, batch, warmup=warmup, iters=iters, seconds=seconds, flops_per_image=flops_per_image,
+                min_iters=min_iters, cuda_graph=cuda_graph, model=model, threads=threads,
+            )  # fmt: skip
     options = {"warmup": warmup, "iters": iters, "seconds": seconds, "min_iters": min_iters, "cuda_graph": cuda_graph}
     if runner.timing == "cuda_events":
         with _PeakCuda() as peak:

@@ -1,8 +1,9 @@
 """PyTorch -> ONNX export: graph rewrites, the export pipeline, opset conversion, lint.
 
 Submodules are imported on use (``segdeploy.export.lint`` must stay light):
-``rewrites`` (graph-level rewrites), ``onnx`` (``export_onnx``, ``read_metadata``),
-``opset`` (exact opset conversion), ``lint`` (TensorRT compatibility).
+``capture`` (accepted sizes, one torch.export capture), ``rewrites`` (graph-level rewrites),
+``io`` (fused pre/post-processing), ``onnx`` (``export_onnx``), ``opset`` (exact opset
+conversion), ``lint`` (TensorRT compatibility).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from typing import Any
 
 _LAZY = {
     "export_onnx": "segdeploy.export.onnx",
-    "read_metadata": "segdeploy.export.onnx",
     "ExportResult": "segdeploy.export.onnx",
     "apply_rewrites": "segdeploy.export.rewrites",
     "lint_onnx": "segdeploy.export.lint",

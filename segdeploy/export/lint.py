@@ -20,12 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from segdeploy.errors import UserInputError, first_line
+from segdeploy.artifact import SUPPORTED_OPSETS, load_onnx
+from segdeploy.errors import first_line
 
 if TYPE_CHECKING:
     import onnx
 
-SUPPORTED_OPSETS = range(13, 21)  # what segdeploy exports and checks (TensorRT 10 itself parses 9..20)
 
 # Operators TensorRT 10's ONNX parser imports ("Y" in onnx-tensorrt's docs/operators.md).
 TRT10_SUPPORTED_OPS = frozenset(
@@ -138,40 +138,6 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto) -> onnx.ModelProto:
-    """Read an ONNX model (without external weight data), refusing anything that is not one.
-
-    Args:
-        source: a path to a ``.onnx`` file, or an already loaded ``ModelProto``.
-
-    Returns:
-        The parsed model (``lint_onnx`` runs ``onnx.checker`` on it).
-
-    Raises:
-        UserInputError: missing, empty, unparsable or invalid file, in one line.
-    """
-    import onnx
-
-    if isinstance(source, onnx.ModelProto):
-        return source
-    path = Path(source)
-    if not path.exists():
-        raise UserInputError(f"{path} does not exist; expected an ONNX file (.onnx)")
-    if not path.is_file():
-        raise UserInputError(f"{path} is not a file; expected an ONNX file (.onnx)")
-    if path.stat().st_size == 0:
-        raise UserInputError(f"{path} is empty, not an ONNX model")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf raises DecodeError and friends on random or truncated bytes
-        raise UserInputError(
-            f"{path} is not an ONNX model (protobuf parsing failed: {type(exc).__name__}); is it truncated or another format?"
-        ) from None
-    if not model.graph.node or not model.opset_import:
-        raise UserInputError(f"{path} is not an ONNX model (no graph nodes or opset); is it truncated or another format?")
-    return model
-
-
 def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
     """Check an ONNX model against what TensorRT 10's ONNX parser accepts.
 
@@ -213,7 +179,27 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
         report.node_count += 1
         issues.extend(_check_node(node, where, functions, producers, constants))
     issues.extend(_check_types(proto))
+    issues.extend(_check_uint8_inputs(proto))
     return report
+
+
+def _check_uint8_inputs(proto: onnx.ModelProto) -> list[LintIssue]:
+    """TensorRT takes a UINT8 network input only when every consumer is a Cast (to float): cast first, then transpose."""
+    import onnx
+
+    initializers = {t.name for t in proto.graph.initializer}
+    issues = []
+    for value in proto.graph.input:
+        if value.name in initializers or value.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+            continue
+        for node in proto.graph.node:
+            if value.name in node.input and node.op_type != "Cast":
+                issues.append(LintIssue(
+                    "error", node.name or node.output[0], node.op_type,
+                    f"the uint8 input {value.name!r} feeds {node.op_type}: TensorRT needs a uint8 input to feed a "
+                    "Cast directly (cast to float first, then transpose or normalize)",
+                ))  # fmt: skip
+    return issues
 
 
 def _walk(graph: onnx.GraphProto, functions: dict, prefix: str = "") -> Iterator[tuple[onnx.NodeProto, str]]:

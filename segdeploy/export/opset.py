@@ -28,8 +28,6 @@ import onnx.version_converter
 
 from segdeploy.errors import ExportError
 
-SUPPORTED_OPSETS = range(13, 21)
-"""Opsets segdeploy writes: 13 to 20."""
 
 _SHIELD_DOMAIN = "segdeploy.shield"
 

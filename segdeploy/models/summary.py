@@ -21,6 +21,19 @@ def count_flops(model: Any, shape: tuple[int, int, int, int]) -> int:
     return int(counter.get_total_flops())
 
 
+def builder_options(builder: Any) -> dict[str, Any]:
+    """The options a zoo builder takes (``--config key=value``), with their defaults; classes and channels aside."""
+    import inspect
+
+    options = {}
+    for name, param in inspect.signature(builder).parameters.items():
+        if name in ("num_classes", "in_channels") or param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        default = list(param.default) if isinstance(param.default, tuple) else param.default
+        options[name] = default if isinstance(default, (bool, int, float, str, list, type(None))) else repr(default)
+    return options
+
+
 def summarize_models(pattern: str = "*", *, size: int = 512, num_classes: int = 21) -> list[dict[str, Any]]:
     """One dict per zoo model: name, paper, params, gflops at ``size``, rewrites."""
     import torch
@@ -40,6 +53,7 @@ def summarize_models(pattern: str = "*", *, size: int = 512, num_classes: int = 
                 "gflops": count_flops(model, (1, 3, size, size)) / 1e9,
                 "rewrites": list(info.rewrites),
                 "min_size": info.min_size,
+                "options": builder_options(info.builder),
             }
         )
     return rows

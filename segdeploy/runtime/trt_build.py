@@ -205,7 +205,41 @@ def derive_profile(
     *,
     graph_shape: Sequence[int | None] | None = None,
 ) -> Profile:
-    """Choose and check the optimization profile.
+    """Choose and check the optimization profile, in the layout of the ONNX input (NCHW, or NHWC for raw frames).
+
+    See :func:`_derive_nchw` for the defaults. Every height and width is checked against the sizes the
+    model accepts (``size_multiple`` in the metadata).
+    """
+    nhwc = metadata.get("input_format") == "uint8-nhwc"
+
+    def to_nchw(shape: Any) -> Any:
+        if shape is None or not nhwc:
+            return shape
+        dims = parse_shape(shape) if isinstance(shape, str) else tuple(shape)
+        return (dims[0], dims[3], dims[1], dims[2])
+
+    def to_file(shape: Shape) -> Shape:
+        return (shape[0], shape[2], shape[3], shape[1]) if nhwc else shape
+
+    nchw = _derive_nchw(metadata, to_nchw(min_shape), to_nchw(opt_shape), to_nchw(max_shape),
+                        graph_shape=to_nchw(graph_shape) if graph_shape is not None else None)
+    multiple = int(metadata.get("size_multiple") or 1)
+    for which, shape in (("min", nchw.min), ("opt", nchw.opt), ("max", nchw.max)):
+        if shape[2] % multiple or shape[3] % multiple:
+            raise UserInputError(f"bad {which} shape {format_shape(to_file(shape))}: this model takes only heights "
+                                 f"and widths that are multiples of {multiple}")
+    return Profile(to_file(nchw.min), to_file(nchw.opt), to_file(nchw.max))
+
+
+def _derive_nchw(
+    metadata: Mapping[str, str],
+    min_shape: ShapeLike | None = None,
+    opt_shape: ShapeLike | None = None,
+    max_shape: ShapeLike | None = None,
+    *,
+    graph_shape: Sequence[int | None] | None = None,
+) -> Profile:
+    """Choose and check the optimization profile in NCHW terms.
 
     Defaults, for each dimension the ONNX leaves dynamic:
     opt = the given opt shape, else the export's ``trace_shape`` (clipped into a given min/max);
@@ -274,6 +308,7 @@ def make_sidecar(
     plan: BuildPlan,
     profile: Profile,
     input_name: str,
+    input_format: str = "float32-nchw",
     trt_version: str,
     gpu_name: str,
     compute_capability: str,
@@ -301,6 +336,7 @@ def make_sidecar(
         "explicit_quantization": plan.explicit_quantization,
         "tf32": not plan.strict_fp32,
         "input_name": input_name,
+        "input_format": input_format,
         "profile": profile.as_dict(),
         "onnx": {"path": str(onnx_path), "sha256": onnx_sha256},
         "engine_sha256": engine_sha256,
@@ -362,7 +398,7 @@ def read_onnx_facts(onnx_path: str | Path) -> OnnxFacts:
     """
     import onnx
 
-    from segdeploy.export.lint import load_onnx
+    from segdeploy.artifact import load_onnx
 
     path = Path(onnx_path)
     model = load_onnx(path)
@@ -495,6 +531,7 @@ def build_engine(
     if not workspace_gb > 0:
         raise UserInputError(f"bad workspace {workspace_gb} GB: expected a positive number")
     check_precision(facts.precision, precision)
+    _check_lint(onnx_path)
     profile = derive_profile(facts.metadata, min_shape, opt_shape, max_shape, graph_shape=facts.input_dims)
 
     trt, gpu = require_tensorrt()
@@ -510,6 +547,7 @@ def build_engine(
     say(f"writing {engine_path}")
     sidecar = make_sidecar(
         plan=plan, profile=profile, input_name=input_name, trt_version=str(trt.__version__),
+        input_format=facts.metadata.get("input_format", "float32-nchw"),
         gpu_name=gpu.name, compute_capability=gpu.compute_capability, onnx_path=onnx_path,
         onnx_sha256=sha256_file(onnx_path), engine_sha256=hashlib.sha256(serialized).hexdigest(),
         workspace_gb=workspace_gb, timing_cache=cache_path, build_seconds=build_seconds,
@@ -523,6 +561,17 @@ def build_engine(
         write_bytes_atomic(cache_path, cache_out)
     return BuildResult(engine_path, side, sidecar, plan, profile, len(serialized), build_seconds,
                        cache_path if cache_out else None)
+
+
+def _check_lint(onnx_path: Path) -> None:
+    """Refuse, before TensorRT starts, a file segdeploy's TensorRT lint rejects, naming the first reason."""
+    from segdeploy.export.lint import lint_onnx
+
+    report = lint_onnx(onnx_path)
+    if not report.ok:
+        first = report.errors[0]
+        raise UserInputError(f"{onnx_path} is not TensorRT-ready ({report.summary()}): {first.node} "
+                             f"({first.op_type}): {first.message}")
 
 
 def _check_outputs(onnx_path: Path, engine_path: Path, cache_path: Path | None) -> None:

@@ -1,0 +1,112 @@
+"""Helpers shared by tests: weights that behave like trained ones, and small user models written as people write them."""
+
+from __future__ import annotations
+
+import textwrap
+
+import torch
+from torch import nn
+
+
+def calibrate_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int = 3, seed: int = 0) -> nn.Module:
+    """BatchNorm statistics from a few random batches (cumulative average), as any trained model has; eval mode after.
+
+    Untouched BatchNorm layers (mean 0, variance 1) make deep nets blow up or collapse, which hides
+    export bugs and fakes near-ties; calibrated statistics keep activations in a realistic range.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            model(torch.randn(shape, generator=generator))
+    return model.eval()
+
+
+# SegNet as learners write it: functional unpooling WITHOUT output_size, so it works only at multiples of 32.
+SEED_SEGNET = textwrap.dedent(
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class SeedSegNet(nn.Module):
+        def __init__(self, num_classes=4, in_channels=3):
+            super().__init__()
+            enc = [(in_channels, 8), (8, 8), (8, 12), (12, 12), (12, 16)]
+            dec = [(16, 12), (12, 12), (12, 8), (8, 8), (8, 8)]
+            conv = lambda a, b: nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU())
+            self.enc = nn.ModuleList(conv(a, b) for a, b in enc)
+            self.dec = nn.ModuleList(conv(a, b) for a, b in dec)
+            self.classifier = nn.Conv2d(8, num_classes, 1)
+
+        def forward(self, x):
+            indices = []
+            for stage in self.enc:
+                x, i = F.max_pool2d(stage(x), 2, 2, return_indices=True)
+                indices.append(i)
+            for stage, i in zip(self.dec, reversed(indices)):
+                x = stage(F.max_unpool2d(x, i, 2, 2))
+            return self.classifier(x)
+
+    def build(num_classes=4, in_channels=3):
+        return SeedSegNet(num_classes, in_channels)
+    """
+)
+
+# A U-Net without size matching: four 2x downsamplings whose skips must line up (multiples of 16).
+STRICT_UNET = textwrap.dedent(
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    def block(a, b):
+        return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.BatchNorm2d(b), nn.ReLU())
+
+    class StrictUNet(nn.Module):
+        def __init__(self, num_classes=3, in_channels=3):
+            super().__init__()
+            w = [8, 8, 12, 12, 16]
+            self.down = nn.ModuleList([block(in_channels, w[0])] + [block(w[i], w[i + 1]) for i in range(4)])
+            self.up = nn.ModuleList(nn.ConvTranspose2d(w[i + 1], w[i], 2, 2) for i in range(4))
+            self.fuse = nn.ModuleList(block(2 * w[i], w[i]) for i in range(4))
+            self.head = nn.Conv2d(w[0], num_classes, 1)
+
+        def forward(self, x):
+            skips = []
+            for i, stage in enumerate(self.down):
+                x = stage(x if i == 0 else F.max_pool2d(x, 2))
+                skips.append(x)
+            for i in reversed(range(4)):
+                x = self.fuse[i](torch.cat([self.up[i](x), skips[i]], dim=1))
+            return self.head(x)
+    """
+)
+
+# A model that checks its input like many library models do, and raises on anything else.
+DIVISIBLE_BY_32 = textwrap.dedent(
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Checked(nn.Module):
+        def __init__(self, num_classes=2):
+            super().__init__()
+            self.encode = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                                        nn.Conv2d(8, 8, 3, stride=8, padding=1), nn.ReLU())
+            self.head = nn.Conv2d(8, num_classes, 1)
+
+        def forward(self, x):
+            h, w = x.shape[-2:]
+            if h % 32 or w % 32:
+                raise RuntimeError(
+                    f"Wrong input shape height={h}, width={w}. Expected image height and width divisible by 32."
+                )
+            return F.interpolate(self.head(self.encode(x)), size=(h, w), mode="bilinear", align_corners=False)
+    """
+)
