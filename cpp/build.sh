@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds cpp/build/segdeploy_infer (and the segdeploy::Segmenter library) on Debian/Ubuntu.
+# Builds cpp/build/segdeploy_infer (and the segdeploy::Segmenter library) on Debian; elsewhere (Ubuntu, other
+# distributions) with ONNXRUNTIME_ROOT naming an ONNX Runtime SDK.
 #
 #  1. System packages: cmake g++ libopencv-dev nlohmann-json3-dev, installed with apt-get when missing and root.
 #  2. ONNX Runtime SDK, unless ONNXRUNTIME_ROOT names one: headers from Debian 13's libonnxruntime-dev .deb
@@ -21,7 +22,7 @@ log_dir=$deps/logs
 mkdir -p "$log_dir"
 
 say() { printf 'build.sh: %s\n' "$*" >&2; }
-die() { printf 'build.sh: error: %s\n' "$*" >&2; exit "${2:-1}"; }
+die() { printf 'build.sh: error: %s\n' "$1" >&2; exit "${2:-1}"; }
 # Runs a command with its output in a log file, shown only when it fails.
 quiet() {
   local name=$1; shift
@@ -72,11 +73,12 @@ debian_mirror() {
 }
 
 fetch_headers() {  # unpacks libonnxruntime-dev's include/onnxruntime/ into $1
-  local dest=$1 apt_dir=$deps/apt mirror deb
+  local dest=$1 apt_dir=$deps/apt keyring=/usr/share/keyrings/debian-archive-keyring.gpg mirror deb
+  [[ -f $keyring ]] || die "no $keyring to verify Debian's trixie archive: set ONNXRUNTIME_ROOT to an SDK" 3
   mirror=$(debian_mirror)
   [[ -n $mirror ]] || die "cannot tell which Debian mirror apt uses; set SEGDEPLOY_DEBIAN_MIRROR or ONNXRUNTIME_ROOT" 3
   mkdir -p "$apt_dir/lists/partial" "$apt_dir/cache/archives/partial" "$apt_dir/parts" "$apt_dir/debs"
-  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] $mirror trixie main" >"$apt_dir/sources.list"
+  echo "deb [signed-by=$keyring] $mirror trixie main" >"$apt_dir/sources.list"
   local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o "Dir::Etc::SourceParts=$apt_dir/parts"
               -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache=$apt_dir/cache" -o "Acquire::Languages=none")
   # apt drops to the _apt user for downloads, which cannot write into a root-owned checkout.
