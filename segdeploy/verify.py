@@ -312,16 +312,19 @@ def verification_shapes(trace_shape: Sequence[int], min_size: int = 1, size_mult
     if static:
         return [(n, c, h, w)]
 
-    def valid(side: int, odd: bool) -> int:
-        side = max(side, min_size, 1)
-        if size_multiple > 1:
-            return max(-(-side // size_multiple), -(-min_size // size_multiple), 1) * size_multiple
-        return side + 1 if odd and side % 2 == 0 else side
+    def valid(side: int, trace: int, odd: bool) -> int:
+        """A valid side near ``side`` and different from the traced one: odd when any size goes."""
+        if size_multiple == 1:
+            side = max(side, min_size, 1)
+            side = side + 1 if odd and side % 2 == 0 else side
+        else:
+            side = max(side // size_multiple * size_multiple, -(-min_size // size_multiple) * size_multiple)
+        return side if side != trace else side + (size_multiple if size_multiple > 1 else 2)
 
-    odd = (1, c, valid(h // 2 + 1, True), valid(w // 2 + 3, True))
-    if odd[3] == odd[2] and size_multiple == 1:
-        odd = (1, c, odd[2], odd[3] + 2)  # non-square, so a transposed H/W mix-up cannot pass
-    batch2 = (2, c, valid((3 * h) // 8, False), valid((5 * w) // 8, False))
+    odd = (1, c, valid(h // 2 + 1, h, True), valid(w // 2 + 3, w, True))
+    if odd[3] == odd[2]:
+        odd = (1, c, odd[2], odd[3] + max(size_multiple, 2))  # non-square, so a transposed H/W mix-up cannot pass
+    batch2 = (2, c, valid((3 * h) // 8, -1, False), valid((5 * w) // 8, -1, False))
     shapes: list[Shape] = []
     for shape in ((n, c, h, w), odd, batch2):
         if shape not in shapes:
@@ -427,7 +430,13 @@ def verify(
             if progress:
                 progress(f"verifying {runner.label} against PyTorch at {format_shape(shape)}")
             raw = runner.input_spec.random_batch(shape, rng)
-            outs = runner.infer_outputs(raw, names) if forced else [runner.infer(raw)]
+            try:
+                outs = runner.infer_outputs(raw, names) if forced else [runner.infer(raw)]
+            except UserInputError:
+                raise
+            except Exception as exc:  # the file itself fails at this shape (e.g. a pooling baked at another size)
+                results.append(_crashed(shape, exc))
+                continue
             run = ref.run(raw, outs[1:] if forced else None)
             criteria = thresholds if run.out64 is not None or thresholds.criterion != "noise-floor" else FALLBACK_FP32
             if run.float64_error and not notes:
@@ -439,6 +448,14 @@ def verify(
         notes.append("index unpooling: the reference unpools with the candidate's window choices")
     return VerificationReport(_describe(candidate, runner), f"torch:{type(reference).__name__}",
                               metadata.precision.value, thresholds, results, notes)
+
+
+def _crashed(shape: Shape, exc: BaseException) -> ShapeComparison:
+    from segdeploy.errors import first_line
+
+    return ShapeComparison(tuple(shape), (), "runtime error", error=math.inf, max_rel_error=math.inf,
+                           p99_rel_error=math.inf, agreement=0.0, miou=0.0, passed=False,
+                           failed=[f"the file fails to run at this shape: {type(exc).__name__}: {first_line(exc)[:200]}"])
 
 
 def _compare_run(candidate: np.ndarray, run: Any, thresholds: Thresholds, kind: OutputKind, shape: Shape) -> ShapeComparison:

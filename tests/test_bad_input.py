@@ -80,7 +80,7 @@ def test_bad_opset_names_the_supported_range(tmp_path, opset):
 
 @pytest.mark.parametrize(
     ("shape", "needle"),
-    [("3x64x64", "NxCxHxW"), ("1x3x16x16", "at least 32"), ("1x1x64x64", "3 channels"), ("1x3xAx64", "NxCxHxW")],
+    [("3x64x64", "NxCxHxW"), ("1x3x16x16", "at least 32"), ("1x3xAx64", "NxCxHxW")],
 )
 def test_bad_shape_names_the_expected_form_or_minimum(tmp_path, shape, needle):
     code, out = _invoke("export", "unet", "--input-shape", shape, "-o", str(tmp_path / "x.onnx"))

@@ -11,11 +11,13 @@ import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
+from helpers import DIVISIBLE_BY_32, SEED_SEGNET, STRICT_UNET, calibrate_batchnorm
 from typer.testing import CliRunner
 
 from segdeploy.errors import ExportError, UserInputError
-from segdeploy.export.onnx import export_onnx, read_metadata
-from segdeploy.models import list_models, model_info
+from segdeploy.artifact import read_metadata
+from segdeploy.export.onnx import export_onnx
+from segdeploy.models import create_model, list_models, model_info
 
 FORBIDDEN_OPS = {"MaxUnpool", "ScatterND", "ArgMax", "TopK"}
 
@@ -97,22 +99,32 @@ def _assert_tensorrt_friendly(path) -> None:
 @pytest.fixture(scope="module")
 def tiny_export(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny") / "tiny.onnx"
-    result = export_onnx(TinyNet(), path, input_shape=(1, 3, 32, 40), num_classes=3)
+    result = export_onnx(TinyNet(), path, input_shape=(1, 3, 32, 40))
     return path, result
 
 
+def _calibrated(name: str, in_channels: int = 3, num_classes: int = 5) -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes, in_channels=in_channels, **model_info(name).test_config)
+    return calibrate_batchnorm(model, (4, in_channels, 64, 64))
+
+
 @pytest.mark.parametrize("name", list_models())
-def test_every_zoo_model_exports_dynamic_lints_clean_and_verifies(name, tmp_path):
+def test_every_zoo_model_with_calibrated_weights_exports_lints_clean_and_verifies(name, tmp_path):
     path = tmp_path / f"{name}.onnx"
-    result = export_onnx(name, path, input_shape=(1, 3, 64, 64), config=model_info(name).test_config)
+    result = export_onnx(_calibrated(name), path, input_shape=(1, 3, 64, 64))
     assert _opset(path) == 17
     assert _dims(onnx.load(str(path)).graph.input[0]) == ["batch", 3, "height", "width"]
     assert result.lint is not None and result.lint.ok, result.lint.summary()
     report = result.verification
     assert report.passed, report.worst()
+    assert report.criteria.criterion == "noise-floor"
     shapes = [r.shape for r in report.results]
-    assert len(shapes) >= 3 and any(s[0] == 2 for s in shapes) and any(s[2] % 2 for s in shapes)
-    assert set(model_info(name).rewrites) <= set(result.rewrites)
+    assert len(shapes) == 3 and any(s[0] == 2 for s in shapes) and any(s[2] % 2 and s[3] % 2 for s in shapes)
+    assert all(r.floor > 0 and r.ratio <= report.criteria.noise_multiple for r in report.results)
+    assert set(model_info(name).rewrites) <= set(result.metadata.rewrites)
+    if "max_unpool" in result.metadata.rewrites:  # the reference followed the file's window choices
+        assert result.metadata.unpool_inputs and all(r.windows_flipped is not None for r in report.results)
     _assert_tensorrt_friendly(path)
 
 
@@ -120,9 +132,9 @@ def test_user_segnet_with_functional_unpooling_exports_and_verifies(tmp_path):
     (tmp_path / "tiny_segnet.py").write_text(USER_SEGNET)
     path = tmp_path / "segnet.onnx"
     result = export_onnx(f"{tmp_path / 'tiny_segnet.py'}:build", path, input_shape=(1, 3, 37, 50), num_classes=4)
-    assert result.rewrites == ["max_unpool"]
+    assert result.metadata.rewrites == ("max_unpool",)
     assert result.verification.passed, result.verification.worst()
-    assert read_metadata(path)["architecture"].endswith("tiny_segnet.py:build")
+    assert read_metadata(path).architecture.endswith("tiny_segnet.py:build")
     _assert_tensorrt_friendly(path)
 
 
@@ -134,20 +146,19 @@ def test_user_adaptive_pooling_module_is_exact_where_bins_do_not_divide(tmp_path
     spec, path = f"{tmp_path / 'ppm.py'}:Pyramid", tmp_path / "ppm.onnx"
     torch.manual_seed(7)
     result = export_onnx(spec, path, input_shape=(1, 3, 36, 48), num_classes=4)
-    assert result.rewrites == ["adaptive_avg_pool"]
+    assert result.metadata.rewrites == ("adaptive_avg_pool",)
     assert result.verification.passed, result.verification.worst()
     torch.manual_seed(7)  # the same weights as the exported module
     reference = load_model(spec, num_classes=4).module
     uneven = verify(path, reference, shapes=[(1, 3, 37, 50), (2, 3, 64, 45), (1, 3, 7, 9)])
     assert uneven.passed, uneven.worst()
-    assert max(r.max_rel_error for r in uneven.results) <= 1e-4
 
 
 @pytest.mark.parametrize("opset", [13, 20])
 def test_the_file_has_exactly_the_requested_opset(opset, tmp_path):
     path = tmp_path / f"o{opset}.onnx"
-    result = export_onnx(TinyNet(), path, input_shape=(1, 3, 32, 32), opset=opset, verify=False, num_classes=3)
-    assert _opset(path) == opset == result.opset
+    result = export_onnx(TinyNet(), path, input_shape=(1, 3, 32, 32), opset=opset, verify=False)
+    assert _opset(path) == opset == result.metadata.opset
     ort.InferenceSession(str(path))  # ONNX Runtime loads the IR version written
 
 
@@ -162,14 +173,25 @@ def test_opset_17_file_runs_in_onnx_runtime_at_other_shapes(tiny_export):
         assert out.shape == (shape[0], 3, shape[2], shape[3])
 
 
-def test_metadata_describes_the_export(tiny_export):
+def test_metadata_of_a_module_export_names_its_classes_and_source(tiny_export):
     path, result = tiny_export
     meta = read_metadata(path)
     assert meta == result.metadata
-    assert meta["architecture"] == "TinyNet" and meta["num_classes"] == "3" and meta["in_channels"] == "3"
-    assert meta["trace_shape"] == "1x3x32x40" and meta["dynamic_axes"] == "batch,height,width"
-    assert meta["opset"] == "17" and meta["precision"] == "fp32" and meta["rewrites"] == ""
-    assert meta["segdeploy_version"]
+    assert meta.architecture == "TinyNet" and meta.source == "object"
+    assert meta.num_classes == 3  # read from the module's output, not a default
+    assert meta.in_channels == 3 and meta.trace_shape == (1, 3, 32, 40)
+    assert meta.dynamic_axes == ("batch", "height", "width") and meta.size_multiple == 1
+    assert meta.opset == 17 and meta.precision.value == "fp32" and meta.rewrites == ()
+    assert meta.segdeploy_version
+
+
+def test_verify_cli_says_plainly_that_a_python_object_export_is_verified_from_python(tiny_export):
+    from segdeploy.cli import app
+
+    path, _ = tiny_export
+    result = CliRunner().invoke(app, ["verify", str(path)])
+    assert result.exit_code == 2
+    assert "exported from a Python object" in result.output and "Traceback" not in result.output
 
 
 @pytest.mark.parametrize("opset", [12, 21])
@@ -178,17 +200,33 @@ def test_opsets_outside_13_to_20_are_refused_with_the_range(opset, tmp_path):
         export_onnx(TinyNet(), tmp_path / "x.onnx", input_shape=(1, 3, 32, 32), opset=opset)
 
 
-def test_wrong_channel_count_is_refused(tmp_path):
-    with pytest.raises(UserInputError, match="takes 3 channels"):
+def test_a_model_that_raises_at_the_trace_shape_is_reported_as_the_models_error(tmp_path):
+    with pytest.raises(UserInputError, match=r"the model raised at 1x4x32x32: RuntimeError: .*channels"):
         export_onnx(TinyNet(), tmp_path / "x.onnx", input_shape=(1, 4, 32, 32))
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_static_export_has_fixed_dims(tmp_path):
     path = tmp_path / "static.onnx"
-    export_onnx(TinyNet(), path, input_shape=(1, 3, 24, 40), dynamic=False, verify=False, num_classes=3)
+    export_onnx(TinyNet(), path, input_shape=(1, 3, 24, 40), dynamic=False, verify=False)
     proto = onnx.load(str(path))
     assert _dims(proto.graph.input[0]) == [1, 3, 24, 40]
-    assert read_metadata(path)["dynamic_axes"] == ""
+    assert read_metadata(path).dynamic_axes == ()
+
+
+def test_cli_static_export_verifies_the_fixed_file_at_its_one_shape(tmp_path):
+    from segdeploy.cli import app
+
+    out, report = tmp_path / "segnet.onnx", tmp_path / "r.json"
+    result = CliRunner().invoke(app, [
+        "export", "segnet", "--static", "--input-shape", "1x3x64x64", "--num-classes", "4",
+        "--config", "width_mult=0.125", "-o", str(out), "--report", str(report),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert [r["shape"] for r in data["verification"]["results"]] == ["1x3x64x64"]
+    assert data["dynamic"] is False and data["verification"]["passed"] is True
+    assert read_metadata(out).config == {"width_mult": 0.125}
 
 
 def test_failed_verification_exits_4_writes_the_report_but_no_model(tmp_path, monkeypatch):
@@ -200,6 +238,7 @@ def test_failed_verification_exits_4_writes_the_report_but_no_model(tmp_path, mo
     def strict_verify(*args, **kwargs):
         report = real_verify(*args, **kwargs)
         report.results[0].passed = False  # as if ONNX Runtime had disagreed
+        report.results[0].failed = ["error 1 is 9x the noise floor"]
         return report
 
     monkeypatch.setattr(verify_module, "verify", strict_verify)
@@ -211,19 +250,23 @@ def test_failed_verification_exits_4_writes_the_report_but_no_model(tmp_path, mo
          "--num-classes", "4", "--report", str(report)],
     )
     assert result.exit_code == 4, result.output
-    assert "max rel" in result.output and "not written" in result.output
+    assert "noise floor" in result.output and "not written" in result.output
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["ppm.py", "report.json"]
     data = json.loads(report.read_text())
     assert data["verification"]["passed"] is False and data["rewrites"] == ["adaptive_avg_pool"]
 
 
-def test_capture_failure_is_an_export_error_and_writes_nothing(tmp_path):
+def test_capture_failure_names_the_cause_and_the_models_line_and_writes_nothing(tmp_path):
     class DataDependent(nn.Module):
         def forward(self, x):
             return x if x.sum() > 0 else -x  # Python control flow on a value: torch.export refuses it
 
-    with pytest.raises(ExportError):
+    with pytest.raises(ExportError) as caught:
         export_onnx(DataDependent(), tmp_path / "x.onnx", input_shape=(1, 3, 8, 8), verify=False)
+    message = str(caught.value)
+    assert "torch.export could not capture the model" in message
+    assert "Failed to export" not in message and "step 1/3" not in message  # not the exporter's generic line
+    assert "test_export.py" in message and "x.sum() > 0" in message  # where, in the model's own source
     assert list(tmp_path.iterdir()) == []
 
 
@@ -241,6 +284,7 @@ def test_cli_export_writes_summary_and_report(tmp_path):
     assert "adaptive_avg_pool" in result.output and "opset" in result.output
     data = json.loads(report.read_text())
     assert data["opset"] == 17 and data["dynamic"] is False and data["rewrites"] == ["adaptive_avg_pool"]
+    assert set(data["stage_seconds"]) >= {"capture", "rewrite", "onnx", "simplify", "check", "lint"}
 
 
 def test_cli_export_refuses_bad_opset_with_exit_code_2():
@@ -249,3 +293,142 @@ def test_cli_export_refuses_bad_opset_with_exit_code_2():
     result = CliRunner().invoke(app, ["export", "unet", "--opset", "21"])
     assert result.exit_code == 2
     assert "13 to 20" in result.output
+
+
+def test_cli_config_reaches_the_builder_and_bad_options_are_one_line(tmp_path):
+    from segdeploy.cli import app
+
+    result = CliRunner().invoke(app, ["export", "unet", "--config", "width_mult=0.125", "--config", "batch_norm=false",
+                                      "--input-shape", "1x3x32x32", "--no-verify", "-o", str(tmp_path / "u.onnx")])
+    assert result.exit_code == 0, result.output
+    assert read_metadata(tmp_path / "u.onnx").config == {"width_mult": 0.125, "batch_norm": False}
+    bad = CliRunner().invoke(app, ["export", "unet", "--config", "no_such_option=1", "-o", str(tmp_path / "v.onnx")])
+    assert bad.exit_code == 2 and "no_such_option" in bad.output and "Traceback" not in bad.output
+    malformed = CliRunner().invoke(app, ["export", "unet", "--config", "width_mult", "-o", str(tmp_path / "w.onnx")])
+    assert malformed.exit_code == 2 and "key=value" in malformed.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.onnx"]
+
+
+# --------------------------------------------------------------------------- models people write
+def _user_file(tmp_path, name: str, source: str) -> str:
+    (tmp_path / f"{name}.py").write_text(source)
+    return str(tmp_path / f"{name}.py")
+
+
+def test_seed_style_segnet_exports_at_multiples_of_32_with_a_clear_note(tmp_path):
+    file = _user_file(tmp_path, "seed_segnet", SEED_SEGNET)
+    path = tmp_path / "seed.onnx"
+    result = export_onnx(f"{file}:build", path, input_shape=(1, 3, 64, 64), num_classes=4)
+    assert result.size_rule.multiple == 32 and "accepts only multiples of 32" in " ".join(result.warnings)
+    meta = read_metadata(path)
+    assert (meta.size_multiple, meta.min_size) == (32, 32)
+    report = result.verification
+    assert report.passed, report.worst()
+    assert all(h % 32 == 0 and w % 32 == 0 for _, _, h, w in (r.shape for r in report.results))
+    assert len({r.shape for r in report.results}) == 3 and any(r.shape[0] == 2 for r in report.results)
+
+
+def test_seed_style_segnet_exports_through_the_cli_with_default_options(tmp_path):
+    from segdeploy.cli import app
+
+    file = _user_file(tmp_path, "seed_segnet", SEED_SEGNET)
+    namespace: dict = {}
+    exec(SEED_SEGNET, namespace)
+    weights = tmp_path / "seed.pt"
+    torch.save(calibrate_batchnorm(namespace["build"](), (4, 3, 64, 64)).state_dict(), weights)  # "trained" weights
+    out = tmp_path / "seed.onnx"
+    result = CliRunner().invoke(app, ["export", f"{file}:build", "--input-shape", "1x3x96x64", "--num-classes", "4",
+                                      "--weights", str(weights), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "accepts only multiples of 32" in result.output and "passed" in result.output
+    # the model is rebuilt from the file's metadata; the weights are the user's
+    verified = CliRunner().invoke(app, ["verify", str(out), "--weights", str(weights)])
+    assert verified.exit_code == 0, verified.output
+
+
+def test_unet_whose_skips_must_line_up_exports_at_multiples_of_16(tmp_path):
+    file = _user_file(tmp_path, "strict_unet", STRICT_UNET)
+    result = export_onnx(f"{file}:StrictUNet", tmp_path / "u.onnx", input_shape=(1, 3, 48, 64), num_classes=3)
+    assert result.size_rule.multiple == 16
+    assert result.verification.passed, result.verification.worst()
+
+
+def test_model_that_raises_on_other_sizes_exports_and_verifies_at_valid_ones(tmp_path):
+    file = _user_file(tmp_path, "checked", DIVISIBLE_BY_32)
+    result = export_onnx(f"{file}:Checked", tmp_path / "c.onnx", input_shape=(1, 3, 64, 96), num_classes=2)
+    assert result.size_rule.multiple == 32
+    assert result.verification.passed, result.verification.worst()
+    assert read_metadata(tmp_path / "c.onnx").dynamic_axes == ("batch", "height", "width")
+
+
+def test_one_channel_module_takes_its_channels_from_the_input_shape(tmp_path):
+    class OneChannelPyramid(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+            self.pool = nn.AdaptiveAvgPool2d(3)
+            self.head = nn.Conv2d(16, 2, 1)
+
+        def forward(self, x):
+            f = self.stem(x)
+            ctx = torch.nn.functional.interpolate(self.pool(f), size=f.shape[-2:], mode="bilinear")
+            return self.head(torch.cat([f, ctx], 1))
+
+    model = calibrate_batchnorm(OneChannelPyramid(), (4, 1, 64, 64))
+    path = tmp_path / "gray.onnx"
+    result = export_onnx(model, path, input_shape=(1, 1, 64, 64))
+    assert result.verification.passed, result.verification.worst()
+    meta = read_metadata(path)
+    assert (meta.in_channels, meta.num_classes) == (1, 2) and meta.rewrites == ("adaptive_avg_pool",)
+    assert _dims(onnx.load(str(path)).graph.input[0]) == ["batch", 1, "height", "width"]
+
+
+def test_cli_exports_a_one_channel_zoo_model_from_the_input_shape(tmp_path):
+    from segdeploy.cli import app
+
+    out = tmp_path / "unet1.onnx"
+    result = CliRunner().invoke(app, ["export", "unet", "--input-shape", "1x1x32x32", "--config", "width_mult=0.125",
+                                      "--num-classes", "2", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    meta = read_metadata(out)
+    assert (meta.in_channels, meta.num_classes, meta.architecture, meta.source) == (1, 2, "unet", "zoo")
+
+
+def test_an_export_the_lint_rejects_is_flagged_not_tensorrt_ready(tmp_path):
+    from segdeploy.cli import app
+
+    source = textwrap.dedent(
+        """
+        import torch.nn.functional as F
+        from torch import nn
+
+        class Antialiased(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = nn.Conv2d(3, 2, 3, padding=1)
+
+            def forward(self, x):
+                small = F.interpolate(self.conv(x), scale_factor=0.5, mode="bilinear", antialias=True)
+                return F.interpolate(small, size=x.shape[-2:], mode="bilinear")
+        """
+    )
+    file = _user_file(tmp_path, "aa", source)
+    out = tmp_path / "aa.onnx"
+    result = CliRunner().invoke(app, ["export", f"{file}:Antialiased", "--opset", "18", "--input-shape", "1x3x32x32",
+                                      "--num-classes", "2", "--no-verify", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "NOT TensorRT-ready" in result.output and "antialias" in result.output
+    built = CliRunner().invoke(app, ["build", str(out), "-o", str(tmp_path / "aa.engine")])
+    assert built.exit_code == 2 and "not TensorRT-ready" in built.output and "antialias" in built.output
+    assert not (tmp_path / "aa.engine").exists()
+
+
+def test_cli_tables_are_not_cut_when_the_output_is_not_a_terminal(tmp_path):
+    from segdeploy.cli import app
+
+    file = _user_file(tmp_path, "a_user_model_with_a_rather_long_file_name", USER_PPM)
+    out = tmp_path / "a_user_model_with_a_rather_long_output_file_name_for_the_summary.onnx"
+    result = CliRunner().invoke(app, ["export", f"{file}:Pyramid", "--input-shape", "1x3x32x32", "--num-classes", "4",
+                                      "-o", str(out), "--no-verify"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert str(out) in result.output and "…" not in result.output

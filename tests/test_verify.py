@@ -231,7 +231,7 @@ def test_verify_cli_reads_shapes_from_metadata_and_writes_the_json_report(workdi
     assert "[noise-floor, fp32]" in result.output and "passed" in result.output
     data = json.loads(report_path.read_text())
     # the shapes come from the metadata: trace shape, then valid (even) sizes at half scale and batch 2
-    assert [r["shape"] for r in data["results"]] == ["1x3x32x32", "1x3x18x20", "2x3x12x20"]
+    assert [r["shape"] for r in data["results"]] == ["1x3x32x32", "1x3x16x18", "2x3x12x20"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temp files left
 
 

@@ -1,16 +1,22 @@
-"""Before export: which input sizes a model accepts, and one ``torch.export`` capture of it.
+"""Before export: one ``torch.export`` capture of the model, and the input sizes it accepts.
 
 Many real models take only some sizes: encoder-decoders whose skips must line
-up accept multiples of 16 or 32, some raise on anything else. Those sizes are
-found here by running the model on fake tensors (shapes only, no arithmetic,
-so a probe of a large model costs milliseconds), and every later stage uses
-them: verification shapes, the TensorRT profile, benchmarks.
+up accept multiples of 16 or 32, some raise on anything else. The capture
+already says most of it: each dynamic side is a symbol with a range, and the
+output's sides are expressions of it (``32*(H//32)`` for a SegNet that unpools
+without ``output_size``: right only at multiples of 32). That rule is then
+confirmed by running the model for real once at the smallest size it allows
+(cheap), which also catches checks the capture cannot see (a model that raises
+on sizes it dislikes); if that fails, small multiples are searched the same way.
+Every later stage uses the rule: verification shapes, the TensorRT profile,
+benchmarks.
 """
 
 from __future__ import annotations
 
 import os
 import traceback
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,13 +38,11 @@ class SizeRule:
         multiple: the size multiple (1: any size).
         min_size: the smallest side that works.
         out_channels: the channels of the main output at the trace shape.
-        scale: output side / input side at the trace shape (1 for full-resolution segmentation).
     """
 
     multiple: int
     min_size: int
     out_channels: int
-    scale: tuple[float, float] = (1.0, 1.0)
 
     def describe(self) -> str:
         sizes = "any height and width" if self.multiple == 1 else f"only multiples of {self.multiple}"
@@ -52,86 +56,139 @@ class ModelRaised(UserInputError):
     """The model itself raised in PyTorch (not segdeploy)."""
 
 
-def probe_sizes(module: nn.Module, shape: Shape, *, min_size_hint: int = 1) -> SizeRule:
-    """Find the size multiple and minimum size of ``module`` around the NCHW ``shape``.
-
-    The model must run at ``shape`` and give a rank-4 output. A size is accepted when the model
-    runs and its output scales like at ``shape`` (same side for full-resolution outputs).
-
-    Args:
-        module: the network in eval mode.
-        shape: the trace shape.
-        min_size_hint: a known minimum (the registry's), searched from.
+def check_runs(module: nn.Module, shape: Shape) -> None:
+    """Run the model once at ``shape``; its own failure becomes one line naming it.
 
     Raises:
-        ModelRaised: the model fails at ``shape`` (its own error, in one line) or returns no NCHW tensor.
+        ModelRaised: the model raised, or returned no NxCxHxW tensor.
     """
-    n, c, h, w = shape
     out = _output_shape(module, shape)
     if isinstance(out, BaseException):
         raise ModelRaised(f"the model raised at {format_shape(shape)}: {describe_exception(out)}")
     if out is None or len(out) != 4:
         raise ModelRaised(f"the model's output at {format_shape(shape)} is not an NxCxHxW tensor (got {out})")
-    scale = (out[2] / h, out[3] / w)
 
-    def works(side_h: int, side_w: int) -> bool:
-        got = _output_shape(module, (1, c, side_h, side_w))
-        if isinstance(got, BaseException) or got is None or len(got) != 4:
-            return False
-        return (got[2], got[3]) == (round(side_h * scale[0]), round(side_w * scale[1])) and got[1] == out[1]
 
-    multiple = next(
-        (m for m in _MULTIPLES if h % m == 0 and w % m == 0 and works(h + m, w + 3 * m) and works(h + 2 * m, w + 2 * m)),
-        None,
+def size_rule(program: Any, module: nn.Module, shape: Shape, *, spatial_axes: Sequence[int], out_axes: Sequence[int],
+              min_size_hint: int = 1) -> SizeRule:
+    """The sizes ``module`` accepts, from the captured ``program`` and one real run at the smallest of them.
+
+    Args:
+        program: the dynamic capture (of the model, or of a wrapper around it).
+        module: the network itself (NCHW float input), run for real to confirm.
+        shape: the NCHW trace shape.
+        spatial_axes, out_axes: which axes of the program's input and main output are height and width.
+        min_size_hint: a known minimum (the registry's).
+
+    Raises:
+        ModelRaised: the model accepts no size the search tried but the traced one.
+    """
+    _, c, h, w = shape
+    out_channels = network_channels(module, program, shape)
+    multiple, lower = 1, min_size_hint
+    for axis, out_axis in zip(spatial_axes, out_axes):
+        side_multiple, side_lower = _symbolic_side(program, axis, out_axis)
+        multiple, lower = max(multiple, side_multiple), max(lower, side_lower)
+    candidates = [m for m in _MULTIPLES if m >= multiple and h % m == 0 and w % m == 0] or [multiple]
+    for m in candidates:
+        smallest = -(-max(lower, m) // m) * m
+        # non-square, and odd when any size goes: one run shows both sides' rule
+        if _works(module, (1, c, smallest, smallest + m), out_channels):
+            return SizeRule(m, smallest, int(out_channels))
+        if m == candidates[0] and _works(module, (1, c, h + m, w + 3 * m), out_channels):
+            # the rule holds near the trace but not down at its minimum: find that minimum
+            return SizeRule(m, _smallest_working(module, c, m, smallest, min(h, w), out_channels), int(out_channels))
+    raise ModelRaised(
+        f"the model works at {format_shape(shape)} but at no other size tried (multiples up to {candidates[-1]}): "
+        "export it with --static"
     )
-    if multiple is None:
-        raise ModelRaised(
-            f"the model works at {format_shape(shape)} but at no other size tried (multiples up to "
-            f"{_MULTIPLES[-1]}): export it with --static"
-        )
-    # smallest side: double until it works, then bisect on multiples (square inputs)
-    low = max(multiple, -(-min_size_hint // multiple) * multiple)
-    hi = low
-    while hi < max(h, w) and not works(hi, hi):
-        low, hi = hi, hi * 2
-    if not works(hi, hi):
-        return SizeRule(multiple, min(h, w), int(out[1]), scale)
-    if hi != low or not works(low, low):
-        while hi - low > multiple:
-            mid = (low + hi) // 2 // multiple * multiple
-            if works(mid, mid):
-                hi = mid
-            else:
-                low = mid
-    return SizeRule(multiple, hi, int(out[1]), scale)
+
+
+def network_channels(module: nn.Module, program: Any, shape: Shape) -> int:
+    """The network's output channels: from the capture, or for a class-map head (none left) from a run at ``shape``."""
+    out = _main_output_val(program).shape
+    if len(out) == 4 and isinstance(out[1], int):
+        return int(out[1])
+    got = _output_shape(module, (1, *shape[1:]))
+    return int(got[1]) if isinstance(got, tuple) and len(got) == 4 else 1
+
+
+def _symbolic_side(program: Any, axis: int, out_axis: int) -> tuple[int, int]:
+    """(multiple, lower bound) of one input side: from its symbol's range, and the output side's expression.
+
+    The output side must be the input side times the traced ratio (1 for full-resolution outputs);
+    the smallest multiple ``m`` for which that holds at every ``m * k`` is the side's multiple.
+    """
+    import sympy
+
+    side = _user_input_val(program).shape[axis]
+    out_side = _main_output_val(program).shape[out_axis]
+    if isinstance(side, int):
+        return 1, side
+    expr = side.node.expr
+    head, _ = expr.as_coeff_Mul()
+    coefficient = int(head) if head.is_Integer and head > 0 else 1
+    lower = 1
+    for symbol in expr.free_symbols:
+        bounds = program.range_constraints.get(symbol)
+        if bounds is not None and bounds.lower.is_finite:
+            lower = max(lower, int(bounds.lower) * coefficient)
+    hints = (getattr(side.node, "hint", None), None if isinstance(out_side, int) else getattr(out_side.node, "hint", None))
+    if len(expr.free_symbols) != 1 or None in hints:
+        return coefficient, lower
+    (symbol,) = expr.free_symbols
+    scale = sympy.Rational(int(hints[1]), int(hints[0]))
+    k = sympy.Symbol("k", integer=True, positive=True)
+    for m in _MULTIPLES:
+        if m % coefficient == 0:
+            at = {symbol: sympy.Integer(m // coefficient) * k}  # the input side becomes m * k
+            if sympy.simplify(out_side.node.expr.subs(at) - scale * expr.subs(at)) == 0:
+                return m, lower
+    return coefficient, lower
+
+
+def _smallest_working(module: nn.Module, channels: int, m: int, low: int, high: int, out_channels: int) -> int:
+    """Bisect, on multiples of ``m``, the smallest square side that works between ``low`` and ``high``."""
+    hi = -(-high // m) * m
+    while hi - low > m:
+        mid = (low + hi) // 2 // m * m
+        if _works(module, (1, channels, mid, mid + m), out_channels):
+            hi = mid
+        else:
+            low = mid
+    return hi
+
+
+def _works(module: nn.Module, shape: tuple[int, int, int, int], out_channels: int) -> bool:
+    got = _output_shape(module, shape)
+    if isinstance(got, BaseException) or got is None or len(got) != 4 or got[1] != out_channels:
+        return False
+    return (got[2], got[3]) == shape[2:] or (got[2] * shape[3] == got[3] * shape[2])
 
 
 def _output_shape(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...] | BaseException | None:
-    """The main output's shape at ``shape``, from a run on fake tensors (a real run if the model needs data)."""
+    """The main output's shape after a real run on zeros (small sizes only: cheap)."""
     import torch
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
     from segdeploy.models.loading import main_output
 
     try:
-        with FakeTensorMode(allow_non_fake_inputs=True), torch.no_grad():
-            out = main_output(module(torch.empty(shape)))
-        return tuple(int(d) for d in out.shape) if isinstance(out, torch.Tensor) else None
-    except Exception as exc:  # noqa: BLE001 - any failure of the model at this size is an answer
-        if not _needs_data(exc):
-            return exc
-    try:  # branches on values cannot run on fake tensors: run the model for real
-        with torch.no_grad():
+        with torch.inference_mode():
             out = main_output(module(torch.zeros(shape)))
         return tuple(int(d) for d in out.shape) if isinstance(out, torch.Tensor) else None
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - any failure of the model at this size is an answer
         return exc
 
 
-def _needs_data(exc: BaseException) -> bool:
-    names = {type(e).__name__ for e in _chain(exc)}
-    return bool(names & {"DataDependentOutputException", "DynamicOutputShapeException", "GuardOnDataDependentSymNode",
-                         "UnsupportedOperatorException", "MetadataMismatchError"})
+def _user_input_val(program: Any) -> Any:
+    name = program.graph_signature.user_inputs[0]
+    return next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == name).meta["val"]
+
+
+def _main_output_val(program: Any) -> Any:
+    output = next(n for n in program.graph.nodes if n.op == "output")
+    first = output.args[0][0] if isinstance(output.args[0], (tuple, list)) else output.args[0]
+    return first.meta["val"]
 
 
 def capture(module: nn.Module, example: torch.Tensor, dynamic_axes: dict[int, str] | None) -> Any:

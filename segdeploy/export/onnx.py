@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segdeploy._version import __version__
 from segdeploy.artifact import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -56,7 +57,7 @@ if TYPE_CHECKING:
     from torch import nn
 
 _EXPORTER_OPSET = 18  # the opset torch's exporter writes natively
-STAGES = ("probe", "capture", "rewrite", "onnx", "simplify", "check", "lint", "verify")
+STAGES = ("capture", "sizes", "rewrite", "onnx", "simplify", "check", "lint", "verify")
 
 
 @dataclass
@@ -154,7 +155,7 @@ def export_onnx(
     """
     import torch
 
-    from segdeploy.export.capture import capture, probe_sizes
+    from segdeploy.export.capture import SizeRule, capture, check_runs, network_channels, size_rule
     from segdeploy.export.io import FusedIO
     from segdeploy.export.rewrites import apply_rewrites
 
@@ -172,22 +173,32 @@ def export_onnx(
     check_output_path(path)  # before minutes of export work, not after
     clock = _StageClock(progress, timings)
 
-    clock("probe")
+    clock("capture")
     loaded = _load(model_or_name, num_classes, shape[1], weights, config)
     shape = check_shape(shape, min_size=loaded.min_size)
-    rule = probe_sizes(loaded.module, shape, min_size_hint=loaded.min_size)
-    notes: list[str] = []
-    if rule.multiple > 1 or rule.min_size > loaded.min_size:
-        notes.append(f"the model {rule.describe()}")
     if dynamic and (shape[2] < 2 or shape[3] < 2):
         raise UserInputError(f"a dynamic export needs height and width of at least 2, got {format_shape(shape)}")
-
-    clock("capture")
     wrapper = FusedIO(loaded.module, preprocessing, output).eval()
     axes = dynamic_axes(preprocessing.input_format) if dynamic else None
     example_shape = (max(shape[0], 2) if dynamic else shape[0], *shape[1:])  # torch.export specializes size 1
     example = _example(file_input_shape(example_shape, preprocessing.input_format), preprocessing)  # type: ignore[arg-type]
-    program = capture(wrapper, example, axes)
+    try:
+        program = capture(wrapper, example, axes)
+    except ExportError:
+        check_runs(loaded.module, shape)  # the model's own error at this shape, if it has one
+        raise
+
+    clock("sizes")
+    if dynamic:
+        spatial = [axis for axis, name in axes.items() if name in ("height", "width")]  # type: ignore[union-attr]
+        out_axes = (1, 2) if output is OutputKind.CLASSMAP else (2, 3)
+        rule = size_rule(program, loaded.module, shape, spatial_axes=spatial, out_axes=out_axes,
+                         min_size_hint=loaded.min_size)
+    else:
+        rule = SizeRule(1, max(loaded.min_size, 1), network_channels(loaded.module, program, shape))
+    notes: list[str] = []
+    if rule.multiple > 1:
+        notes.append(f"the model {rule.describe()}")
 
     clock("rewrite")
     found = apply_rewrites(program)
@@ -195,7 +206,8 @@ def export_onnx(
     if missing:
         notes.append(f"the registry lists rewrites {missing} for this model but they did not match its graph")
     if found.applied:
-        _check_rewritten(wrapper, program, _check_shape(shape, rule), preprocessing, found.applied)
+        check_at = _check_shape(shape, rule) if dynamic else shape  # a static program runs at its one shape
+        _check_rewritten(wrapper, program, check_at, preprocessing, found.applied)
 
     clock("onnx")
     proto, renamed = _to_onnx(program, example, opset, OUTPUT_NAMES[output], axes, [n for n, _ in found.unpool_inputs])
@@ -213,7 +225,7 @@ def export_onnx(
         num_classes=rule.out_channels, in_channels=shape[1], trace_shape=shape,
         dynamic_axes=tuple(axes.values()) if axes else (), min_size=rule.min_size, size_multiple=rule.multiple,
         rewrites=tuple(found.applied), precision=precision, opset=opset, preprocessing=preprocessing,
-        output=output, unpool_inputs=unpool_inputs,
+        output=output, unpool_inputs=unpool_inputs, segdeploy_version=__version__,
     )  # fmt: skip
     fp32_nodes: list[str] = []
     if precision is Precision.FP16:
@@ -477,8 +489,6 @@ def _simplify(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
 
 
 def _set_metadata(proto: onnx.ModelProto, metadata: Metadata) -> None:
-    from segdeploy._version import __version__
-
     del proto.metadata_props[:]
     for key, value in metadata.to_props().items():
         entry = proto.metadata_props.add()
