@@ -528,13 +528,20 @@ def test_existing_directory_is_kept_without_force_and_replaced_with_it(onnx_file
     assert write_bundle(onnx_files["logits"], empty) == empty  # an empty directory is fine
 
 
-def test_force_refuses_to_replace_a_directory_holding_the_input(onnx_files, tmp_path):
+def test_force_refuses_to_replace_a_directory_holding_an_input_or_the_working_directory(onnx_files, tmp_path,
+                                                                                        monkeypatch):
     target = tmp_path / "b"
     target.mkdir()
     shutil.copy(onnx_files["logits"], target / "model_in.onnx")
+    (target / "labels.txt").write_text("a\nb\nc\nd\n")
     with pytest.raises(UserInputError, match="holds the input"):
         write_bundle(target / "model_in.onnx", target, force=True)
-    assert _listing(target) == ["model_in.onnx"]
+    with pytest.raises(UserInputError, match="holds the input"):
+        write_bundle(onnx_files["logits"], target, labels=target / "labels.txt", force=True)
+    monkeypatch.chdir(target)
+    with pytest.raises(UserInputError, match="current directory"):
+        write_bundle(onnx_files["logits"], ".", force=True)
+    assert _listing(target) == ["labels.txt", "model_in.onnx"]
 
 
 def test_a_failure_midway_leaves_no_bundle_and_keeps_the_old_one(onnx_files, tmp_path, monkeypatch):

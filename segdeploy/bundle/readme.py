@@ -19,21 +19,23 @@ from segdeploy.bundle.manifest import (
 
 
 def readme_text(manifest: dict[str, Any], triton_models: dict[str, str],
-                deepstream: tuple[list[str], list[str]]) -> str:
+                deepstream: tuple[list[str], list[str]], directory: str) -> str:
     """Markdown for ``README.md``.
 
     Args:
         manifest: the bundle's manifest (``files`` need not be filled in).
         triton_models: Triton model name -> ``onnx`` or ``plan``.
         deepstream: :func:`segdeploy.bundle.deepstream.fit`'s reasons and notes.
+        directory: the bundle directory's name, as the example commands use it.
     """
-    name, spec, out = manifest["name"], manifest["input"], manifest["output"]
+    spec, out = manifest["input"], manifest["output"]
+    name = directory  # the example commands run beside the bundle directory
     engine = manifest.get("engine")
     reasons, notes = deepstream
     shape = "x".join(str(d) for d in spec["shape"])
     free = ", ".join(spec["dynamic_axes"]) or "none (fixed shape)"
     lines = [
-        f"# {name}: segdeploy bundle",
+        f"# {manifest['name']}: segdeploy bundle",
         "",
         (f"Semantic segmentation, `{manifest['architecture']}`, {manifest['num_classes']} class(es), "
         f"{manifest['precision']}, ONNX opset {manifest['opset']}. `{MANIFEST}` describes everything below "
@@ -73,8 +75,7 @@ def readme_text(manifest: dict[str, Any], triton_models: dict[str, str],
                      f"{_floats(spec['std'])} (in the input's channel order).")
     lines += [
         "",
-        (f"Traced shape {shape}; free axes: {free}. Heights and widths must be multiples of "
-        f"{spec['size_multiple']} and at least {spec['min_size']}."),
+        f"Traced shape {shape}; free axes: {free}. " + _sizes(spec),
     ]
     if spec.get("tensorrt_profile"):
         p = spec["tensorrt_profile"]
@@ -119,7 +120,7 @@ def readme_text(manifest: dict[str, Any], triton_models: dict[str, str],
     batch = "with `max_batch_size` > 0 requests carry the batch axis first and Triton batches them dynamically"
     lines.append(f"Models: {', '.join(f'`{m}`' for m in triton_models)}; {batch}; -1 in `dims` is a free size.")
     if engine:
-        lines.append(f"`{name}_trt` serves the plan: only on a GPU of compute capability "
+        lines.append(f"`{manifest['name']}_trt` serves the plan: only on a GPU of compute capability "
                      f"{engine['compute_capability']} "
                      f"with TensorRT {engine['tensorrt_version']} (the server's TensorRT backend must match).")
     lines += ["", "DeepStream (Gst-nvinfer):", ""]
@@ -153,6 +154,12 @@ def readme_text(manifest: dict[str, Any], triton_models: dict[str, str],
         "",
     ]
     return "\n".join(lines)
+
+
+def _sizes(spec: dict[str, Any]) -> str:
+    if spec["size_multiple"] == 1:
+        return f"Heights and widths: any, at least {spec['min_size']}."
+    return f"Heights and widths must be multiples of {spec['size_multiple']} and at least {spec['min_size']}."
 
 
 def _color(spec: dict[str, Any]) -> str:

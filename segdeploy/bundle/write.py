@@ -98,7 +98,7 @@ def write_bundle(
     """
     plan = plan_bundle(onnx_path, out_dir, engine=engine, labels=labels, name=name, force=force)
     target = plan.out_dir
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.resolve().name}.", suffix=".tmp", dir=target.resolve().parent))
     try:
         _fill(tmp, plan)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a plain mkdir's mode
@@ -124,7 +124,7 @@ def plan_bundle(
         UserInputError: as :func:`write_bundle`.
     """
     onnx_path, target = Path(onnx_path), Path(out_dir)
-    _check_target(target, force, [onnx_path, *([Path(engine)] if engine is not None else [])])
+    _check_target(target, force, [Path(p) for p in (onnx_path, engine, labels) if p is not None])
     model = load_onnx(onnx_path)
     metadata = require_metadata(model, where=str(onnx_path))
     inputs, outputs = graph_io(model)
@@ -148,6 +148,8 @@ def _check_target(target: Path, force: bool, inputs: list[Path]) -> None:
         if not force:
             raise UserInputError(f"{target} exists and is not empty: pick another directory or pass --force")
         resolved = target.resolve()
+        if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
+            raise UserInputError(f"cannot replace {target}: it is the current directory or holds it")
         for path in inputs:
             if path.exists() and resolved in path.resolve().parents:
                 raise UserInputError(f"cannot replace {target}: it holds the input {path}; copy it elsewhere first")
@@ -245,7 +247,8 @@ def _fill(root: Path, plan: BundlePlan) -> None:
     if not reasons:
         (root / DEEPSTREAM_CONFIG).parent.mkdir()
         (root / DEEPSTREAM_CONFIG).write_text(deepstream.config_text(manifest, plan.name), encoding="utf-8")
-    (root / README).write_text(readme_text(manifest, triton_models, (reasons, notes)), encoding="utf-8")
+    readme = readme_text(manifest, triton_models, (reasons, notes), plan.out_dir.name)
+    (root / README).write_text(readme, encoding="utf-8")
     manifest["files"] = file_hashes(root)
     (root / MANIFEST).write_text(dumps(manifest), encoding="utf-8")
 
@@ -266,7 +269,7 @@ def _swap_into_place(tmp: Path, target: Path) -> None:
     if not target.exists():
         os.rename(tmp, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = Path(tempfile.mkdtemp(prefix=f".{target.resolve().name}.", suffix=".old", dir=target.resolve().parent))
     old.rmdir()
     os.rename(target, old)
     try:
