@@ -62,6 +62,16 @@ class OutputKind(str, Enum):
     PROBS = "probs"
     CLASSMAP = "classmap"
 
+    @property
+    def dtype(self) -> str:
+        """Element type of the output tensor: int32 for a class map, float32 otherwise (also for FP16 files)."""
+        return "int32" if self is OutputKind.CLASSMAP else "float32"
+
+    @property
+    def layout(self) -> str:
+        """``NHW`` for a class map (no class axis), ``NCHW`` for scores."""
+        return "NHW" if self is OutputKind.CLASSMAP else "NCHW"
+
 
 class ColorOrder(str, Enum):
     RGB = "rgb"
@@ -161,6 +171,14 @@ class Preprocessing:
     def fused(self) -> bool:
         """uint8 inputs normalize inside the graph; a float32 input is normalized by the caller."""
         return self.input_format is not InputFormat.FLOAT32_NCHW
+
+    def input_order(self, values: tuple[float, ...]) -> tuple[float, ...]:
+        """Per-channel ``mean`` or ``std`` (kept in RGB order) in the order of the input's channels.
+
+        A BGR input's first channel is blue: a consumer normalizing the frames it feeds applies
+        ``(pixel / 255 - mean[c]) / std[c]`` with these reversed values.
+        """
+        return tuple(reversed(values)) if self.color is ColorOrder.BGR and len(values) == 3 else tuple(values)
 
 
 @dataclass
@@ -308,6 +326,67 @@ METADATA_KEYS = {
     "segdeploy_version": "version of segdeploy that wrote the file",
 }
 """The ``metadata_props`` segdeploy writes, all strings."""
+
+
+REQUIRED_KEYS = ("num_classes", "in_channels", "trace_shape", "dynamic_axes", "min_size", "size_multiple",
+                 "precision", "opset")
+"""The metadata a file needs before a bundle (or anything run without the PyTorch model) can describe it."""
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A graph input or output: name, NumPy element type name and dims (an int, or the axis name when dynamic)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int | str, ...]
+
+    @property
+    def rank(self) -> int:
+        return len(self.dims)
+
+
+def graph_io(model: onnx.ModelProto) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    """The graph's inputs (initializers excluded) and outputs.
+
+    A dimension without a fixed size is its ``dim_param`` name, or ``"?"`` when it has none.
+    """
+    import onnx.helper
+
+    def info(value: Any) -> TensorInfo:
+        tensor_type = value.type.tensor_type
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
+        except (KeyError, TypeError, ValueError):
+            dtype = f"onnx-type-{tensor_type.elem_type}"
+        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+                     for d in tensor_type.shape.dim)
+        return TensorInfo(value.name, dtype, dims)
+
+    initializers = {t.name for t in model.graph.initializer}
+    inputs = [info(v) for v in model.graph.input if v.name not in initializers]
+    return inputs, [info(v) for v in model.graph.output]
+
+
+def require_metadata(source: str | os.PathLike[str] | onnx.ModelProto, *, where: str | None = None) -> Metadata:
+    """The metadata of a file ``segdeploy export`` wrote, refusing files that lack what describes them.
+
+    Args:
+        source: a path or a loaded model.
+        where: how messages name the file (default: the path, or "the model").
+
+    Raises:
+        UserInputError: not ONNX, or metadata keys of ``REQUIRED_KEYS`` missing (named in the message).
+    """
+    model = load_onnx(source)
+    if where is None:
+        where = str(source) if isinstance(source, (str, os.PathLike)) else "the model"
+    props = {p.key: p.value for p in model.metadata_props}
+    missing = [key for key in REQUIRED_KEYS if key not in props or (not props[key].strip() and key != "dynamic_axes")]
+    if missing:
+        what = "has no segdeploy metadata" if len(missing) == len(REQUIRED_KEYS) else "lacks segdeploy metadata"
+        raise UserInputError(f"{where} {what} ({', '.join(missing)} missing): export it with `segdeploy export`")
+    return Metadata.from_props(props, where=where)
 
 
 def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *, load_weights: bool = False) -> onnx.ModelProto:

@@ -434,6 +434,102 @@ def doctor_cmd(
     console.print(usable)
 
 
+# --------------------------------------------------------------------------- bundle
+@app.command("bundle")
+@_guarded
+def bundle_cmd(
+    model_file: Annotated[Optional[Path], typer.Argument(help="The ONNX file from `segdeploy export`.")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Bundle directory to create.")] = None,
+    engine: Annotated[
+        Optional[Path], typer.Option("--engine", help="TensorRT engine built from MODEL by `segdeploy build`.")
+    ] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="Text file, one label per class (default class_0, class_1...).")
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name, e.g. for Triton (default: the file's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")] = False,
+    check: Annotated[
+        Optional[Path], typer.Option("--check", metavar="DIR", help="Check an existing bundle; exit 4 on a problem.")
+    ] = None,
+) -> None:
+    """Write a deployment bundle: the model, its manifest, a golden input/output pair, Triton and DeepStream configs.
+
+    `segdeploy bundle MODEL.onnx -o DIR` writes DIR atomically: segdeploy.json, model.onnx, model.plan (with
+    --engine), labels.txt, golden/, triton/, deepstream/ (when nvinfer can run the model) and README.md.
+
+    `segdeploy bundle --check DIR` proves a bundle consistent without a server or GPU.
+    """
+    if check is not None:
+        extra = [flag for flag, value in (("MODEL", model_file), ("-o", output), ("--engine", engine),
+                                          ("--labels", labels), ("--name", name), ("--force", force or None))
+                 if value is not None]
+        if extra:
+            raise UserInputError(f"--check DIR checks an existing bundle; drop {', '.join(extra)}")
+        _check_bundle(check)
+        return
+    if model_file is None or output is None:
+        raise UserInputError("give the ONNX file and -o DIR (segdeploy bundle MODEL.onnx -o DIR), or --check DIR")
+    import time
+
+    from segdeploy.bundle import write_bundle
+
+    started = time.perf_counter()
+    with _console(True).status(f"bundling {model_file}"):
+        path = write_bundle(model_file, output, engine=engine, labels=labels, name=name, force=force)
+    _print_bundle(path, time.perf_counter() - started)
+
+
+def _print_bundle(path: Path, seconds: float) -> None:
+    from rich.markup import escape
+
+    from segdeploy.bundle import deepstream
+    from segdeploy.bundle.manifest import DEEPSTREAM_CONFIG, MANIFEST
+
+    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    spec, out = manifest["input"], manifest["output"]
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    console = _console()
+    console.print(f"[bold]{escape(str(path))}[/bold]: {len(manifest['files']) + 1} files, {size / 1e6:.2f} MB, "
+                  f"written in {seconds:.1f} s")
+    console.print(f"  model: {manifest['precision']}, {spec['dtype']} {spec['layout']} {spec['color']} -> "
+                  f"{out['kind']} ({out['dtype']} {out['layout']}), {manifest['num_classes']} classes", markup=False)
+    engine = manifest.get("engine")
+    if engine:
+        console.print(f"  engine: {engine['file']}, TensorRT {engine['tensorrt_version']} on {engine['gpu_name']} "
+                      f"(compute {engine['compute_capability']})", markup=False)
+    models = ", ".join(f"triton/{d.name}" for d in sorted((path / "triton").iterdir()))
+    console.print(f"  triton: {models}", markup=False)
+    reasons, notes = deepstream.fit(manifest)
+    if reasons:
+        for reason in reasons:
+            console.print(f"  deepstream: no config written: {reason}", markup=False)
+    else:
+        console.print(f"  deepstream: {DEEPSTREAM_CONFIG}", markup=False)
+        for note in notes:
+            console.print(f"  deepstream note: {note}", markup=False)
+    console.print(f"  check it: segdeploy bundle --check {path}", markup=False)
+
+
+def _check_bundle(path: Path) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from segdeploy.bundle import check_bundle
+
+    report = check_bundle(path)
+    table = Table(title=f"segdeploy bundle --check {escape(str(path))}")
+    for column in ("check", "result", "details"):
+        table.add_column(column, overflow="fold")
+    style = {"ok": "green", "failed": "red", "skipped": "yellow"}
+    for result in report.results:
+        details = "; ".join(result.problems) if result.problems else result.detail
+        table.add_row(result.name, f"[{style[result.status]}]{result.status}[/{style[result.status]}]", escape(details))
+    _console().print(table)
+    report.raise_for_problems()
+    skipped = f" ({len(report.skipped)} skipped)" if report.skipped else ""
+    typer.echo(f"bundle OK: {len(report.results) - len(report.skipped)} checks passed{skipped}")
+
+
 # --------------------------------------------------------------------------- bench
 def _parse_batches(text: str | None) -> list[int] | None:
     if text is None:

@@ -9,16 +9,15 @@ Three bundles from two briefly trained tiny nets (random weights sit on near-tie
   heights and widths must be multiples of 8, so a 67x45 image is resized to 64x48 and the mask resized back.
 - ``bgr_logits``: float32 NCHW in BGR order, normalized by the consumer with per-channel ImageNet mean/std,
   4-class logits out; any size, so the image runs at 67x45.
-- ``grey_probs``: uint8 NCHW 1-channel in, fixed batch 2 (the frame is repeated), 1-class sigmoid out (p > 0.5):
-  bright versus dark pixels.
+- ``grey_probs``: uint8 NCHW 1-channel in, fixed shape 2x1x45x67 (the frame is repeated over the batch), 1-class
+  sigmoid out (p > 0.5): bright versus dark pixels.
 
-The bundles are written by ``_stand_in_write_bundle``, which lays out the bundle format (segdeploy.json schema
-version 1) until ``segdeploy.bundle.write_bundle`` exists: the ``bundles`` fixture is the one place to swap.
+Each is exported by ``segdeploy.export.onnx.export_onnx`` (which fuses the pre- and post-processing and records
+them in the metadata) and bundled by ``segdeploy.bundle.write_bundle``: the C++ program reads real bundles.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -34,15 +33,16 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from segdeploy.bundle import write_bundle
 from segdeploy.data import make_shapes, train_tiny
+from segdeploy.export.onnx import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP = ROOT / "cpp"
 IMAGE_SIZE = (45, 67)  # (height, width): odd, and not a multiple of rgb_classmap's 8
-GOLDEN_SIZE = (32, 48)
+TRACE_SIZE = (32, 48)  # the dynamic exports' traced size, and so their golden input's
 TRAIN_MEAN, TRAIN_STD = 0.5, 0.25  # segdeploy.data's pixel normalization, what the nets were trained on
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-PALETTE = [[0, 0, 0], [128, 0, 0], [0, 128, 0], [128, 128, 0]]
 MAX_DIFFERING = 0.001  # the bundle format's class-map rule: at most 0.1% of pixels may differ
 
 
@@ -94,17 +94,19 @@ class TinyNet(nn.Module):
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-class FusedClassmap(nn.Module):
-    """uint8 NHWC RGB -> int32 class map. Cast first: TensorRT needs a uint8 input to feed a Cast directly."""
+class MultipleOf8(nn.Module):
+    """The net, taking only heights and widths that are multiples of 8 (as encoder-decoders with skips do).
+
+    ``pixel_unshuffle``/``pixel_shuffle`` by 8 is the identity on such sizes and fails on any other, so the
+    export finds the rule and records it (``size_multiple`` 8).
+    """
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().permute(0, 3, 1, 2)
-        x = (x / 255 - TRAIN_MEAN) / TRAIN_STD
-        return self.net(x).argmax(1).to(torch.int32)
+        return self.net(F.pixel_shuffle(F.pixel_unshuffle(x, 8), 8))
 
 
 class BgrImagenetLogits(nn.Module):
@@ -121,16 +123,16 @@ class BgrImagenetLogits(nn.Module):
         return self.net((pixels - TRAIN_MEAN) / TRAIN_STD)
 
 
-class GreyProbs(nn.Module):
-    """uint8 NCHW grey -> P(bright) of a 2-class net as one sigmoid channel (p > 0.5 exactly when class 1 wins)."""
+class BrightLogit(nn.Module):
+    """One logit of a 2-class net: class 1 minus class 0, so its sigmoid is P(bright) (> 0.5 exactly when 1 wins)."""
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net((x.float() / 255 - TRAIN_MEAN) / TRAIN_STD)
-        return torch.sigmoid(logits[:, 1:2] - logits[:, 0:1])
+        logits = self.net(x)
+        return logits[:, 1:2] - logits[:, 0:1]
 
 
 def _pixels(normalized: np.ndarray) -> np.ndarray:
@@ -139,16 +141,9 @@ def _pixels(normalized: np.ndarray) -> np.ndarray:
     return np.rint(values).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def _export(module: nn.Module, example: torch.Tensor, path: Path, output_name: str, dynamic: dict) -> None:
-    dim = torch.export.Dim
-    axes = {axis: dim(name, min=1 if name == "batch" else 8, max=4096) for axis, name in dynamic.items()}
-    torch.onnx.export(module.eval(), (example,), path, dynamo=True, opset_version=17, input_names=["input"],
-                      output_names=[output_name], dynamic_shapes=(axes,), external_data=False, verbose=False)
-
-
 @pytest.fixture(scope="session")
 def models(tmp_path_factory) -> dict:
-    """name -> ONNX path and the manifest facts the bundle writer needs; also the torch nets."""
+    """name -> the exported ONNX path and the bundle's labels; also the trained RGB net."""
     directory = tmp_path_factory.mktemp("cpp_models")
     torch.manual_seed(0)
     images, labels = make_shapes(64, size=(32, 32), seed=0)
@@ -161,86 +156,36 @@ def models(tmp_path_factory) -> dict:
     train_tiny(grey_net, (grey / np.float32(255) - TRAIN_MEAN) / TRAIN_STD, grey[:, 0] > 128, steps=80, lr=1e-2,
                batch_size=8, seconds=6, seed=0)
 
-    # batch 2: torch.export would specialize a traced batch of 1 and drop the dynamic batch axis
-    rgb_golden = _pixels(make_shapes(2, size=GOLDEN_SIZE, seed=11)[0])  # [2, H, W, 3] RGB
-    grey_golden = np.ascontiguousarray(_grey(rgb_golden).transpose(0, 3, 1, 2))  # [2, 1, H, W]
-    bgr = rgb_golden[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
-    bgr_golden = ((bgr - np.float32(IMAGENET_MEAN[::-1]).reshape(1, 3, 1, 1))
-                  / np.float32(IMAGENET_STD[::-1]).reshape(1, 3, 1, 1)).astype(np.float32)
-
     four_labels = ["background", "circle", "rectangle", "triangle"]
-    all_axes = ["batch", "height", "width"]
-    specs = {
-        "rgb_classmap": {
-            "module": FusedClassmap(rgb_net), "golden": rgb_golden, "num_classes": 4, "labels": four_labels,
-            "input": {"dtype": "uint8", "layout": "NHWC", "color": "rgb", "mean": [TRAIN_MEAN] * 3,
-                      "std": [TRAIN_STD] * 3, "normalization_fused": True, "dynamic_axes": all_axes,
-                      "size_multiple": 8, "min_size": 16},
-            "output": {"name": "classmap", "kind": "classmap", "dtype": "int32", "layout": "NHW"},
-            "dynamic": {0: "batch", 1: "height", 2: "width"},
-        },
-        "bgr_logits": {
-            "module": BgrImagenetLogits(rgb_net), "golden": bgr_golden, "num_classes": 4, "labels": four_labels,
-            "input": {"dtype": "float32", "layout": "NCHW", "color": "bgr", "mean": list(IMAGENET_MEAN[::-1]),
-                      "std": list(IMAGENET_STD[::-1]), "normalization_fused": False, "dynamic_axes": all_axes,
-                      "size_multiple": 1, "min_size": 8},
-            "output": {"name": "logits", "kind": "logits", "dtype": "float32", "layout": "NCHW"},
-            "dynamic": {0: "batch", 2: "height", 3: "width"},
-        },
-        "grey_probs": {
-            "module": GreyProbs(grey_net), "golden": grey_golden, "num_classes": 1, "labels": ["bright"],
-            "input": {"dtype": "uint8", "layout": "NCHW", "color": "rgb", "mean": [TRAIN_MEAN], "std": [TRAIN_STD],
-                      "normalization_fused": True, "dynamic_axes": ["height", "width"], "size_multiple": 1,
-                      "min_size": 8},
-            "output": {"name": "probs", "kind": "probs", "dtype": "float32", "layout": "NCHW"},
-            "dynamic": {2: "height", 3: "width"},
-        },
+    exports = {
+        # normalization with the nets' own training statistics, fused into the graph for uint8 input
+        "rgb_classmap": (MultipleOf8(rgb_net), (2, 3, *TRACE_SIZE), four_labels,
+                         {"input_format": "uint8-nhwc", "mean": (TRAIN_MEAN,) * 3, "std": (TRAIN_STD,) * 3,
+                          "output": "classmap"}),
+        # mean/std in RGB order, as export takes them; the manifest gives them in the input's (BGR) order
+        "bgr_logits": (BgrImagenetLogits(rgb_net), (2, 3, *TRACE_SIZE), four_labels,
+                       {"input_format": "float32-nchw", "color": "bgr", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                        "output": "logits"}),
+        "grey_probs": (BrightLogit(grey_net), (2, 1, *IMAGE_SIZE), ["bright"],
+                       {"input_format": "uint8-nchw", "mean": (TRAIN_MEAN,), "std": (TRAIN_STD,), "output": "probs",
+                        "dynamic": False}),
     }
-    for name, spec in specs.items():
-        spec["onnx"] = directory / f"{name}.onnx"
-        _export(spec["module"], torch.from_numpy(np.ascontiguousarray(spec["golden"])), spec["onnx"],
-                spec["output"]["name"], spec.pop("dynamic"))
-        spec["input"] = {"name": "input", **spec["input"], "shape": list(spec["golden"].shape),
-                         "tensorrt_profile": None}
-    specs["rgb_net"] = rgb_net
+    specs: dict = {"rgb_net": rgb_net}
+    for name, (module, shape, label_list, options) in exports.items():
+        path = directory / f"{name}.onnx"
+        export_onnx(module.eval(), path, input_shape=shape, opset=17, **options)
+        labels_file = directory / f"{name}.labels.txt"
+        labels_file.write_text("".join(f"{label}\n" for label in label_list))
+        specs[name] = {"onnx": path, "labels": labels_file}
     return specs
 
 
 # --------------------------------------------------------------------------- bundles
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _stand_in_write_bundle(onnx_path: Path, out_dir: Path, spec: dict, *, name: str) -> Path:
-    """A bundle directory as the bundle format lays it out (no TensorRT plan, no Triton/DeepStream files).
-
-    Stand-in for ``segdeploy.bundle.write_bundle(onnx_path, out_dir, labels=..., name=...)`` until it exists.
-    """
-    out_dir.mkdir(parents=True)
-    shutil.copyfile(onnx_path, out_dir / "model.onnx")
-    (out_dir / "golden").mkdir()
-    golden = np.ascontiguousarray(spec["golden"])
-    np.save(out_dir / "golden" / "input.npy", golden)
-    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    np.save(out_dir / "golden" / "output.npy", session.run(None, {"input": golden})[0])
-    (out_dir / "labels.txt").write_text("".join(f"{label}\n" for label in spec["labels"]))
-    (out_dir / "README.md").write_text(f"# {name}\n\nA segdeploy bundle made by the C++ runtime's tests.\n")
-    files = {p.relative_to(out_dir).as_posix(): _sha256(p) for p in sorted(out_dir.rglob("*")) if p.is_file()}
-    manifest = {
-        "schema_version": 1, "name": name, "architecture": "tinynet", "num_classes": spec["num_classes"],
-        "labels": spec["labels"], "palette": PALETTE[: max(spec["num_classes"], 2)], "precision": "fp32",
-        "opset": 17, "input": spec["input"], "output": spec["output"], "engine": None,
-        "golden": {"input": "golden/input.npy", "output": "golden/output.npy"}, "files": files,
-    }
-    (out_dir / "segdeploy.json").write_text(json.dumps(manifest, indent=2))
-    return out_dir
-
-
 @pytest.fixture(scope="session")
 def bundles(models, tmp_path_factory) -> dict[str, Path]:
-    """name -> bundle directory. The one place that writes bundles: swap in segdeploy.bundle.write_bundle here."""
+    """name -> bundle directory, written by segdeploy's own bundle writer."""
     root = tmp_path_factory.mktemp("cpp_bundles")
-    return {name: _stand_in_write_bundle(models[name]["onnx"], root / name, models[name], name=name)
+    return {name: write_bundle(models[name]["onnx"], root / name, labels=models[name]["labels"], name=name)
             for name in ("rgb_classmap", "bgr_logits", "grey_probs")}
 
 
@@ -248,6 +193,24 @@ def bundles(models, tmp_path_factory) -> dict[str, Path]:
 def rgb_bundle_copy(bundles, tmp_path) -> Path:
     """A private copy of the rgb_classmap bundle that a test may damage."""
     return Path(shutil.copytree(bundles["rgb_classmap"], tmp_path / "bundle"))
+
+
+def test_bundles_have_the_three_flavours(bundles):
+    """The manifests segdeploy writes describe what each C++ test relies on."""
+    manifests = {name: json.loads((path / "segdeploy.json").read_text()) for name, path in bundles.items()}
+    rgb, bgr, grey = (manifests[n] for n in ("rgb_classmap", "bgr_logits", "grey_probs"))
+    assert rgb["input"] | {"mean": None, "std": None} == {
+        "name": "input", "dtype": "uint8", "layout": "NHWC", "color": "rgb", "mean": None, "std": None,
+        "normalization_fused": True, "shape": [2, *TRACE_SIZE, 3], "dynamic_axes": ["batch", "height", "width"],
+        "size_multiple": 8, "min_size": 8, "tensorrt_profile": None}
+    assert rgb["output"] == {"name": "classmap", "kind": "classmap", "dtype": "int32", "layout": "NHW"}
+    assert bgr["input"]["normalization_fused"] is False and bgr["input"]["color"] == "bgr"
+    np.testing.assert_allclose(bgr["input"]["mean"], IMAGENET_MEAN[::-1])
+    np.testing.assert_allclose(bgr["input"]["std"], IMAGENET_STD[::-1])
+    assert bgr["output"]["kind"] == "logits" and bgr["input"]["size_multiple"] == 1
+    assert grey["input"]["shape"] == [2, 1, *IMAGE_SIZE] and grey["input"]["dynamic_axes"] == []
+    assert grey["output"] == {"name": "probs", "kind": "probs", "dtype": "float32", "layout": "NCHW"}
+    assert grey["num_classes"] == 1 and len(grey["palette"]) == 2 and grey["labels"] == ["bright"]
 
 
 # --------------------------------------------------------------------------- the Python reference
