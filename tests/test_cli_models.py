@@ -12,7 +12,10 @@ from typer.testing import CliRunner
 from segdeploy import __version__
 from segdeploy.cli import app
 
-ZOO = {"fcn8s", "unet", "segnet", "pspnet", "deeplabv1", "deeplabv2", "deeplabv3", "deeplabv3plus", "unetpp", "u2net"}
+ZOO = {
+    "fcn8s", "unet", "segnet", "pspnet", "deeplabv1", "deeplabv2", "deeplabv3", "deeplabv3plus", "unetpp", "u2net",
+    "glore", "gcu", "ginet",
+}
 runner = CliRunner()
 
 
@@ -23,7 +26,7 @@ def zoo_rows() -> list[dict]:
     return json.loads(result.stdout)
 
 
-def test_models_json_lists_all_ten_with_size_and_cost(zoo_rows: list[dict]):
+def test_models_json_lists_all_thirteen_with_size_and_cost(zoo_rows: list[dict]):
     assert {row["name"] for row in zoo_rows} == ZOO
     for row in zoo_rows:
         assert row["paper"], row["name"]

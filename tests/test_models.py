@@ -29,6 +29,9 @@ ZOO = (
     "deeplabv3plus",
     "unetpp",
     "u2net",
+    "glore",
+    "gcu",
+    "ginet",
 )
 NUM_CLASSES = 5
 IN_CHANNELS = 2
@@ -76,7 +79,7 @@ def built(request: pytest.FixtureRequest) -> Iterator[Built]:
     yield Built(request.param)
 
 
-def test_registry_lists_exactly_the_ten_architectures():
+def test_registry_lists_exactly_the_thirteen_architectures():
     assert sorted(segdeploy.list_models()) == sorted(ZOO)
 
 

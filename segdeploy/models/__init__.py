@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
 
-_FAMILIES = ("fcn", "unet", "segnet", "pspnet", "deeplab", "u2net")
+_FAMILIES = ("fcn", "unet", "segnet", "pspnet", "deeplab", "u2net", "graph")
 _loaded = False
 
 
