@@ -432,3 +432,33 @@ def test_cli_tables_are_not_cut_when_the_output_is_not_a_terminal(tmp_path):
                                       "-o", str(out), "--no-verify"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output
     assert str(out) in result.output and "…" not in result.output
+
+
+# --------------------------------------------------------------------------- fused pre/post-processing
+@pytest.mark.parametrize("input_format", ["uint8-nhwc", "uint8-nchw"])
+def test_uint8_classmap_file_gives_pytorchs_argmax_of_the_normalized_input(tmp_path, input_format):
+    from segdeploy.reference import normalize
+    from segdeploy.verify import top2_margin
+
+    model = _calibrated("unet")
+    path = tmp_path / "fused.onnx"
+    result = export_onnx(model, path, input_shape=(1, 3, 64, 64), input_format=input_format, output="classmap",
+                         color="bgr", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    assert result.verification.passed, result.verification.worst()
+    assert result.lint.ok, [i.message for i in result.lint.issues]  # the uint8 input feeds only a Cast
+    meta = read_metadata(path)
+    assert meta.preprocessing.fused and meta.output.value == "classmap" and meta.num_classes == 5
+    session = ort.InferenceSession(str(path))
+    assert session.get_inputs()[0].type == "tensor(uint8)" and session.get_outputs()[0].type == "tensor(int32)"
+    rng = np.random.default_rng(0)
+    for n, h, w in [(2, 45, 67), (1, 64, 64)]:
+        nhwc = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+        raw = nhwc if input_format == "uint8-nhwc" else np.ascontiguousarray(nhwc.transpose(0, 3, 1, 2))
+        classes = session.run(None, {"input": raw})[0]
+        assert classes.shape == (n, h, w)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(normalize(raw, meta.preprocessing, np.float32))).numpy()
+        differ = classes != logits.argmax(axis=1)
+        # bit-equal class maps except at near-ties (top-2 margin within float32 rounding of the logits)
+        assert differ.mean() <= 1e-3
+        assert np.all(top2_margin(logits)[differ] < 1e-4)

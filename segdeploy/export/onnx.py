@@ -215,6 +215,8 @@ def export_onnx(
     clock("simplify")
     if simplify:
         proto = _simplify(proto, notes)
+    if preprocessing.fused:
+        _shapes_after_cast(proto)
     values = {out for node in proto.graph.node for out in node.output} | {i.name for i in proto.graph.input}
     unpool_inputs = tuple((renamed[name], k) for name, k in found.unpool_inputs if renamed.get(name) in values)
     if len(unpool_inputs) != len(found.unpool_inputs):
@@ -486,6 +488,24 @@ def _simplify(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
         return proto
     simplified.ir_version = proto.ir_version
     return simplified
+
+
+def _shapes_after_cast(proto: onnx.ModelProto) -> None:
+    """Shape queries of a uint8 input read the Cast's output instead: TensorRT lets a uint8 input feed only a Cast.
+
+    The exporter reads dynamic sizes off the graph input; the Cast to float has the same shape, so
+    reading it there is exact. The Cast moves to the front so the graph stays topologically sorted.
+    """
+    name = proto.graph.input[0].name
+    cast = next((n for n in proto.graph.node if n.op_type == "Cast" and name in n.input), None)
+    if cast is None:
+        return
+    for node in proto.graph.node:
+        if node.op_type == "Shape" and node.input[0] == name:
+            node.input[0] = cast.output[0]
+    nodes = [n for n in proto.graph.node if n is not cast]
+    del proto.graph.node[:]
+    proto.graph.node.extend([cast, *nodes])
 
 
 def _set_metadata(proto: onnx.ModelProto, metadata: Metadata) -> None:
