@@ -100,6 +100,7 @@ def convert_to_fp16(
     work = onnx.ModelProto()
     work.CopyFrom(model)
     _name_unnamed_nodes(work.graph)
+    _unshare_initializers(work.graph)
     _isolate_graph_outputs(work.graph)
     # Exporters may declare initializers in value_info too; the converter would
     # then retype those entries and insert float-to-float Casts after them.
@@ -215,6 +216,29 @@ def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
         seen.add(node.name)
 
 
+def _unshare_initializers(graph: onnx.GraphProto) -> None:
+    """Give every consumer of a shared float initializer its own copy.
+
+    The exporter stores a constant once (the 2.0 of ``x.pow(2)`` and of ``2 * x``); when one consumer stays
+    FP32 and another becomes FP16, the converter cannot type the shared tensor (measured: invalid model).
+    """
+    import onnx
+
+    floats = {t.name: t for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    seen: dict[str, int] = {}
+    for node in graph.node:
+        for index, name in enumerate(node.input):
+            if name not in floats:
+                continue
+            seen[name] = seen.get(name, 0) + 1
+            if seen[name] > 1:
+                copy = onnx.TensorProto()
+                copy.CopyFrom(floats[name])
+                copy.name = f"{name}_copy{seen[name]}"
+                graph.initializer.append(copy)
+                node.input[index] = copy.name
+
+
 def _isolate_graph_outputs(graph: onnx.GraphProto) -> None:
     """Give graph outputs that nodes also read an Identity of their own.
 
@@ -275,10 +299,46 @@ def _fp32_node_names(graph: onnx.GraphProto, op_block_list: set[str]) -> set[str
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node.name)
+    blocked |= _precision_sensitive(graph, value_dependent)
     for node in constants:
         if any(consumer in blocked for consumer in consumers.get(node.output[0], [])):
             blocked.add(node.name)
     return blocked
+
+
+# Elementwise steps between a MatMul and the Softmax it feeds (GCU's soft assignment: distances to centers).
+_SCORE_STEPS = frozenset({"Add", "Sub", "Mul", "Div", "Neg"})
+
+
+def _precision_sensitive(graph: onnx.GraphProto, value_dependent: set[str]) -> set[str]:
+    """MatMuls whose FP16 result is wrong by construction, and the steps that use them, kept FP32.
+
+    - A MatMul divided by a count computed from the input's shape is a sum over pixels made a mean
+      (GloRe's and GINet's projection to nodes): the FP16 sum overflows 65504 on large inputs before
+      the division brings it back (measured: 1e5 at 1024x1024 with calibrated weights).
+    - Scores a Softmax turns into weights, computed by MatMuls (distances to learned centers): large
+      terms cancel, and FP16's 4-8 steps at 1e4 move the weights by up to 0.5 (measured on GCU).
+    """
+    producer = {out: node for node in graph.node for out in node.output}
+    kept: set[str] = set()
+    for node in graph.node:
+        if node.op_type == "Div" and len(node.input) > 1 and node.input[1] not in value_dependent:
+            source = producer.get(node.input[0])
+            if source is not None and source.op_type == "MatMul":
+                kept.update({node.name, source.name})
+        if node.op_type in ("Softmax", "LogSoftmax"):
+            stack, depth = [(node.input[0], 0)], 0
+            while stack:
+                name, depth = stack.pop()
+                source = producer.get(name)
+                if source is None or name not in value_dependent or depth > 8:
+                    continue
+                if source.op_type == "MatMul":
+                    kept.add(source.name)
+                elif source.op_type in _SCORE_STEPS:
+                    kept.add(source.name)
+                    stack.extend((inp, depth + 1) for inp in source.input if inp)
+    return kept
 
 
 def _retarget_float_casts(graph: onnx.GraphProto, fp16_node_names: set[str]) -> None:

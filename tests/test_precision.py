@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import segdeploy
 from segdeploy.data import SHAPE_KINDS, evaluate, make_shapes, train_tiny
 from segdeploy.errors import UserInputError
 from segdeploy.export.lint import lint_onnx
@@ -311,3 +312,66 @@ def test_input_model_is_left_unchanged_and_fp16_model_is_refused():
     assert model.SerializeToString() == before
     with pytest.raises(UserInputError, match="already holds FP16"):
         convert_to_fp16(fp16)
+
+
+# --------------------------------------------------------------------------- graph-reasoning patterns
+class _PixelMean(nn.Module):
+    """GloRe-style projection to nodes: a sum over pixels by MatMul, then divided by H*W."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = nn.Conv2d(3, 4, 1)
+        self.proj = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        nodes = self.state(x).flatten(2) @ self.proj(x).flatten(2).transpose(1, 2) / (h * w)
+        return x[:, :1] + nodes.sum(dim=(1, 2)).view(n, 1, 1, 1)
+
+
+def test_a_sum_over_pixels_made_a_mean_stays_finite_in_fp16(tmp_path):
+    from segdeploy.export.onnx import export_onnx
+
+    model = _PixelMean().eval()
+    with torch.no_grad():
+        for conv in (model.state, model.proj):
+            conv.weight.fill_(0.5)
+            conv.bias.fill_(1.0)
+    path = tmp_path / "mean16.onnx"
+    result = export_onnx(model, path, input_shape=(1, 3, 32, 32), precision="fp16", verify=False)
+    matmuls = [n.name for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul"]
+    assert matmuls and set(matmuls) <= set(result.fp32_nodes)
+    x = np.ones((1, 3, 256, 256), np.float32)  # the pixel sum reaches 4 * 65536: infinite in FP16
+    got = ort.InferenceSession(str(path)).run(None, {"input": x})[0]
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert np.all(np.isfinite(got)) and np.allclose(got, expected, rtol=1e-2)
+
+
+class _SharedTwo(nn.Module):
+    def forward(self, x):
+        return x.pow(2) - 2 * x  # the exporter stores the 2.0 once for Pow (FP32) and Mul (FP16)
+
+
+def test_a_constant_shared_by_fp32_and_fp16_nodes_converts(tmp_path):
+    from segdeploy.export.onnx import export_onnx
+
+    result = export_onnx(_SharedTwo(), tmp_path / "shared.onnx", input_shape=(1, 3, 8, 8), precision="fp16")
+    assert result.verification.passed, result.verification.worst()
+
+
+def test_softmax_scores_from_distances_are_computed_in_fp32(tmp_path):
+    from segdeploy.export.onnx import export_onnx
+
+    torch.manual_seed(0)
+    model = segdeploy.create_model("gcu", num_classes=3, **segdeploy.model_info("gcu").test_config)
+    path = tmp_path / "gcu16.onnx"
+    result = export_onnx(model, path, input_shape=(1, 3, 32, 32), precision="fp16", verify=False)
+    graph = onnx.load(str(path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    for softmax in (n for n in graph.node if n.op_type == "Softmax"):
+        node = producer[softmax.input[0]]
+        while node.op_type in ("Mul", "Add", "Sub"):  # the chain from the distance MatMuls is FP32
+            assert node.name in result.fp32_nodes, node.name
+            node = producer[node.input[0]]
+        assert node.op_type == "MatMul" and node.name in result.fp32_nodes
