@@ -48,7 +48,7 @@ def measure(name: str, *, seconds: float, seed: int, train: tuple[np.ndarray, np
     from segdeploy.export.onnx import export_onnx
     from segdeploy.models import create_model, model_info
     from segdeploy.precision import convert_to_fp16, fp16_weight_fraction
-    from segdeploy.verify import compare
+    from segdeploy.criteria import compare, thresholds_for
 
     info = model_info(name)
     torch.manual_seed(seed)
@@ -80,7 +80,7 @@ def measure(name: str, *, seconds: float, seed: int, train: tuple[np.ndarray, np
         images, labels = make_shapes(count, size=size, num_classes=NUM_CLASSES, seed=seed + set_seed)
         reference = fp32_session.run(None, {"input": images})[0]
         candidate = fp16_session.run(None, {"input": images})[0]
-        comparison = compare(candidate, reference)
+        comparison = compare(candidate, reference, None, thresholds_for("fp16"))
         miou32, miou16 = evaluate(reference, labels, NUM_CLASSES), evaluate(candidate, labels, NUM_CLASSES)
         row["sets"][set_name] = {
             "miou_fp32": miou32,
@@ -105,7 +105,7 @@ def _session(model: Any) -> Any:
 def background_miou(set_name: str, seed: int) -> float:
     """mIoU of predicting background everywhere on a held-out set: what an untrained model scores."""
     from segdeploy.data import make_shapes
-    from segdeploy.verify import mean_iou
+    from segdeploy.criteria import mean_iou
 
     size, count, set_seed = EVAL_SETS[set_name]
     _, labels = make_shapes(count, size=size, num_classes=NUM_CLASSES, seed=seed + set_seed)

@@ -223,7 +223,7 @@ def evaluate(logits: Any, labels: Any, num_classes: int) -> float:
         raise UserInputError(
             f"evaluate needs logits [N, K, H, W] and labels [N, H, W]; got {scores.shape} and {target.shape}"
         )
-    from segdeploy.verify import mean_iou
+    from segdeploy.criteria import mean_iou
 
     return mean_iou(scores.argmax(axis=1), target, num_classes)
 

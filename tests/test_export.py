@@ -438,7 +438,7 @@ def test_cli_tables_are_not_cut_when_the_output_is_not_a_terminal(tmp_path):
 @pytest.mark.parametrize("input_format", ["uint8-nhwc", "uint8-nchw"])
 def test_uint8_classmap_file_gives_pytorchs_argmax_of_the_normalized_input(tmp_path, input_format):
     from segdeploy.reference import normalize
-    from segdeploy.verify import top2_margin
+    from segdeploy.criteria import top2_margin
 
     model = _calibrated("unet")
     path = tmp_path / "fused.onnx"

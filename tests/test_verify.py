@@ -15,7 +15,8 @@ from segdeploy.cli import app
 from segdeploy.errors import UserInputError, VerificationError
 from segdeploy.models.loading import load_model
 from segdeploy.artifact import OutputKind
-from segdeploy.verify import NOISE_MULTIPLE, compare, mean_iou, thresholds_for, verification_shapes, verify
+from segdeploy.criteria import NOISE_MULTIPLE, compare, mean_iou, thresholds_for
+from segdeploy.verify import verification_shapes, verify
 
 TINY_NET = '''
 import torch

@@ -1,0 +1,5 @@
+"""``python -m segdeploy``: the command line."""
+
+from segdeploy.cli import main
+
+main()

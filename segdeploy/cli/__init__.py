@@ -1,0 +1,24 @@
+"""The ``segdeploy`` command line: thin commands over the library.
+
+Every command body imports the library lazily (``--help`` must not import
+torch) and raises ``SegdeployError`` for problems the user can fix; the
+``guarded`` wrapper (``common``) turns those into one line on stderr and an exit code.
+Commands live by stage: ``convert`` (models, export, verify, lint), ``deploy``
+(build, bundle, doctor), ``bench``.
+"""
+
+from __future__ import annotations
+
+from segdeploy.cli.common import app
+
+# Importing a command module registers its commands; this order is the order of `segdeploy --help`.
+from segdeploy.cli import convert  # noqa: E402, F401, I001
+from segdeploy.cli import deploy  # noqa: E402, F401
+from segdeploy.cli import bench  # noqa: E402, F401
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

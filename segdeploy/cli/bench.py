@@ -1,0 +1,106 @@
+"""The bench command: engines side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from segdeploy.artifact import Engine, Precision
+from segdeploy.cli.common import ConfigOption, app, guarded, make_console, parse_config
+from segdeploy.errors import UserInputError
+
+
+from collections.abc import Callable
+
+# --------------------------------------------------------------------------- bench
+def _parse_batches(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        batches = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        batches = []
+    if not batches or any(b < 1 for b in batches):
+        raise UserInputError(f"bad --batch {text!r}: expected positive integers separated by commas, e.g. 1,4,8")
+    return batches
+
+
+@app.command("bench")
+@guarded
+def bench_cmd(
+    model: Annotated[
+        Optional[str], typer.Argument(help="Zoo name, .onnx or .engine file; omit to run every zoo model.")
+    ] = None,
+    engine: Annotated[
+        Optional[list[Engine]], typer.Option("--engine", "-e", case_sensitive=False, help="Repeat to compare (default torch and ort).")
+    ] = None,
+    shape: Annotated[str, typer.Option(help="Input shape NxCxHxW; N is the batch unless --batch is given.")] = "1x3x512x512",
+    batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated, e.g. 1,4,8.")] = None,
+    precision: Annotated[Precision, typer.Option(case_sensitive=False, help="Precision of zoo exports (fp16: ort and trt only).")] = Precision.FP32,
+    config: ConfigOption = None,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 10,
+    iters: Annotated[Optional[int], typer.Option(help="Timed steps (instead of --seconds).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement, at least 10 steps (default 3).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and ONNX Runtime alike.")] = None,
+    cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: time CUDA-graph replays.")] = False,
+    small: Annotated[bool, typer.Option("--small", help="Zoo models in their small test configuration (smoke runs).")] = False,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write records and environment as JSON.")] = None,
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the records as CSV.")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead of the rich table.")] = False,
+    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Save a latency bar chart (.png/.svg/.pdf; needs matplotlib).")] = None,
+) -> None:
+    """Benchmark engines side by side: latency percentiles, images/s, GFLOP/s, speed-up."""
+    from segdeploy import report
+    from segdeploy.bench import run_benchmarks
+    from segdeploy.shapes import parse_shape
+
+    input_shape = parse_shape(shape)
+    batches = _parse_batches(batch)
+    if iters is not None and seconds is not None:
+        raise UserInputError("give --iters or --seconds, not both")
+    for path in (json_path, csv_path):
+        if path is not None:
+            report.check_output_path(path)
+    if plot_path is not None:
+        report.check_plot_target(plot_path)
+    with _BenchProgress() as progress:
+        suite = run_benchmarks(
+            [model] if model else [], engine or None, shape=input_shape, batches=batches, precision=precision,
+            warmup=warmup, iters=iters, seconds=seconds, threads=threads, progress=progress, small=small,
+            cuda_graph=cuda_graph, model_config=parse_config(config),
+        )  # fmt: skip
+    if markdown:
+        typer.echo(report.markdown_table(suite.records), nl=False)
+    else:
+        make_console().print(report.render_table(suite.records, title="segdeploy bench (latency in ms)"))
+    if json_path is not None:
+        report.write_json(suite, json_path)
+    if csv_path is not None:
+        report.write_csv(suite.records, csv_path)
+    if plot_path is not None:
+        report.plot(suite.records, plot_path)
+
+
+class _BenchProgress:
+    """A rich progress bar on stderr (only on a terminal); yields the ``progress(done, total, what)`` callback."""
+
+    def __enter__(self) -> Callable[[int, int, str], None]:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        console = make_console(True)
+        self._bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(), console=console, transient=True, disable=not console.is_terminal,
+        )  # fmt: skip
+        self._bar.start()
+        self._task = self._bar.add_task("benchmarking", total=None)
+
+        def update(done: int, total: int, what: str) -> None:
+            self._bar.update(self._task, completed=done, total=total, description=what)
+
+        return update
+
+    def __exit__(self, *exc: Any) -> None:
+        self._bar.stop()

@@ -1,0 +1,246 @@
+"""Commands from a model to a checked ONNX file: models, export, verify, lint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from segdeploy.artifact import ColorOrder, InputFormat, OutputKind, Precision
+from segdeploy.cli.common import ConfigOption, app, guarded, make_console, parse_config, parse_floats, write_json
+
+
+# --------------------------------------------------------------------------- models
+@app.command("models")
+@guarded
+def models_cmd(
+    pattern: Annotated[str, typer.Argument(help="Shell-style filter on names.")] = "*",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with each builder's options).")] = False,
+    size: Annotated[int, typer.Option(help="Input side for the GFLOPs column.")] = 512,
+) -> None:
+    """List the zoo: paper, parameters, GFLOPs, the export rewrites each model needs, and its options."""
+    from segdeploy.models.summary import summarize_models
+
+    rows = summarize_models(pattern, size=size)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"segdeploy model zoo (GFLOPs at {size}x{size}, 21 classes)")
+    for col in ("name", "paper", "params (M)", "GFLOPs", "rewrites"):
+        table.add_column(col, justify="right" if col in ("params (M)", "GFLOPs") else "left")
+    for r in rows:
+        table.add_row(r["name"], r["paper"], f"{r['params'] / 1e6:.1f}", f"{r['gflops']:.1f}", ", ".join(r["rewrites"]) or "-")
+    make_console().print(table)
+
+
+# --------------------------------------------------------------------------- export / verify / lint
+def _print_verification(report: Any) -> None:
+    """One row per verified shape, then the one-line verdict (shared by export and verify)."""
+    from rich.table import Table
+
+    t = report.criteria
+    table = Table(title=f"{report.candidate} vs PyTorch ({t.criterion}, {report.precision})")
+    for col in ("input", "error", "noise floor", "ratio", "max rel", "agreement", "mIoU", "result"):
+        table.add_column(col, justify="left" if col in ("input", "result") else "right")
+    for r in report.results:
+        ratio = r.ratio
+        table.add_row(
+            "x".join(map(str, r.shape)), f"{r.error:.3g}", "-" if r.floor is None else f"{r.floor:.3g}",
+            "-" if ratio is None else f"{ratio:.2f}x", f"{r.max_rel_error:.3g}", f"{r.agreement:.4%}",
+            f"{r.miou:.4f}", "ok" if r.passed else "FAIL: " + "; ".join(r.failed),
+        )  # fmt: skip
+    console = make_console()
+    console.print(table)
+    for note in report.notes:
+        console.print(f"note: {note}", markup=False)
+    typer.echo(report.worst())
+
+
+@app.command("export")
+@guarded
+def export_cmd(
+    model: Annotated[str, typer.Argument(help="Zoo name (segdeploy models) or path/to/file.py:factory.")],
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="ONNX file to write (default MODEL.onnx, MODEL.fp16.onnx).")
+    ] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset to write, 13 to 20.")] = 17,
+    num_classes: Annotated[int, typer.Option(help="Output classes of a zoo model or factory.")] = 21,
+    in_channels: Annotated[int, typer.Option(help="Input channels (when --input-shape is not given).")] = 3,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint to load (weights only).")] = None,
+    config: ConfigOption = None,
+    input_shape: Annotated[
+        Optional[str], typer.Option("--input-shape", help="NxCxHxW to trace and verify at (default 1xCx512x512).")
+    ] = None,
+    dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic batch/height/width axes.")] = True,
+    simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
+    verify: Annotated[
+        bool, typer.Option("--verify/--no-verify", help="Compare with PyTorch at 3 valid shapes.")
+    ] = True,
+    precision: Annotated[Precision, typer.Option(case_sensitive=False, help="fp32, or fp16 (float32 input/output).")] = Precision.FP32,
+    input_format: Annotated[
+        InputFormat, typer.Option("--input-format", case_sensitive=False, help="float32-nchw, or raw uint8 frames normalized in the graph.")
+    ] = InputFormat.FLOAT32_NCHW,
+    mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, 0..1, R,G,B (default ImageNet's).")] = None,
+    std: Annotated[Optional[str], typer.Option(help="Per-channel std, 0..1, R,G,B (default ImageNet's).")] = None,
+    color: Annotated[ColorOrder, typer.Option(case_sensitive=False, help="Channel order of the input frames.")] = ColorOrder.RGB,
+    output_kind: Annotated[
+        OutputKind, typer.Option("--output", case_sensitive=False, help="logits, probs (softmax) or classmap (int32 argmax).")
+    ] = OutputKind.LOGITS,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the export result as JSON here.")] = None,
+) -> None:
+    """Export MODEL to ONNX that TensorRT's parser accepts, then verify it against PyTorch.
+
+    Finds the input sizes the model accepts, captures it once, rewrites max-pool indices +
+    unpooling and adaptive pooling into exact plain ops, writes the requested opset with named
+    dynamic axes and metadata, simplifies, lints for TensorRT 10 and verifies against the model's
+    own float32 noise. Exit code 4 when verification fails (nothing is written then, except --report).
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from segdeploy.errors import VerificationError
+    from segdeploy.export.onnx import STAGES, export_onnx
+    from segdeploy.fileio import check_output_path
+    from segdeploy.models.loading import is_user_spec
+    from segdeploy.shapes import parse_shape
+
+    shape = parse_shape(input_shape) if input_shape else (1, in_channels, 512, 512)
+    if output is None:
+        stem = Path(model.rsplit(":", 1)[0]).stem if is_user_spec(model) else model
+        output = Path(f"{stem}.onnx" if precision is Precision.FP32 else f"{stem}.{precision.value}.onnx")
+    if report is not None:
+        check_output_path(report)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=make_console(True),
+                  transient=True) as bar:
+        task = bar.add_task(f"exporting {model}", total=len(STAGES))
+
+        def step(stage: str) -> None:
+            bar.update(task, description=f"exporting {model}: {stage}", completed=STAGES.index(stage))
+
+        try:
+            result = export_onnx(
+                model, output, input_shape=shape, opset=opset, dynamic=dynamic, precision=precision,
+                simplify=simplify, verify=verify, num_classes=num_classes, weights=weights, config=parse_config(config),
+                input_format=input_format, color=color, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
+                output=output_kind, progress=step,
+            )  # fmt: skip
+        except VerificationError as exc:
+            bar.stop()
+            if getattr(exc, "report", None) is not None:
+                _print_verification(exc.report)  # type: ignore[attr-defined]
+            if report is not None and getattr(exc, "result", None) is not None:
+                write_json(report, exc.result.to_dict())  # type: ignore[attr-defined]
+            raise
+    _print_export(result)
+    if report is not None:
+        write_json(report, result.to_dict())
+
+
+def _print_export(result: Any) -> None:
+    from rich.table import Table
+
+    meta = result.metadata
+    table = Table(title="segdeploy export", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("")
+    size_mb = result.path.stat().st_size / 1e6
+    dims = ", ".join(meta.dynamic_axes) + " dynamic" if meta.dynamic_axes else "static"
+    pre = meta.preprocessing
+    table.add_row("file", f"{result.path} ({size_mb:.2f} MB)")
+    table.add_row("opset / IR", f"{meta.opset} / {result.ir_version}")
+    table.add_row("input", f"{'x'.join(map(str, meta.trace_shape))} ({dims}), {pre.input_format.value}, {pre.color.value}"
+                           + (", normalized in the graph" if pre.fused else ""))
+    table.add_row("output", f"{meta.output.value}, {meta.num_classes} classes, precision {meta.precision.value}")
+    table.add_row("sizes", result.size_rule.describe() if result.size_rule is not None else "-")
+    table.add_row("rewrites", ", ".join(meta.rewrites) or "-")
+    lint = result.lint.summary() if result.lint is not None else "skipped"
+    table.add_row("TensorRT", lint if result.tensorrt_ready else f"NOT TensorRT-ready: {lint}")
+    if result.fp32_nodes:
+        table.add_row("kept in fp32", f"{len(result.fp32_nodes)} nodes")
+    for note in result.warnings:
+        table.add_row("note", note)
+    table.add_row("time", f"{result.seconds:.1f} s")
+    make_console().print(table)
+    if result.lint is not None and not result.lint.ok:
+        for issue in result.lint.errors:
+            typer.echo(f"lint error: {issue.node} ({issue.op_type}): {issue.message}", err=True)
+    if result.verification is not None:
+        _print_verification(result.verification)
+
+
+@app.command("verify")
+@guarded
+def verify_cmd(
+    model_file: Annotated[Path, typer.Argument(help="The exported MODEL.onnx or MODEL.engine.")],
+    model: Annotated[
+        Optional[str], typer.Option("--model", help="Zoo name or file.py:factory (default: the file's metadata).")
+    ] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint for the PyTorch reference.")] = None,
+    num_classes: Annotated[Optional[int], typer.Option(help="Classes (default: metadata, else 21).")] = None,
+    in_channels: Annotated[Optional[int], typer.Option(help="Input channels (default: metadata, else 3).")] = None,
+    config: ConfigOption = None,
+    shape: Annotated[
+        Optional[list[str]],
+        typer.Option("--shape", help="NxCxHxW, repeatable (default: the traced shape, an odd size and batch 2)."),
+    ] = None,
+    report: Annotated[Optional[Path], typer.Option("--report", help="Write the results as JSON here.")] = None,
+) -> None:
+    """Check an exported model against PyTorch at several valid input shapes.
+
+    An FP32 file passes when its error against the float64 model is within 4x PyTorch's own
+    float32 error and class changes are confined to near-ties; FP16 files by relative error and
+    agreement. Exit code 4 when verification fails.
+    """
+    from segdeploy.errors import VerificationError
+    from segdeploy.fileio import check_output_path
+    from segdeploy.shapes import parse_shape
+    from segdeploy.verify import verify_file
+
+    if report is not None:
+        check_output_path(report)
+    console = make_console()
+    result = verify_file(
+        model_file, model, weights=weights, num_classes=num_classes, in_channels=in_channels,
+        config=parse_config(config) if config else None, shapes=[parse_shape(s) for s in shape] if shape else None,
+        progress=lambda line: console.print(line, style="dim", markup=False),
+    )  # fmt: skip
+    _print_verification(result)
+    if report is not None:
+        write_json(report, result.to_dict())
+    if not result.passed:
+        raise VerificationError(f"verification failed: {result.worst()}")
+
+
+@app.command("lint")
+@guarded
+def lint_cmd(
+    model_file: Annotated[Path, typer.Argument(help="The MODEL.onnx to check.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Check an ONNX file for TensorRT 10 compatibility, without TensorRT.
+
+    Uses onnx-tensorrt's operator support matrix (MaxPool Indices, MaxUnpool, Resize modes,
+    opset 13..20, custom domains, data types, uint8 inputs). Exit code 0 when TensorRT 10 can
+    parse it, 1 when errors are found, 2 when the file is not a valid ONNX model.
+    """
+    from segdeploy.export.lint import lint_onnx
+
+    result = lint_onnx(model_file)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    else:
+        if result.issues:
+            from rich.table import Table
+
+            table = Table(title=f"{model_file} (opset {result.opset}, IR {result.ir_version})")
+            for col in ("severity", "node", "op", "message"):
+                table.add_column(col, overflow="fold")
+            for issue in result.issues:
+                table.add_row(issue.severity, issue.node, issue.op_type, issue.message)
+            make_console().print(table)
+        typer.echo(result.summary())
+    if not result.ok:
+        raise typer.Exit(1)

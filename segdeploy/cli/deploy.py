@@ -1,0 +1,189 @@
+"""Commands from an ONNX file to deployment: build (TensorRT), bundle, doctor."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from segdeploy.artifact import Precision
+from segdeploy.cli.common import app, guarded, make_console
+from segdeploy.errors import UserInputError
+
+
+# --------------------------------------------------------------------------- build / doctor
+@app.command("build")
+@guarded
+def build_cmd(
+    onnx_path: Annotated[Path, typer.Argument(help="The ONNX file from `segdeploy export`.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Engine path (default: MODEL.engine).")] = None,
+    min_shape: Annotated[Optional[str], typer.Option("--min-shape", help="Smallest input NxCxHxW.")] = None,
+    opt_shape: Annotated[Optional[str], typer.Option("--opt-shape", help="Shape to tune for (default: the export's).")] = None,
+    max_shape: Annotated[Optional[str], typer.Option("--max-shape", help="Largest input NxCxHxW.")] = None,
+    workspace: Annotated[float, typer.Option("--workspace", help="Workspace memory limit in GiB.")] = 4.0,
+    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file to reuse and update.")] = None,
+    precision: Annotated[Optional[Precision], typer.Option("--precision", case_sensitive=False, help="Engine precision (default: the ONNX's).")] = None,
+) -> None:
+    """Build a TensorRT engine (TensorRT 10.x or 11.x) plus a JSON sidecar describing it.
+
+    The ONNX is linted first: a file the lint rejects for TensorRT is refused before TensorRT starts.
+    """
+    from segdeploy.runtime.trt_build import build_engine
+
+    with make_console(True).status("starting TensorRT build") as status:
+        result = build_engine(
+            onnx_path, output, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
+            workspace_gb=workspace, timing_cache=timing_cache, precision=precision.value if precision else None,
+            progress=lambda message: status.update(message),
+        )  # fmt: skip
+    side = result.sidecar
+    typing_note = "strongly typed" if result.plan.strongly_typed else "weakly typed + FP16 flag" if result.plan.fp16_flag else "weakly typed"
+    if result.plan.explicit_quantization:
+        typing_note += ", Q/DQ"
+    console = make_console()
+    console.print(f"[bold]{result.engine_path}[/bold]: {result.engine_bytes / 2**20:.1f} MiB, {side['precision']} "
+                  f"({typing_note}), built in {result.build_seconds:.1f} s")
+    console.print(f"  TensorRT {side['tensorrt_version']} on {side['gpu_name']} (compute {side['compute_capability']})")
+    console.print(f"  profile: {result.profile}")
+    console.print(f"  sidecar: {result.sidecar_path}")
+    if result.timing_cache_path:
+        console.print(f"  timing cache: {result.timing_cache_path}")
+
+
+@app.command("doctor")
+@guarded
+def doctor_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """Show library versions, the CUDA GPU, and which engines segdeploy can use here."""
+    from segdeploy.environment import available_engines, collect_environment
+
+    env = collect_environment()
+    engines = available_engines(env)
+    if as_json:
+        typer.echo(json.dumps({**env, "engines": engines}, indent=2))
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    cuda = env["cuda"]
+    gpu = (f"{cuda['gpu']} (compute {cuda['compute_capability']}, {cuda['memory_gb']} GiB, driver {cuda.get('driver') or '?'})"
+           if cuda["available"] else cuda.get("reason", "none"))
+    rows = [
+        ("segdeploy", env["segdeploy"]), ("python", env["python"]), ("platform", env["platform"]),
+        ("cpu", f"{env['cpu']['model']} ({env['cpu']['cores']} cores)"),
+        ("torch", f"{env['torch']} (CUDA {cuda.get('torch_cuda') or 'none'})" if env["torch"] else None),
+        ("onnx", env["onnx"]), ("onnxruntime", env["onnxruntime"]), ("onnxsim", env["onnxsim"]),
+        ("tensorrt", env["tensorrt"] or env["tensorrt_error"]), ("gpu", gpu), ("matplotlib", env["matplotlib"]),
+    ]  # fmt: skip
+    versions = Table(title="segdeploy doctor")
+    versions.add_column("component")
+    versions.add_column("version / details")
+    for name, value in rows:
+        versions.add_row(name, escape(value) if value else "[dim]not installed[/dim]")
+    usable = Table(title="engines")
+    usable.add_column("engine")
+    usable.add_column("usable here")
+    for name, status in engines.items():
+        usable.add_row(name, f"[green]{escape(status)}[/green]" if status.startswith("yes") else f"[yellow]{escape(status)}[/yellow]")
+    console = make_console()
+    console.print(versions)
+    console.print(usable)
+
+
+# --------------------------------------------------------------------------- bundle
+@app.command("bundle")
+@guarded
+def bundle_cmd(
+    model_file: Annotated[Optional[Path], typer.Argument(help="The ONNX file from `segdeploy export`.")] = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Bundle directory to create.")] = None,
+    engine: Annotated[
+        Optional[Path], typer.Option("--engine", help="TensorRT engine built from MODEL by `segdeploy build`.")
+    ] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="Text file, one label per class (default class_0, class_1...).")
+    ] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Model name, e.g. for Triton (default: the file's).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")] = False,
+    check: Annotated[
+        Optional[Path], typer.Option("--check", metavar="DIR", help="Check an existing bundle; exit 4 on a problem.")
+    ] = None,
+) -> None:
+    """Write a deployment bundle: the model, its manifest, a golden input/output pair, Triton and DeepStream configs.
+
+    `segdeploy bundle MODEL.onnx -o DIR` writes DIR atomically: segdeploy.json, model.onnx, model.plan (with
+    --engine), labels.txt, golden/, triton/, deepstream/ (when nvinfer can run the model) and README.md.
+
+    `segdeploy bundle --check DIR` proves a bundle consistent without a server or GPU.
+    """
+    if check is not None:
+        extra = [flag for flag, value in (("MODEL", model_file), ("-o", output), ("--engine", engine),
+                                          ("--labels", labels), ("--name", name), ("--force", force or None))
+                 if value is not None]
+        if extra:
+            raise UserInputError(f"--check DIR checks an existing bundle; drop {', '.join(extra)}")
+        _check_bundle(check)
+        return
+    if model_file is None or output is None:
+        raise UserInputError("give the ONNX file and -o DIR (segdeploy bundle MODEL.onnx -o DIR), or --check DIR")
+    import time
+
+    from segdeploy.bundle import write_bundle
+
+    started = time.perf_counter()
+    with make_console(True).status(f"bundling {model_file}"):
+        path = write_bundle(model_file, output, engine=engine, labels=labels, name=name, force=force)
+    _print_bundle(path, time.perf_counter() - started)
+
+
+def _print_bundle(path: Path, seconds: float) -> None:
+    from rich.markup import escape
+
+    from segdeploy.bundle import deepstream
+    from segdeploy.bundle.manifest import DEEPSTREAM_CONFIG, MANIFEST
+
+    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    spec, out = manifest["input"], manifest["output"]
+    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    console = make_console()
+    console.print(f"[bold]{escape(str(path))}[/bold]: {len(manifest['files']) + 1} files, {size / 1e6:.2f} MB, "
+                  f"written in {seconds:.1f} s")
+    console.print(f"  model: {manifest['precision']}, {spec['dtype']} {spec['layout']} {spec['color']} -> "
+                  f"{out['kind']} ({out['dtype']} {out['layout']}), {manifest['num_classes']} classes", markup=False)
+    engine = manifest.get("engine")
+    if engine:
+        console.print(f"  engine: {engine['file']}, TensorRT {engine['tensorrt_version']} on {engine['gpu_name']} "
+                      f"(compute {engine['compute_capability']})", markup=False)
+    models = ", ".join(f"triton/{d.name}" for d in sorted((path / "triton").iterdir()))
+    console.print(f"  triton: {models}", markup=False)
+    reasons, notes = deepstream.fit(manifest)
+    if reasons:
+        for reason in reasons:
+            console.print(f"  deepstream: no config written: {reason}", markup=False)
+    else:
+        console.print(f"  deepstream: {DEEPSTREAM_CONFIG}", markup=False)
+        for note in notes:
+            console.print(f"  deepstream note: {note}", markup=False)
+    console.print(f"  check it: segdeploy bundle --check {path}", markup=False)
+
+
+def _check_bundle(path: Path) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from segdeploy.bundle import check_bundle
+
+    report = check_bundle(path)
+    table = Table(title=f"segdeploy bundle --check {escape(str(path))}")
+    for column in ("check", "result", "details"):
+        table.add_column(column, overflow="fold")
+    style = {"ok": "green", "failed": "red", "skipped": "yellow"}
+    for result in report.results:
+        details = "; ".join(result.problems) if result.problems else result.detail
+        table.add_row(result.name, f"[{style[result.status]}]{result.status}[/{style[result.status]}]", escape(details))
+    make_console().print(table)
+    report.raise_for_problems()
+    skipped = f" ({len(report.skipped)} skipped)" if report.skipped else ""
+    typer.echo(f"bundle OK: {len(report.results) - len(report.skipped)} checks passed{skipped}")
