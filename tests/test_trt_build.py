@@ -318,7 +318,7 @@ def test_plan_build_refuses_fp32_engine_from_fp16_onnx(major):
 def test_plan_build_refuses_tensorrt_older_than_10_and_bad_precision():
     with pytest.raises(MissingDependencyError, match="10.3"):
         plan_build(8, "fp32", None)
-    with pytest.raises(UserInputError, match="expected fp32, fp16, int8 or int8-fp16"):
+    with pytest.raises(UserInputError, match="choose fp32, fp16, int8, int8-fp16"):
         plan_build(10, "fp32", "int4")
 
 
