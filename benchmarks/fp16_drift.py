@@ -9,7 +9,7 @@ argmax agreement FP16 vs FP32, max and 99th-percentile relative error
 (``segdeploy.verify.compare`` definitions), the FP16 share of weight bytes and
 the nodes kept in FP32.
 
-Random weights would tell little (they sit on near-ties, see DESIGN.md), hence
+Random weights would tell little (they sit on near-ties, see docs/verification.md), hence
 the training. ONNX Runtime's CPU kernels are not TensorRT's: these numbers say
 what FP16 rounding of weights and activations costs, not what a GPU engine does.
 

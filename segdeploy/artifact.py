@@ -226,6 +226,20 @@ class Metadata:
     def static(self) -> bool:
         return not self.dynamic_axes
 
+    def check_size(self, nchw: Shape, what: str = "input") -> None:
+        """Refuse an NCHW shape whose sides the model does not accept (``size_multiple``, ``min_size``).
+
+        Raises:
+            UserInputError: naming the rule and the nearest valid sizes.
+        """
+        h, w = int(nchw[2]), int(nchw[3])
+        m = max(self.size_multiple, 1)
+        if h % m or w % m or min(h, w) < self.min_size:
+            up = [max(-(-side // m) * m, self.min_size) for side in (h, w)]
+            rule = f"multiples of {m}, " if m > 1 else ""
+            raise UserInputError(f"bad {what} shape {format_shape(nchw)}: this model takes heights and widths that "
+                                 f"are {rule}at least {self.min_size} (nearest: {up[0]}x{up[1]})")
+
     @property
     def index_unpooling(self) -> bool:
         """The network unpools with max-pool indices (rewritten by the ``max_unpool`` rewrite)."""

@@ -10,7 +10,7 @@ what it gets wrong on exported segmentation graphs (checked by the tests):
   rounds what should stay FP32 (integers above 2048, Resize scales);
 - a graph output produced by an FP32 node (a final Resize) comes out FP16;
 - a Resize fed by a Constant gets FP16 scales (invalid model; onnxconverter-common
-  issues 207, 272, 306), and inserted Casts can land out of topological order (issue 208).
+  issues 207, 272, 306), and inserted Casts can land out of topological order (its issue 208).
 
 Which nodes stay FP32 (measured with ``benchmarks/fp16_drift.py`` and
 ``tests/test_precision.py`` on briefly trained models):

@@ -267,6 +267,8 @@ def verify_file(
         shapes = verification_shapes(metadata.trace_shape, max(metadata.min_size, loaded.min_size),
                                      metadata.size_multiple, static=metadata.static)
     checked = [check_shape(tuple(s), in_channels=loaded.in_channels, min_size=loaded.min_size) for s in shapes]  # type: ignore[arg-type]
+    for shape in checked:
+        metadata.check_size(shape)
     return verify(file, loaded.module, shapes=checked, metadata=metadata, seed=seed, progress=progress)
 
 

@@ -1,4 +1,4 @@
-"""Issue 6 across commands: one clear line, a non-zero exit, no traceback, nothing left behind."""
+"""Bad input across commands: one clear line, a non-zero exit, no traceback, nothing left behind."""
 
 from __future__ import annotations
 

@@ -112,3 +112,11 @@ def test_models_help_does_not_import_torch():
     )
     proc = _run_python(code)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_models_json_lists_each_builders_options_with_defaults(zoo_rows: list[dict]):
+    options = {row["name"]: row["options"] for row in zoo_rows}
+    assert options["pspnet"]["backbone"] == "resnet50" and options["pspnet"]["bins"] == [1, 2, 3, 6]
+    assert options["deeplabv3"]["output_stride"] == 16
+    assert all("width_mult" in opts for opts in options.values())
+    assert all("num_classes" not in opts and "in_channels" not in opts for opts in options.values())

@@ -344,6 +344,11 @@ def test_seed_style_segnet_exports_through_the_cli_with_default_options(tmp_path
     # the model is rebuilt from the file's metadata; the weights are the user's
     verified = CliRunner().invoke(app, ["verify", str(out), "--weights", str(weights)])
     assert verified.exit_code == 0, verified.output
+    # every later consumer refuses sizes the model does not take, in one line
+    for args in (["verify", str(out), "--weights", str(weights), "--shape", "1x3x80x80"],
+                 ["bench", str(out), "--shape", "1x3x80x80", "--iters", "1"]):
+        refused = CliRunner().invoke(app, args)
+        assert refused.exit_code == 2 and "multiples of 32" in refused.output and "nearest: 96x96" in refused.output
 
 
 def test_unet_whose_skips_must_line_up_exports_at_multiples_of_16(tmp_path):

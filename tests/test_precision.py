@@ -1,7 +1,7 @@
 """FP16 ONNX conversion and the shapes dataset it is judged on.
 
 FP16 is judged on briefly trained models (random weights sit on near-ties, see
-DESIGN.md). The two test networks are exported with ``torch.onnx.export``
+docs/verification.md). The two test networks are exported with ``torch.onnx.export``
 directly; the SegNet-style one calls the export rewrites' plain-PyTorch
 functions (window-slot unpooling, pooling-matrix adaptive pooling) in its
 forward, so its ONNX has the graph segdeploy's export pipeline writes without

@@ -679,3 +679,22 @@ def test_build_refuses_outputs_that_overwrite_the_onnx_or_each_other(tmp_path, f
         build_engine(onnx_path, tmp_path / "nowhere" / "m.engine")
     assert fake.calls == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_profile_sizes_follow_the_models_size_multiple():
+    from segdeploy.runtime.trt_plan import derive_profile
+
+    metadata = {"trace_shape": "1x3x96x64", "in_channels": "3", "min_size": "32", "size_multiple": "32"}
+    profile = derive_profile(metadata)
+    for shape in (profile.min, profile.opt, profile.max):
+        assert shape[2] % 32 == 0 and shape[3] % 32 == 0 and min(shape[2:]) >= 32
+    with pytest.raises(UserInputError, match="multiples of 32"):
+        derive_profile(metadata, min_shape="1x3x33x33")
+
+
+def test_profile_of_a_raw_frame_file_is_in_nhwc():
+    from segdeploy.runtime.trt_plan import derive_profile
+
+    metadata = {"trace_shape": "1x3x64x96", "in_channels": "3", "min_size": "32", "input_format": "uint8-nhwc"}
+    profile = derive_profile(metadata, graph_shape=(None, None, None, 3))
+    assert profile.opt == (1, 64, 96, 3) and profile.min[3] == profile.max[3] == 3

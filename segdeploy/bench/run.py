@@ -177,6 +177,10 @@ def run_benchmarks(
             config = _zoo_config(target, model_config, small)
             if target.kind == "zoo":
                 _check_zoo_shape(target.name, shape)
+            elif target.kind == "onnx":
+                from segdeploy.artifact import read_metadata
+
+                read_metadata(target.path).check_size(shape)
             flops = _flops_per_image(target, config, shape, num_classes)
             for engine in chosen:
                 if progress:

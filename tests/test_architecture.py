@@ -1,0 +1,136 @@
+"""The package's shape: imports flow one way (no cycles, function-level imports included), and a light front door."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import segdeploy
+
+PACKAGE = Path(segdeploy.__file__).resolve().parent
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, modules: set[str]) -> set[str]:
+    """segdeploy modules imported anywhere in ``path`` (top level, functions, TYPE_CHECKING blocks alike)."""
+    found: set[str] = set()
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            # ``from pkg import sub`` depends on the submodule; ``from mod import name`` on the module
+            names = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        else:
+            continue
+        for name in names:
+            # the longest segdeploy module the name refers to (a function import names its module)
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name and name != "segdeploy":
+                found.add(name)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    files = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    modules = set(files)
+    return {name: _imports(path, modules) - {name} for name, path in files.items()}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            cycle = visit(node)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_the_package_has_no_import_cycle():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_finder_sees_function_level_imports():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    source = "def f():\n    from segdeploy.verify import verify\n"
+    tmp = PACKAGE / "__cycle_probe__.py"
+    try:
+        tmp.write_text(source)
+        assert "segdeploy.verify" in _imports(tmp, set(import_graph()) | {"segdeploy.verify"})
+    finally:
+        tmp.unlink()
+
+
+def test_the_leaf_module_that_describes_a_file_imports_nothing_of_the_stages():
+    graph = import_graph()
+    assert graph["segdeploy.artifact"] <= {"segdeploy.errors", "segdeploy.shapes", "segdeploy._version"}
+
+
+STAGES = [
+    ("segdeploy.models",),
+    ("segdeploy.export", "segdeploy.precision"),
+    ("segdeploy.runtime",),
+    ("segdeploy.reference", "segdeploy.criteria", "segdeploy.verify"),
+    ("segdeploy.bench", "segdeploy.report"),
+    ("segdeploy.bundle",),
+]
+# The export pipeline verifies its file before writing it: the one place an earlier stage calls later ones.
+ORCHESTRATION = {("segdeploy.export.onnx", "segdeploy.verify"), ("segdeploy.export.onnx", "segdeploy.runtime")}
+
+
+def _stage(module: str) -> int | None:
+    for index, prefixes in enumerate(STAGES):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return index
+    return None
+
+
+def test_stages_import_only_earlier_stages():
+    # model -> export -> runtime -> verify -> bench -> bundle: nothing imports a later stage
+    for module, imported in import_graph().items():
+        here = _stage(module)
+        for target in imported:
+            there = _stage(target)
+            if here is None or there is None or (module, target) in ORCHESTRATION:
+                continue
+            assert there <= here, f"{module} imports the later stage {target}"
+
+
+def test_importing_segdeploy_and_its_cli_loads_no_torch():
+    code = "import sys, segdeploy, segdeploy.cli; print('torch' in sys.modules, 'onnx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+
+
+def test_no_module_is_much_over_450_lines():
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, long
