@@ -18,7 +18,10 @@ from torch import nn
 
 from segdeploy.errors import UserInputError
 from segdeploy.models import create_model, model_info
-from segdeploy.models.graph import GCU, GIUnit, GloReUnit, GraphConv, semantic_context_loss
+from segdeploy.models.gcu import GCU
+from segdeploy.models.ginet import GIUnit, semantic_context_loss
+from segdeploy.models.glore import GloReUnit
+from segdeploy.models.graph import GraphConv
 
 GRAPH_MODELS = ("glore", "gcu", "ginet")
 RESNET50_PARAMS = 23_508_032  # torchvision resnet50 without fc

@@ -7,6 +7,7 @@ both are respected.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -154,6 +155,33 @@ def test_default_config_builds_and_runs_on_meta_device(name: str):
         out = model(torch.zeros(1, 3, 64, 64))
     assert out.device.type == "meta"
     assert tuple(out.shape) == (1, 4, 64, 64)
+
+
+# Tensor count and digest of the sorted "name:shape" lines of each full-size 21-class state dict. Saved
+# checkpoints load by these names: a refactor that renames or reshapes a tensor breaks them and this test.
+STATE_DICT_LAYOUT = {
+    "fcn8s": (39, "0eb42d9e4a66e435"),
+    "unet": (118, "3116079fc7ca6c30"),
+    "unetpp": (202, "049088642154b9e3"),
+    "segnet": (177, "842ede8d55dd9ce0"),
+    "pspnet": (358, "3085ea2f8c2246be"),
+    "deeplabv1": (62, "f8aeafc35c7c5e15"),
+    "deeplabv2": (632, "9b279308291d192d"),
+    "deeplabv3": (662, "da527e1f084f4702"),
+    "deeplabv3plus": (710, "570082e69716fa9b"),
+    "u2net": (798, "fb59a8e6c218d073"),
+    "glore": (347, "0beb33d656526118"),
+    "gcu": (366, "2f85971e426aa04e"),
+    "ginet": (376, "b6ce8f8c1149d5ac"),
+}
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_state_dict_names_and_shapes_stay_those_saved_checkpoints_have(name: str):
+    with torch.device("meta"):
+        state = segdeploy.create_model(name).state_dict()
+    lines = "\n".join(f"{key}:{list(state[key].shape)}" for key in sorted(state))
+    assert (len(state), hashlib.sha256(lines.encode()).hexdigest()[:16]) == STATE_DICT_LAYOUT[name]
 
 
 def _count_on_meta(name: str, **kwargs: int) -> int:

@@ -1,7 +1,15 @@
 """The model zoo: ``list_models()``, ``create_model(name, ...)``, ``model_info(name)``.
 
-Each family lives in its own module and registers its builders with
-``@register_model``; importing this package imports them all (and torch).
+Each family lives in its own module (``_FAMILIES``) and registers thin entry
+points with ``@register_model``: keyword-only options with their defaults
+(what ``segdeploy models`` lists), one call to build the model. Listing or
+building a model imports every family (and torch). What the families share:
+
+- ``layers``: widths, resizing, conv-BN-ReLU, the FCN-style classifier head, initialisation;
+- ``_builder``: construct a model and load torchvision ImageNet weights into its backbone;
+- ``backbones/``: VGG16 and ResNet-50/101 under torchvision's parameter names;
+- ``dilated``: the dilated-ResNet frame with an auxiliary head (PSPNet, GloRe, GCU, GINet);
+- ``graph``: the graph-reasoning pieces of GloRe and GINet.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ if TYPE_CHECKING:
 
 __all__ = ["ModelInfo", "create_model", "list_models", "model_info", "register_model"]
 
-_FAMILIES = ("fcn", "unet", "segnet", "pspnet", "deeplab", "u2net", "graph")
+# The modules that register models, in the order ``list_models()`` reports them.
+_FAMILIES = ("fcn", "unet", "segnet", "pspnet", "deeplab", "u2net", "glore", "gcu", "ginet")
 _loaded = False
 
 

@@ -8,13 +8,13 @@
 
 The CRF post-processing of v1/v2 and multi-scale inputs at inference are not part of the network and are left out.
 
-Fixed from the seed notes: v1's fc6 is LargeFOV's (3x3, dilation 12, 1024
-channels) and its MSc MLPs are 128 wide; v2's ASPP branches are plain atrous
-convs to class scores (no BN/ReLU on logits); v3's ASPP concatenates its five
-branches and projects them with a 1x1 conv (the notes summed them); v3's
-backbone is one ResNet with multi-grid in layer4 (not four copies of it); and
-every upsample goes to the input's exact size with
-``F.interpolate(align_corners=False)``.
+As in the papers: v1's fc6 is LargeFOV's (3x3, dilation 12, 1024 channels)
+and its MSc MLPs are 128 wide; v2's ASPP branches are plain atrous convs to
+class scores (no BN/ReLU on logits), summed; v3's ASPP concatenates its five
+branches and projects them with a 1x1 conv; v3's backbone is one ResNet with
+multi-grid in layer4, the paper's ASPP variant (not its cascade of layer4
+copies); v3+ is v3 with separable ASPP branches and a decoder. Every upsample
+goes to the input's exact size with ``F.interpolate(align_corners=False)``.
 
 Image pooling uses ``x.mean((2, 3), keepdim=True)``: exact at every input
 size, so no model here needs an export rewrite.
@@ -22,17 +22,20 @@ size, so no model here needs an export rewrite.
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segdeploy.errors import UserInputError
+from segdeploy.models._builder import build_model
 from segdeploy.models._registry import register_model
-from segdeploy.models.backbones import resnet, vgg
-from segdeploy.models.backbones.vgg import scaled_width
+from segdeploy.models.backbones.resnet import ResNet
+from segdeploy.models.backbones.vgg import VGG
+from segdeploy.models.layers import ConvBNReLU, scaled_width, upsample_to
 
 V1_PAPER = "Chen et al., DeepLab v1 (LargeFOV, MSc), ICLR 2015"
 V2_PAPER = "Chen et al., DeepLab v2 (ASPP), TPAMI 2017"
@@ -40,25 +43,6 @@ V3_PAPER = "Chen et al., DeepLab v3, arXiv:1706.05587 2017"
 V3PLUS_PAPER = "Chen et al., DeepLab v3+, ECCV 2018"
 
 _TEST_CONFIG = {"width_mult": 0.125, "backbone": "resnet50"}
-
-
-def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of ``x`` to exactly ``size`` (H, W)."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-class ConvBNReLU(nn.Sequential):
-    """Conv (no bias, "same" padding for odd kernels) + BatchNorm + ReLU."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, *, dilation: int = 1,
-                 groups: int = 1) -> None:
-        padding = dilation * (kernel_size // 2)
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, groups=groups,
-                      bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
 
 
 class SeparableConvBNReLU(nn.Sequential):
@@ -108,8 +92,9 @@ class ASPP(nn.Module):
         dropout: after the projection, training only.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, rates: Sequence[int], *, separable: bool,
-                 dropout: float) -> None:
+    def __init__(
+        self, in_channels: int, out_channels: int, rates: Sequence[int], *, separable: bool, dropout: float
+    ) -> None:
         super().__init__()
         atrous: list[nn.Module] = [
             SeparableConvBNReLU(in_channels, out_channels, dilation=r)
@@ -150,12 +135,14 @@ class DeepLabV1(nn.Module):
     uses 3x3 stride-2 pools, which give the same sizes.
     """
 
-    def __init__(self, *, num_classes: int, in_channels: int, width_mult: float, multi_scale: bool,
-                 dropout: float) -> None:
+    def __init__(
+        self, *, num_classes: int, in_channels: int, width_mult: float, multi_scale: bool, dropout: float
+    ) -> None:
         super().__init__()
         # ceil_mode makes pool1..3 give ceil(H/2^k), the size a stride-2^k 3x3 conv gives: the scores align.
-        self.backbone = vgg.VGG(batch_norm=False, in_channels=in_channels, width_mult=width_mult, output_stride=8,
-                                ceil_mode=True)
+        self.backbone = VGG(
+            batch_norm=False, in_channels=in_channels, width_mult=width_mult, output_stride=8, ceil_mode=True
+        )
         fc = scaled_width(1024, width_mult)
         self.fc6 = nn.Conv2d(self.backbone.out_channels, fc, 3, padding=12, dilation=12)
         self.fc7 = nn.Conv2d(fc, fc, 1)
@@ -194,10 +181,11 @@ class DeepLabV1(nn.Module):
 class DeepLabV2(nn.Module):
     """DeepLab v2 (ASPP-L): dilated ResNet (output stride 8), four 3x3 atrous convs to class scores, summed."""
 
-    def __init__(self, *, num_classes: int, in_channels: int, backbone: str, width_mult: float,
-                 rates: Sequence[int]) -> None:
+    def __init__(
+        self, *, num_classes: int, in_channels: int, backbone: str, width_mult: float, rates: Sequence[int]
+    ) -> None:
         super().__init__()
-        self.backbone = resnet.ResNet(backbone, in_channels=in_channels, width_mult=width_mult, output_stride=8)
+        self.backbone = ResNet(backbone, in_channels=in_channels, width_mult=width_mult, output_stride=8)
         features = self.backbone.channels["layer4"]
         self.aspp = nn.ModuleList(nn.Conv2d(features, num_classes, 3, padding=r, dilation=r) for r in rates)
         for conv in self.aspp:
@@ -215,54 +203,68 @@ class DeepLabV2(nn.Module):
 
 
 class DeepLabV3(nn.Module):
-    """DeepLab v3: ResNet with multi-grid, ASPP (concat + 1x1 projection), 1x1 classifier."""
+    """DeepLab v3: ResNet with multi-grid, ASPP (concat + 1x1 projection), 1x1 classifier.
 
-    def __init__(self, *, num_classes: int, in_channels: int, backbone: str, width_mult: float,
-                 output_stride: int, multi_grid: Sequence[int] | None, dropout: float) -> None:
-        super().__init__()
-        rates = _aspp_rates(output_stride)
-        self.backbone = resnet.ResNet(backbone, in_channels=in_channels, width_mult=width_mult,
-                                      output_stride=output_stride, multi_grid=multi_grid)
-        channels = scaled_width(256, width_mult)
-        self.aspp = ASPP(self.backbone.channels["layer4"], channels, rates, separable=False, dropout=dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        return upsample_to(self.classifier(self.aspp(self.backbone(x)["layer4"])), size)
-
-
-class DeepLabV3Plus(nn.Module):
-    """DeepLab v3+: the v3 encoder with separable ASPP, and a decoder fusing layer1 (stride 4) features.
-
-    Decoder: layer1 -> 1x1 conv 48 + BN + ReLU; ASPP output upsampled to that
-    size; concatenated; two separable 3x3 convs (256); 1x1 classifier;
-    upsampled to the input size.
+    With ``decoder=True`` it is DeepLab v3+: separable ASPP branches, and a
+    decoder fusing layer1 (stride 4) features: layer1 -> 1x1 conv 48 + BN +
+    ReLU; ASPP output upsampled to that size; concatenated; two separable 3x3
+    convs (256); then the 1x1 classifier. Either way the logits are upsampled
+    to the input size.
     """
 
-    def __init__(self, *, num_classes: int, in_channels: int, backbone: str, width_mult: float,
-                 output_stride: int, multi_grid: Sequence[int] | None, dropout: float) -> None:
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        in_channels: int,
+        backbone: str,
+        width_mult: float,
+        output_stride: int,
+        multi_grid: Sequence[int] | None,
+        dropout: float,
+        decoder: bool = False,
+    ) -> None:
         super().__init__()
         rates = _aspp_rates(output_stride)
-        self.backbone = resnet.ResNet(backbone, in_channels=in_channels, width_mult=width_mult,
-                                      output_stride=output_stride, multi_grid=multi_grid)
-        channels = scaled_width(256, width_mult)
-        low_channels = scaled_width(48, width_mult)
-        self.aspp = ASPP(self.backbone.channels["layer4"], channels, rates, separable=True, dropout=dropout)
-        self.low_level = ConvBNReLU(self.backbone.channels["layer1"], low_channels, 1)
-        self.decoder = nn.Sequential(
-            SeparableConvBNReLU(channels + low_channels, channels),
-            SeparableConvBNReLU(channels, channels),
+        self.backbone = ResNet(
+            backbone, in_channels=in_channels, width_mult=width_mult, output_stride=output_stride, multi_grid=multi_grid
         )
+        channels = scaled_width(256, width_mult)
+        self.aspp = ASPP(self.backbone.channels["layer4"], channels, rates, separable=decoder, dropout=dropout)
+        self.low_level: nn.Module | None = None
+        self.decoder: nn.Module | None = None
+        if decoder:
+            low_channels = scaled_width(48, width_mult)
+            self.low_level = ConvBNReLU(self.backbone.channels["layer1"], low_channels, 1)
+            self.decoder = nn.Sequential(
+                SeparableConvBNReLU(channels + low_channels, channels),
+                SeparableConvBNReLU(channels, channels),
+            )
         self.classifier = nn.Conv2d(channels, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = x.shape[-2:]
         features = self.backbone(x)
+        if self.low_level is None or self.decoder is None:
+            return upsample_to(self.classifier(self.aspp(features["layer4"])), size)
         low = self.low_level(features["layer1"])
         encoded = upsample_to(self.aspp(features["layer4"]), low.shape[-2:])
         decoded = self.decoder(torch.cat([encoded, low], dim=1))
         return upsample_to(self.classifier(decoded), size)
+
+
+class DeepLabV3Plus(DeepLabV3):
+    """DeepLab v3+: :class:`DeepLabV3` with ``decoder=True``."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(decoder=True, **options)
+
+
+def _create_deeplab(
+    model_cls: type[DeepLabV3], *, backbone_weights: str | os.PathLike[str] | None, **options: Any
+) -> nn.Module:
+    """DeepLab v3 or v3+ from the options their entry points share, ImageNet weights loaded into the ResNet."""
+    return build_model(model_cls, backbone_weights=backbone_weights, **options)
 
 
 @register_model("deeplabv1", paper=V1_PAPER, rewrites=(), min_size=32, test_config={"width_mult": 0.125})
@@ -288,11 +290,15 @@ def deeplabv1(
     Returns:
         The model.
     """
-    model = DeepLabV1(num_classes=num_classes, in_channels=in_channels, width_mult=width_mult,
-                      multi_scale=multi_scale, dropout=dropout)
-    if backbone_weights is not None:
-        vgg.load_backbone_weights(model, backbone_weights)
-    return model
+    return build_model(
+        DeepLabV1,
+        backbone_weights=backbone_weights,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        width_mult=width_mult,
+        multi_scale=multi_scale,
+        dropout=dropout,
+    )
 
 
 @register_model("deeplabv2", paper=V2_PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG)
@@ -318,11 +324,15 @@ def deeplabv2(
     Returns:
         The model.
     """
-    model = DeepLabV2(num_classes=num_classes, in_channels=in_channels, backbone=backbone, width_mult=width_mult,
-                      rates=rates)
-    if backbone_weights is not None:
-        resnet.load_backbone_weights(model, backbone_weights)
-    return model
+    return build_model(
+        DeepLabV2,
+        backbone_weights=backbone_weights,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        backbone=backbone,
+        width_mult=width_mult,
+        rates=rates,
+    )
 
 
 @register_model("deeplabv3", paper=V3_PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG)
@@ -352,11 +362,17 @@ def deeplabv3(
     Returns:
         The model.
     """
-    model = DeepLabV3(num_classes=num_classes, in_channels=in_channels, backbone=backbone, width_mult=width_mult,
-                      output_stride=output_stride, multi_grid=multi_grid, dropout=dropout)
-    if backbone_weights is not None:
-        resnet.load_backbone_weights(model, backbone_weights)
-    return model
+    return _create_deeplab(
+        DeepLabV3,
+        backbone_weights=backbone_weights,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        backbone=backbone,
+        width_mult=width_mult,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        dropout=dropout,
+    )
 
 
 @register_model("deeplabv3plus", paper=V3PLUS_PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG)
@@ -386,8 +402,14 @@ def deeplabv3plus(
     Returns:
         The model.
     """
-    model = DeepLabV3Plus(num_classes=num_classes, in_channels=in_channels, backbone=backbone,
-                          width_mult=width_mult, output_stride=output_stride, multi_grid=multi_grid, dropout=dropout)
-    if backbone_weights is not None:
-        resnet.load_backbone_weights(model, backbone_weights)
-    return model
+    return _create_deeplab(
+        DeepLabV3Plus,
+        backbone_weights=backbone_weights,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        backbone=backbone,
+        width_mult=width_mult,
+        output_stride=output_stride,
+        multi_grid=multi_grid,
+        dropout=dropout,
+    )

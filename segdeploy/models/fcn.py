@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from segdeploy.models._registry import register_model
-from segdeploy.models.backbones.vgg import VGG, scaled_width
+from segdeploy.models.backbones.vgg import VGG
+from segdeploy.models.layers import scaled_width
 
 __all__ = ["FCN8s", "fcn8s"]
 

@@ -17,27 +17,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from segdeploy.models._builder import build_model
 from segdeploy.models._registry import register_model
-from segdeploy.models.backbones.resnet import ResNet, load_backbone_weights
-from segdeploy.models.backbones.vgg import scaled_width
+from segdeploy.models.dilated import DilatedNet, aux_head
+from segdeploy.models.layers import conv_bn_relu, conv_head, scaled_width, upsample_to
 
 PAPER = "Zhao et al., PSPNet, CVPR 2017"
-
-
-def upsample_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize of ``x`` to exactly ``size`` (H, W)."""
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
-
-
-def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    ]
 
 
 class PyramidPooling(nn.Module):
@@ -61,7 +48,7 @@ class PyramidPooling(nn.Module):
         return torch.cat([x] + [upsample_to(stage(x), size) for stage in self.stages], dim=1)
 
 
-class PSPNet(nn.Module):
+class PSPNet(DilatedNet):
     """PSPNet: dilated ResNet, pyramid pooling, 3x3 conv head; auxiliary layer3 head in training.
 
     ``forward`` returns logits ``[N, num_classes, H, W]`` in eval mode and
@@ -78,29 +65,13 @@ class PSPNet(nn.Module):
         bins: Sequence[int],
         dropout: float,
     ) -> None:
-        super().__init__()
-        self.backbone = ResNet(backbone, in_channels=in_channels, width_mult=width_mult, output_stride=8)
+        super().__init__(in_channels=in_channels, backbone=backbone, width_mult=width_mult)
         self.ppm = PyramidPooling(self.backbone.channels["layer4"], bins)
-        head = scaled_width(512, width_mult)
-        self.head = nn.Sequential(
-            *conv_bn_relu(self.ppm.out_channels, head, 3),
-            nn.Dropout2d(dropout),
-            nn.Conv2d(head, num_classes, 1),
-        )
-        aux = scaled_width(256, width_mult)
-        self.aux_head = nn.Sequential(
-            *conv_bn_relu(self.backbone.channels["layer3"], aux, 3),
-            nn.Dropout2d(dropout),
-            nn.Conv2d(aux, num_classes, 1),
-        )
+        self.head = conv_head(self.ppm.out_channels, scaled_width(512, width_mult), num_classes, dropout)
+        self.aux_head = aux_head(self.backbone.channels["layer3"], num_classes, width_mult, dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
-        size = x.shape[-2:]
-        features = self.backbone(x)
-        logits = upsample_to(self.head(self.ppm(features["layer4"])), size)
-        if not self.training:
-            return logits
-        return {"out": logits, "aux": upsample_to(self.aux_head(features["layer3"]), size)}
+    def decode(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.head(self.ppm(features)), {}
 
 
 @register_model(
@@ -134,7 +105,9 @@ def pspnet(
     Returns:
         The model (in training mode, as built; ``create_model`` switches it to eval).
     """
-    model = PSPNet(
+    return build_model(
+        PSPNet,
+        backbone_weights=backbone_weights,
         num_classes=num_classes,
         in_channels=in_channels,
         backbone=backbone,
@@ -142,6 +115,3 @@ def pspnet(
         bins=bins,
         dropout=dropout,
     )
-    if backbone_weights is not None:
-        load_backbone_weights(model, backbone_weights)
-    return model

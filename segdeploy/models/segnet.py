@@ -23,6 +23,7 @@ from torch import nn
 
 from segdeploy.models._registry import register_model
 from segdeploy.models.backbones.vgg import VGG
+from segdeploy.models.layers import conv_bn_relu
 
 __all__ = ["SegNet", "pool_with_indices", "segnet", "unpool"]
 
@@ -87,9 +88,10 @@ def _count_convs(layers: nn.Module) -> int:
 def _decoder_stage(in_channels: int, widths: list[int], *, last_is_classifier: bool) -> nn.Sequential:
     layers: list[nn.Module] = []
     for position, width in enumerate(widths):
-        layers.append(nn.Conv2d(in_channels, width, 3, padding=1))
-        if not (last_is_classifier and position == len(widths) - 1):
-            layers += [nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        if last_is_classifier and position == len(widths) - 1:
+            layers.append(nn.Conv2d(in_channels, width, 3, padding=1))  # class scores: no BatchNorm, no ReLU
+        else:
+            layers += conv_bn_relu(in_channels, width, 3, bias=True)
         in_channels = width
     return nn.Sequential(*layers)
 

@@ -10,27 +10,15 @@ every upsampling resizes to the exact size of the map it joins, so odd sizes wor
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from segdeploy.models._registry import register_model
-from segdeploy.models.unet import scaled_widths
+from segdeploy.models.layers import ConvBNReLU, scaled_widths, upsample_to
 
 
-def upsample_like(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Bilinear resize of ``x`` to ``reference``'s height and width."""
-    return F.interpolate(x, size=reference.shape[2:], mode="bilinear", align_corners=False)
-
-
-class ConvBNReLU(nn.Sequential):
-    """3x3 convolution with dilation (padding keeps the size), BatchNorm, ReLU: the paper's REBNCONV."""
-
-    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=dilation, dilation=dilation),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+def rebnconv(in_channels: int, out_channels: int, dilation: int = 1) -> ConvBNReLU:
+    """The paper's REBNCONV: 3x3 convolution with bias and dilation (padding keeps the size), BatchNorm, ReLU."""
+    return ConvBNReLU(in_channels, out_channels, 3, dilation=dilation, bias=True)
 
 
 class RSU(nn.Module):
@@ -43,15 +31,15 @@ class RSU(nn.Module):
 
     def __init__(self, depth: int, in_channels: int, mid_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv_in = ConvBNReLU(in_channels, out_channels)
+        self.conv_in = rebnconv(in_channels, out_channels)
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True)
         self.encoder = nn.ModuleList(
-            ConvBNReLU(out_channels if i == 0 else mid_channels, mid_channels) for i in range(depth - 1)
+            rebnconv(out_channels if i == 0 else mid_channels, mid_channels) for i in range(depth - 1)
         )
-        self.bottom = ConvBNReLU(mid_channels, mid_channels, dilation=2)
+        self.bottom = rebnconv(mid_channels, mid_channels, dilation=2)
         # decoder[k] joins the map from below with encoder[depth-2-k]; the last one restores out_channels.
         self.decoder = nn.ModuleList(
-            ConvBNReLU(2 * mid_channels, out_channels if k == depth - 2 else mid_channels) for k in range(depth - 1)
+            rebnconv(2 * mid_channels, out_channels if k == depth - 2 else mid_channels) for k in range(depth - 1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -64,7 +52,7 @@ class RSU(nn.Module):
         h = self.bottom(h)
         for k, conv in enumerate(self.decoder):
             skip = skips.pop()
-            h = conv(torch.cat([h if k == 0 else upsample_like(h, skip), skip], dim=1))
+            h = conv(torch.cat([h if k == 0 else upsample_to(h, skip.shape[-2:]), skip], dim=1))
         return h + x_in
 
 
@@ -73,13 +61,13 @@ class RSU4F(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int) -> None:
         super().__init__()
-        self.conv_in = ConvBNReLU(in_channels, out_channels)
+        self.conv_in = rebnconv(in_channels, out_channels)
         self.encoder = nn.ModuleList(
-            ConvBNReLU(out_channels if d == 1 else mid_channels, mid_channels, dilation=d) for d in (1, 2, 4)
+            rebnconv(out_channels if d == 1 else mid_channels, mid_channels, dilation=d) for d in (1, 2, 4)
         )
-        self.bottom = ConvBNReLU(mid_channels, mid_channels, dilation=8)
+        self.bottom = rebnconv(mid_channels, mid_channels, dilation=8)
         self.decoder = nn.ModuleList(
-            ConvBNReLU(2 * mid_channels, out_channels if d == 1 else mid_channels, dilation=d) for d in (4, 2, 1)
+            rebnconv(2 * mid_channels, out_channels if d == 1 else mid_channels, dilation=d) for d in (4, 2, 1)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,8 +84,14 @@ class RSU4F(nn.Module):
 
 
 # (block depth or "4F", C_in, M, C_out) of the paper's Table 1, at width 1.
-_ENCODER = ((7, None, 32, 64), (6, 64, 32, 128), (5, 128, 64, 256), (4, 256, 128, 512), ("4F", 512, 256, 512),
-            ("4F", 512, 256, 512))
+_ENCODER = (
+    (7, None, 32, 64),
+    (6, 64, 32, 128),
+    (5, 128, 64, 256),
+    (4, 256, 128, 512),
+    ("4F", 512, 256, 512),
+    ("4F", 512, 256, 512),
+)
 _DECODER = (("4F", 1024, 256, 512), (4, 1024, 128, 256), (5, 512, 64, 128), (6, 256, 32, 64), (7, 128, 16, 64))
 
 
@@ -149,11 +143,11 @@ class U2Net(nn.Module):
         h = bottom
         for block in self.decoder:
             skip = skips.pop()
-            h = block(torch.cat([upsample_like(h, skip), skip], dim=1))
+            h = block(torch.cat([upsample_to(h, skip.shape[-2:]), skip], dim=1))
             decoded.append(h)
         # decoded holds De_5..De_1; sides are ordered De_1..De_5, En_6.
         stage_maps = [*reversed(decoded), bottom]
-        sides = [upsample_like(side(m), x) for side, m in zip(self.sides, stage_maps)]
+        sides = [upsample_to(side(m), x.shape[-2:]) for side, m in zip(self.sides, stage_maps)]
         fused = self.fuse(torch.cat(sides, dim=1))
         if self.training:
             return (fused, *sides)

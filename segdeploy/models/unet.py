@@ -12,17 +12,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdeploy.models._registry import register_model
+from segdeploy.models.layers import conv_bn_relu, scaled_widths
 
 # Base widths of the five resolution levels.
 UNET_WIDTHS = (64, 128, 256, 512, 1024)
 UNETPP_WIDTHS = (32, 64, 128, 256, 512)  # the UNet++ paper's VGG-style setting (9.04M parameters)
-
-
-def scaled_widths(widths: tuple[int, ...], width_mult: float) -> list[int]:
-    """Channel counts multiplied by ``width_mult``, at least 1 each."""
-    if width_mult <= 0:
-        raise ValueError(f"width_mult must be positive, got {width_mult}")
-    return [max(1, round(w * width_mult)) for w in widths]
 
 
 def pad_to_match(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
@@ -40,21 +34,19 @@ class DoubleConv(nn.Sequential):
     """Two 3x3 convolutions (padding 1), each followed by optional BatchNorm and ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, *, batch_norm: bool = True) -> None:
-        layers: list[nn.Module] = []
-        for c_in in (in_channels, out_channels):
-            # A bias before BatchNorm is redundant: BN's shift replaces it.
-            layers.append(nn.Conv2d(c_in, out_channels, 3, padding=1, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm2d(out_channels))
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
+        # A bias before BatchNorm is redundant: BN's shift replaces it.
+        super().__init__(
+            *conv_bn_relu(in_channels, out_channels, 3, bias=not batch_norm, batch_norm=batch_norm),
+            *conv_bn_relu(out_channels, out_channels, 3, bias=not batch_norm, batch_norm=batch_norm),
+        )
 
 
 class UpConcat(nn.Module):
     """2x transposed convolution, pad to the skip's size, concatenate the skips, DoubleConv."""
 
-    def __init__(self, in_channels: int, up_channels: int, skip_channels: int, out_channels: int, *,
-                 batch_norm: bool = True) -> None:
+    def __init__(
+        self, in_channels: int, up_channels: int, skip_channels: int, out_channels: int, *, batch_norm: bool = True
+    ) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, up_channels, kernel_size=2, stride=2)
         self.conv = DoubleConv(skip_channels + up_channels, out_channels, batch_norm=batch_norm)
@@ -100,8 +92,15 @@ class UNetPlusPlus(nn.Module):
     Without it, the single head on X^{0,4} is used.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, widths: list[int], *, deep_supervision: bool = False,
-                 batch_norm: bool = True) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        widths: list[int],
+        *,
+        deep_supervision: bool = False,
+        batch_norm: bool = True,
+    ) -> None:
         super().__init__()
         self.deep_supervision = deep_supervision
         self.pool = nn.MaxPool2d(2)

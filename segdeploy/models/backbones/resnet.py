@@ -22,8 +22,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from segdeploy.errors import CheckpointError, UserInputError
-from segdeploy.models.backbones.vgg import scaled_width
+from segdeploy.errors import UserInputError
+from segdeploy.models.backbones._loading import find_backbone, load_checked
+from segdeploy.models.layers import init_like_torchvision, scaled_width
 
 __all__ = ["RESNET_DEPTHS", "Bottleneck", "ResNet", "load_backbone_weights"]
 
@@ -115,7 +116,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(widths[2], blocks[2], stride=2, dilate=dilate[1])
         self.layer4 = self._make_layer(widths[3], blocks[3], stride=2, dilate=dilate[2], multi_grid=multi_grid)
         self.channels = {f"layer{i + 1}": w * EXPANSION for i, w in enumerate(widths)}
-        _init_weights(self)
+        init_like_torchvision(self)
 
     def _make_layer(
         self,
@@ -156,16 +157,6 @@ class ResNet(nn.Module):
         return features
 
 
-def _init_weights(module: nn.Module) -> None:
-    # torchvision's ResNet initialisation: He (fan_out) for convs, BN at identity.
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
     """Load a torchvision-format ImageNet ResNet checkpoint into a ResNet backbone.
 
@@ -183,19 +174,8 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> lis
         CheckpointError: unreadable file, or its tensors do not fit the backbone
             (depth, ``in_channels``, ``width_mult``).
     """
-    from segdeploy.checkpoints import load_checkpoint, mismatch_problems
+    from segdeploy.checkpoints import load_checkpoint
 
-    backbone = model if isinstance(model, ResNet) else getattr(model, "backbone", None)
-    if not isinstance(backbone, ResNet):
-        raise UserInputError(f"{type(model).__name__} has no ResNet backbone to load ImageNet weights into")
-    prefix = "" if backbone is model else "backbone."
+    backbone = find_backbone(model, ResNet)
     state = {k: v for k, v in load_checkpoint(path).items() if not k.startswith("fc.")}
-    # Checkpoints saved before torch 0.4.1 lack num_batches_tracked; it only counts training steps.
-    problems = mismatch_problems(state, backbone.state_dict(), optional_suffixes=("num_batches_tracked",))
-    if problems:
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the {backbone.arch} backbone (expected torchvision {backbone.arch}"
-            f" weights at width_mult 1): {'; '.join(problems)}"
-        )
-    backbone.load_state_dict(state, strict=False)
-    return [prefix + k for k in state]
+    return load_checked(model, backbone, state, path, backbone.arch)

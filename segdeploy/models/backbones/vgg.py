@@ -30,17 +30,14 @@ import os
 import torch
 from torch import nn
 
-from segdeploy.errors import CheckpointError, UserInputError
+from segdeploy.errors import UserInputError
+from segdeploy.models.backbones._loading import find_backbone, load_checked
+from segdeploy.models.layers import conv_bn_relu, init_like_torchvision, scaled_width
 
-__all__ = ["VGG", "load_backbone_weights", "scaled_width"]
+__all__ = ["VGG", "load_backbone_weights"]
 
 # torchvision's configuration "D" (VGG16): conv widths per stage.
 _VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
-
-
-def scaled_width(channels: int, width_mult: float) -> int:
-    """``channels * width_mult`` rounded, at least 8."""
-    return max(8, int(round(channels * width_mult)))
 
 
 class VGG(nn.Module):
@@ -79,11 +76,10 @@ class VGG(nn.Module):
             start = len(layers)
             for width in widths:
                 out = scaled_width(width, width_mult)
-                padding = first_padding if not layers else (2 if dilated else 1)
-                layers.append(nn.Conv2d(channels, out, 3, padding=padding, dilation=2 if dilated else 1))
-                if batch_norm:
-                    layers.append(nn.BatchNorm2d(out))
-                layers.append(nn.ReLU(inplace=True))
+                padding = first_padding if not layers else None  # None: "same" padding
+                layers += conv_bn_relu(
+                    channels, out, 3, dilation=2 if dilated else 1, padding=padding, bias=True, batch_norm=batch_norm
+                )
                 channels = out
             pool_index = len(layers)
             if output_stride == 8 and stage >= 3:
@@ -95,7 +91,7 @@ class VGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.batch_norm = batch_norm
         self.out_channels = channels
-        _init_weights(self)
+        init_like_torchvision(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The pool5 feature map."""
@@ -109,17 +105,6 @@ class VGG(nn.Module):
                 x = self.features[index](x)
             outputs.append(x)
         return outputs
-
-
-def _init_weights(module: nn.Module) -> None:
-    # torchvision's VGG initialisation: He (fan_out) for convs, BN at identity.
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
@@ -146,24 +131,12 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> lis
         CheckpointError: unreadable file, or its ``features`` do not fit the
             backbone (BatchNorm or not, ``in_channels``, ``width_mult``).
     """
-    from segdeploy.checkpoints import load_checkpoint, mismatch_problems
+    from segdeploy.checkpoints import load_checkpoint
 
-    backbone = model if isinstance(model, VGG) else getattr(model, "backbone", None)
-    if not isinstance(backbone, VGG):
-        raise UserInputError(f"{type(model).__name__} has no VGG backbone to load ImageNet weights into")
-    prefix = "" if backbone is model else "backbone."
+    backbone = find_backbone(model, VGG)
     state = load_checkpoint(path)
     features = {k: v for k, v in state.items() if k.startswith("features.")}
-    # Checkpoints saved before torch 0.4.1 lack num_batches_tracked; it only counts training steps.
-    problems = mismatch_problems(features, backbone.state_dict(), optional_suffixes=("num_batches_tracked",))
-    if problems:
-        kind = "vgg16_bn" if backbone.batch_norm else "vgg16"
-        raise CheckpointError(
-            f"checkpoint {path} does not fit the {kind} backbone (expected torchvision {kind} weights"
-            f" at width_mult 1): {'; '.join(problems)}"
-        )
-    backbone.load_state_dict(features, strict=False)
-    loaded = [prefix + k for k in features]
+    loaded = load_checked(model, backbone, features, path, "vgg16_bn" if backbone.batch_norm else "vgg16")
     for fc_name, linear_name in (("fc6", "classifier.0"), ("fc7", "classifier.3")):
         loaded += _load_linear_into_conv(model, fc_name, state, linear_name)
     return loaded
