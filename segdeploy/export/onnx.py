@@ -203,11 +203,12 @@ def export_onnx(
 
     clock("onnx")
     tracked = [name for name, _ in found.unpool_inputs]
-    proto, renamed = translate.to_onnx(program, example, opset, OUTPUT_NAMES[output], axes, tracked)
+    proto, renamed = translate.to_onnx(program, example, OUTPUT_NAMES[output], axes, tracked)
 
     clock("simplify")
-    if simplify:
+    if simplify:  # before the opset conversion: it folds the shape arithmetic the down-converters need constant
         proto = translate.simplify(proto, notes)
+    proto = translate.to_opset(proto, opset)
     if preprocessing.fused:
         translate.shapes_after_cast(proto)
     values = {out for node in proto.graph.node for out in node.output} | {i.name for i in proto.graph.input}

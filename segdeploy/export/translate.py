@@ -28,18 +28,15 @@ if TYPE_CHECKING:
 _EXPORTER_OPSET = 18  # the opset torch's exporter writes natively
 
 
-def to_onnx(program: Any, example: torch.Tensor, opset: int, output_name: str, axes: dict[int, str] | None,
-             track: Sequence[str] = ()) -> tuple[onnx.ModelProto, dict[str, str]]:
-    """The ONNX model, and the ONNX value names of the captured program's nodes named in ``track``."""
-    import onnx.helper
-
+def to_onnx(program: Any, example: torch.Tensor, output_name: str, axes: dict[int, str] | None,
+            track: Sequence[str] = (), optimize: bool = True) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """The ONNX model at the exporter's opset, and the ONNX value names of the program's nodes named in ``track``."""
     from segdeploy.export.capture import describe_exception
-    from segdeploy.export.opset import convert_opset
 
     try:
         with warnings.catch_warnings(), _quiet_loggers("torch.onnx", "onnx_ir", "onnxscript"):
             warnings.simplefilter("ignore")  # deprecation chatter from torch internals, not the user's model
-            onnx_program = _run_torch_exporter(program, example, output_name)
+            onnx_program = _run_torch_exporter(program, example, output_name, optimize)
     except Exception as exc:
         raise ExportError(f"translating the captured model to ONNX failed: {describe_exception(exc)}") from exc
     proto = onnx_program.model_proto
@@ -48,10 +45,21 @@ def to_onnx(program: Any, example: torch.Tensor, opset: int, output_name: str, a
         del node.metadata_props[:]
     if axes:
         _name_dynamic_axes(proto, axes)
-    proto = convert_opset(proto, opset)
-    # the lowest IR version that can carry this opset: loadable by older runtimes and TensorRT
-    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
     return proto, _value_names(onnx_program, track)
+
+
+def to_opset(proto: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Exactly ``opset`` (see ``segdeploy.export.opset``), at the lowest IR version that carries it.
+
+    The lowest IR version keeps the file loadable by older runtimes and TensorRT.
+    """
+    import onnx.helper
+
+    from segdeploy.export.opset import convert_opset
+
+    proto = convert_opset(proto, opset)
+    proto.ir_version = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    return proto
 
 
 def _value_names(onnx_program: Any, track: Sequence[str]) -> dict[str, str]:
@@ -81,18 +89,22 @@ def _value_names(onnx_program: Any, track: Sequence[str]) -> dict[str, str]:
     return found
 
 
-def _run_torch_exporter(program: Any, example: torch.Tensor, output_name: str) -> Any:
-    """Translate the captured program at the exporter's native opset (no second torch.export trace)."""
+def _run_torch_exporter(program: Any, example: torch.Tensor, output_name: str, optimize: bool = True) -> Any:
+    """Translate the captured program at the exporter's native opset (no second torch.export trace).
+
+    Keep ``optimize``: onnxsim run on the exporter's unoptimized graph folded a batch size of 1 into a
+    Resize's sizes (PSPNet failed at batch 2; measured), while the optimized graph simplifies correctly.
+    """
     import torch
 
     cached = _cached_exporter()
     if cached is None:
         return torch.onnx.export(program, (example,), dynamo=True, opset_version=_EXPORTER_OPSET,
                                  input_names=[INPUT_NAME], output_names=[output_name], external_data=False,
-                                 verbose=False)
+                                 verbose=False, optimize=optimize)
     core, registry = cached
     return core.export(program, (example,), registry=registry, opset_version=_EXPORTER_OPSET,
-                       input_names=[INPUT_NAME], output_names=[output_name], verbose=False)
+                       input_names=[INPUT_NAME], output_names=[output_name], verbose=False, optimize=optimize)
 
 
 def _name_dynamic_axes(proto: onnx.ModelProto, axes: dict[int, str]) -> None:
@@ -139,18 +151,30 @@ def _cached_exporter() -> tuple[Any, Any] | None:
 
 
 def simplify(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    """onnxsim; where it fails, onnxscript's optimizer instead (the model is kept as it is if both fail)."""
     try:
         import onnxsim
 
         simplified, ok = onnxsim.simplify(proto)
-    except Exception as exc:  # onnxsim is an optimisation: keep the unsimplified model
-        notes.append(f"onnxsim failed, kept the unsimplified model: {type(exc).__name__}: {first_line(exc)}")
-        return proto
-    if not ok:
-        notes.append("onnxsim could not validate its result, kept the unsimplified model")
-        return proto
+        if not ok:
+            raise ValueError("onnxsim could not validate its result")
+    except Exception as exc:  # onnxsim is an optimisation: fall back, never fail the export for it
+        notes.append(f"onnxsim failed ({type(exc).__name__}: {first_line(exc)}); used onnxscript's optimizer")
+        return _optimize(proto, notes)
     simplified.ir_version = proto.ir_version
     return simplified
+
+
+def _optimize(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
+    try:
+        import onnxscript.optimizer
+
+        optimized = onnxscript.optimizer.optimize(proto)
+    except Exception as exc:
+        notes.append(f"onnxscript's optimizer failed too, kept the model as translated: {first_line(exc)}")
+        return proto
+    optimized.ir_version = proto.ir_version
+    return optimized
 
 
 def shapes_after_cast(proto: onnx.ModelProto) -> None:

@@ -75,6 +75,6 @@ def create_model(name: str, *, num_classes: int = 21, in_channels: int = 3, **co
         raise UserInputError(f"num_classes and in_channels must be positive (got {num_classes}, {in_channels})")
     try:
         model = info.builder(num_classes=num_classes, in_channels=in_channels, **config)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # an unknown option, or a value the builder refuses
         raise UserInputError(f"bad option for model {name!r}: {exc}") from None
     return model.eval()
