@@ -683,6 +683,8 @@ def _finish(quantized: onnx.ModelProto, original: onnx.ModelProto, report: Quant
 
     metadata = {prop.key: prop.value for prop in original.metadata_props}
     metadata.update(precision=report.precision, quantizer=report.quantizer)
+    if "opset" in metadata:  # ModelOpt may raise the opset
+        metadata["opset"] = str(_opset(quantized))
     del quantized.metadata_props[:]
     for key, value in metadata.items():
         entry = quantized.metadata_props.add()
@@ -728,6 +730,9 @@ def _quantize_modelopt(
                 calibration_eps=["cpu"],
                 output_path=str(target),
                 high_precision_dtype="fp16" if fp16 else "fp32",
+                # ModelOpt quantizes MaxPool inputs, and with them the unpooling rewrite's slots.
+                nodes_to_exclude=_unpool_pools(proto.graph) or None,
+                log_level="ERROR",
             )
             quantized = onnx.load(str(target))
         except Exception as exc:  # ModelOpt raises many types
@@ -737,6 +742,29 @@ def _quantize_modelopt(
     report.quantized_nodes.extend(name for name in conv_like if name in fed)
     report.float_nodes.extend(f"{name}: left in float by ModelOpt" for name in conv_like if name not in fed)
     return quantized
+
+
+def _unpool_pools(graph: onnx.GraphProto) -> list[str]:
+    """MaxPool nodes whose input also feeds an unpooling comparison (Equal), through slices and maxima."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def reaches_equal(name: str) -> bool:
+        seen, stack = set(), [name]
+        while stack:
+            current = stack.pop()
+            for user in consumers.get(current, []):
+                if user.op_type == "Equal":
+                    return True
+                if user.op_type in ("Slice", "Max") and user.output[0] not in seen:
+                    seen.add(user.output[0])
+                    stack.append(user.output[0])
+        return False
+
+    pools = [node for node in graph.node if node.op_type == "MaxPool" and node.name]
+    return [node.name for node in pools if reaches_equal(node.input[0])]
 
 
 def _fed_by_dequantize(graph: onnx.GraphProto) -> set[str]:

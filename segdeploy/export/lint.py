@@ -519,7 +519,12 @@ def _qdq_node_problems(
                        f"takes {', '.join(_DEQUANTIZE_INPUT_TYPES)} only")
             problems.append(("error", "qdq-dequantize-input", message))
     scale = values.get(scale_name) if scale_name else None
-    is_weight = node.op_type == "DequantizeLinear" and node.input[0] in values
+    # Weights are stored int8 (DQ of a constant) or float (Q of a constant, then DQ, as ModelOpt writes them).
+    source_node = producers.get(node.input[0])
+    is_weight = node.input[0] in values or (
+        node.op_type == "DequantizeLinear" and source_node is not None
+        and source_node.op_type == "QuantizeLinear" and source_node.input[0] in values
+    )
     if scale is None:
         problems.append(("error", "qdq-activation-scale" if not is_weight else "qdq-weight-axis",
                          "the scale is computed in the graph; TensorRT needs a constant scale"))
@@ -545,9 +550,14 @@ def _conv_qdq_problems(
         message = f"{' and '.join(float_inputs)} not fed by DequantizeLinear: this {node.op_type} runs in float"
         problems.append(("warning", "qdq-float-conv", message))
     weight_dq = sources[1] if len(sources) > 1 else None
-    if weight_dq is not None and weight_dq.op_type == "DequantizeLinear" and weight_dq.input[0] in values:
+    weight = None
+    if weight_dq is not None and weight_dq.op_type == "DequantizeLinear":
+        weight = values.get(weight_dq.input[0])
+        weight_q = producers.get(weight_dq.input[0])
+        if weight is None and weight_q is not None and weight_q.op_type == "QuantizeLinear":
+            weight = values.get(weight_q.input[0])
+    if weight is not None:
         scale = values.get(weight_dq.input[1])
-        weight = values[weight_dq.input[0]]
         if scale is not None and scale.size > 1:
             expected = 0 if node.op_type == "Conv" else 1
             axis = int(_attr(weight_dq, "axis", 1))
