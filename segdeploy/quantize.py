@@ -444,7 +444,7 @@ def _quantize_ort(
         root.setLevel(level)
     report.quantized_nodes.extend(selected)
     if residual_adds:
-        report.residual_adds.extend(_quantize_residual_adds(quantized, calibration))
+        report.residual_adds.extend(_quantize_residual_adds(quantized, work, calibration))
     return quantized
 
 
@@ -496,14 +496,15 @@ def _nodes_to_quantize(graph: onnx.GraphProto) -> tuple[list[str], list[str]]:
     return selected, skipped
 
 
-def _quantize_residual_adds(model: onnx.ModelProto, calibration: np.ndarray) -> list[str]:
+def _quantize_residual_adds(model: onnx.ModelProto, fp32: onnx.ModelProto, calibration: np.ndarray) -> list[str]:
     """Route the skip input of each ``Conv -> Add`` join through Q/DQ; returns those Adds.
 
     An Add qualifies when both inputs are float activations and one comes
     straight from a Conv/ConvTranspose (the one TensorRT fuses the Add into).
     The other input reuses the Q/DQ pair its tensor already has for a quantized
     consumer; a tensor without one gets a new pair, its scale max |x| / 127 over
-    the calibration data.
+    the calibration data, measured on ``fp32`` (the model before quantization,
+    which has the same tensor names).
     """
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -525,7 +526,7 @@ def _quantize_residual_adds(model: onnx.ModelProto, calibration: np.ndarray) -> 
         else:
             targets.append((node, skip))
     missing = sorted({node.input[skip] for node, skip in targets if node.input[skip] not in dequantized})
-    scales = _max_scales(model, calibration, missing) if missing else {}
+    scales = _max_scales(fp32, calibration, missing) if missing else {}
     for node, skip in targets:
         name = node.input[skip]
         if name not in dequantized:
@@ -554,7 +555,7 @@ def _existing_qdq(graph: onnx.GraphProto) -> dict[str, str]:
 
 
 def _max_scales(model: onnx.ModelProto, calibration: np.ndarray, names: list[str]) -> dict[str, float]:
-    """max |x| / 127 of each named tensor over the calibration data (FP32 graph before the new pairs)."""
+    """max |x| / 127 of each named tensor of an FP32 model over the calibration data."""
     import onnx
 
     probe = onnx.ModelProto()
@@ -563,7 +564,8 @@ def _max_scales(model: onnx.ModelProto, calibration: np.ndarray, names: list[str
     for name in names:
         if name not in existing:
             probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    session = _session(probe)
+    # Unoptimised: ONNX Runtime's fusions (Conv + Add) may drop the very tensors asked for.
+    session = _session(probe, optimize=False)
     input_name = _input_name(model)
     maxima = dict.fromkeys(names, 0.0)
     for batch in _batches(calibration):
@@ -609,11 +611,13 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
     graph.node.extend(ordered)
 
 
-def _session(model: onnx.ModelProto) -> Any:
+def _session(model: onnx.ModelProto, *, optimize: bool = True) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 

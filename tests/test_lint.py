@@ -189,6 +189,7 @@ def _qdq_model(
     weight_axis=0,
     op="Conv",
     float_weight=False,
+    float_weight_qdq=False,
     int32_bias=False,
     unpool_through_qdq=False,
 ) -> onnx.ModelProto:
@@ -218,6 +219,14 @@ def _qdq_model(
     conv_inputs = ["xdq", "w_float" if float_weight else "wdq"]
     if float_weight:
         inits.append(numpy_helper.from_array(weights.astype(np.float32) * 0.01, "w_float"))
+    elif float_weight_qdq:  # float weights through Q -> DQ, as ModelOpt writes them
+        inits.append(numpy_helper.from_array(weights.astype(np.float32) * 0.01, "w_float"))
+        nodes += [
+            helper.make_node("QuantizeLinear", ["w_float", "w_scale", "w_zero"], ["w_int8"], name="q_weight",
+                             axis=weight_axis),
+            helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zero"], ["wdq"], name="dq_weight",
+                             axis=weight_axis),
+        ]
     else:
         inits.append(numpy_helper.from_array(weights, "w_int8"))
         nodes.append(helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zero"], ["wdq"], name="dq_weight",
@@ -252,9 +261,15 @@ def _rules(report, severity="error") -> set[str]:
 
 
 @pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
-def test_well_formed_qdq_model_lints_clean(op):
-    report = lint_onnx(_qdq_model(op=op, weight_axis=0 if op == "Conv" else 1))
+@pytest.mark.parametrize("weights", ["int8", "float-through-qdq"])
+def test_well_formed_qdq_model_lints_clean(op, weights):
+    model = _qdq_model(op=op, weight_axis=0 if op == "Conv" else 1, float_weight_qdq=weights != "int8")
+    report = lint_onnx(model)
     assert report.ok and not report.issues, report.issues
+
+
+def test_float_weights_through_qdq_on_the_wrong_axis_are_flagged():
+    assert "qdq-weight-axis" in _rules(lint_onnx(_qdq_model(float_weight_qdq=True, weight_axis=1)))
 
 
 @pytest.mark.parametrize(

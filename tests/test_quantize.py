@@ -178,6 +178,44 @@ def test_residual_add_reads_its_skip_input_through_qdq(quantized):
     assert kinds == ["Conv", "DequantizeLinear"]  # the conv output stays float: TensorRT fuses the Add into it
 
 
+def test_join_of_two_conv_outputs_gets_a_new_qdq_pair_calibrated_on_fp32():
+    """Conv -> Add <- Conv (a ResNet downsampling branch): the second output has no pair to reuse."""
+    helper = onnx.helper
+    rng = np.random.default_rng(0)
+    weights = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), f"w{i}")
+               for i in range(2)]
+    nodes = [helper.make_node("Conv", ["input", f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}")
+             for i in range(2)]
+    nodes.append(helper.make_node("Add", ["c0", "c1"], ["logits"], name="join"))
+    graph = helper.make_graph(
+        nodes, "join", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["n", 4, "h", "w"])], weights,
+    )
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    calibration = rng.normal(size=(8, 3, 16, 16)).astype(np.float32)
+    int8, report = quantize_int8(fp32, calibration)
+    assert report.residual_adds == ["join"]
+    values = _initializers(int8)
+    producer = {out: node for node in int8.graph.node for out in node.output}
+    join = next(node for node in int8.graph.node if node.name == "join")
+    assert [producer[name].op_type for name in join.input] == ["Conv", "DequantizeLinear"]
+    scale = values[producer[join.input[1]].input[1]]
+    reference = _run(fp32, calibration)  # c1's range is measured on the FP32 graph
+    c1 = reference - _run(_conv_only(fp32, "c0"), calibration)
+    assert float(scale) == pytest.approx(float(np.abs(c1).max()) / 127, rel=1e-5)
+    assert not check_qdq(int8) and _run(int8, calibration[:2, :, :11, :13]).shape == (2, 4, 11, 13)
+
+
+def _conv_only(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
+    """``model`` with one Conv's output as the graph output."""
+    only = onnx.ModelProto()
+    only.CopyFrom(model)
+    only.graph.node.pop()  # the Add
+    del only.graph.output[:]
+    only.graph.output.append(onnx.helper.make_tensor_value_info(output, onnx.TensorProto.FLOAT, None))
+    return only
+
+
 def test_unpooling_comparisons_and_pooling_matrices_stay_float(quantized):
     _, int8, report = quantized["segnet"]
     assert not check_qdq(int8)
@@ -388,3 +426,10 @@ def test_bad_calibration_data_is_refused_in_one_line(tmp_path, case, words):
         load_calibration(path, shape=(32, 32), in_channels=in_channels)
     _one_line(exc_info)
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_input_model_is_left_unchanged(quantized, data):
+    fp32, _, _ = quantized["segnet"]
+    before = fp32.SerializeToString()
+    quantize_int8(fp32, data[1][:8])
+    assert fp32.SerializeToString() == before
