@@ -272,6 +272,33 @@ def _learned(row: dict[str, Any], baseline: dict[str, float]) -> bool:
     return all(s["fp32"]["miou"] > baseline[n] + LEARNED_MARGIN for n, s in row["sets"].items())
 
 
+def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each file judged as ``segdeploy verify`` judges it: worst over the verify-input shapes, against
+    ``thresholds_for(precision, index_unpooling)``; the worst over the image sets beside it."""
+    from segdeploy.verify import thresholds_for
+
+    table = []
+    for row in rows:
+        for key in [*GOOD_FILES, *BAD_FILES]:
+            by_source = {}
+            for source, sets in (("images", row.get("sets", {})), ("verify", row.get("verify_inputs", {}))):
+                entries = [results[key] for results in sets.values() if key in results]
+                if entries:
+                    by_source[source] = (min(e["agreement"] for e in entries), max(e["p99_rel_error"] for e in entries),
+                                         max(e["max_rel_error"] for e in entries))
+            if "verify" not in by_source:
+                continue
+            precision = "fp16" if key == "fp16" else "int8"
+            t = thresholds_for(precision, index_unpooling=row["index_unpooling"])
+            agreement, p99, max_rel = by_source["verify"]
+            passed = agreement >= t.min_agreement and (t.p99_rel_error is None or p99 <= t.p99_rel_error) and (
+                t.max_rel_error is None or max_rel <= t.max_rel_error)
+            table.append({"model": row["model"], "file": key, "known_bad": key in BAD_FILES, "passes": passed,
+                          "criteria": t, **{f"{src}_{m}": v for src, vals in by_source.items()
+                                            for m, v in zip(("agreement", "p99", "max_rel"), vals, strict=True)}})
+    return table
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], summary: dict[str, Any]) -> str:
     """One table per architecture, then the worst values per file kind."""
     baseline = summary["baseline"]
@@ -357,7 +384,34 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], summary: dict[str
             lines.append(f"| {kind} | {w['agreement']:.5f} | {w['p99_rel_error']:.2e} | {w['max_rel_error']:.2e} "
                          f"| {drop} | {windows} | {w['at'].get('agreement', '')}; {w['at'].get('p99_rel_error', '')} |")
         lines.append("")
-    return "\n".join(lines)
+    lines += [
+        "## Verdicts under the verify thresholds",
+        "",
+        (
+            "Each file judged as `segdeploy verify` judges it (worst over its noise inputs at the three verification "
+            "shapes) against `segdeploy.verify.thresholds_for`; the worst over the image sets beside it. Every good "
+            "file should pass and every known-bad one fail."
+        ),
+        "",
+        (
+            "| model | file | verify: agreement | verify: p99 rel | verify: max rel | images: agreement "
+            "| images: p99 rel | thresholds | verdict |"
+        ),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for v in verdicts(rows):
+        t = v["criteria"]
+        bounds = [f"agreement >= {t.min_agreement:g}"]
+        bounds += [f"p99 <= {t.p99_rel_error:g}"] if t.p99_rel_error is not None else []
+        bounds += [f"max rel <= {t.max_rel_error:g}"] if t.max_rel_error is not None else []
+        verdict = ("passes" if v["passes"] else "FAILS") + (" (known bad)" if v["known_bad"] else "")
+        lines.append(
+            f"| {v['model']} | {v['file']} | {v['verify_agreement']:.4f} | {v['verify_p99']:.2e} "
+            f"| {v['verify_max_rel']:.2e} "
+            f"| {v.get('images_agreement', float('nan')):.4f} | {v.get('images_p99', float('nan')):.2e} "
+            f"| {', '.join(bounds)} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -367,7 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="optional training time cap per model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--render", type=Path, default=None,
+                        help="rewrite <out>/precision.md from this precision.json (no training), e.g. after "
+                             "changing the verify thresholds")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return render(args.render, args.out)
 
     import onnx
     import onnxruntime
@@ -407,6 +466,17 @@ def main(argv: list[str] | None = None) -> int:
                       json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=2) + "\n")
     write_text_atomic(args.out / "precision.md", markdown(rows, meta, summary))
     return 0 if all("error" not in row for row in rows) else 1
+
+
+def render(source: Path, out: Path) -> int:
+    """Rewrite the Markdown from a saved JSON: the same rows, the current thresholds."""
+    from segdeploy.fileio import write_text_atomic
+
+    data = json.loads(source.read_text())
+    summary = summarize(data["rows"], data["meta"]["seed"])
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "precision.md", markdown(data["rows"], data["meta"], summary))
+    return 0
 
 
 if __name__ == "__main__":

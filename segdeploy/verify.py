@@ -85,9 +85,23 @@ def thresholds_for(precision: str = "fp32", index_unpooling: bool = False) -> Th
         return Thresholds("agreement+p99", None, 2e-2, 0.99,
                           "FP16 with index unpooling: agreement >= 99% and p99 error <= 2e-2 "
                           "(measured 0.996-0.9997 and <= 6.4e-3 on trained models)")
+    if precision in ("int8", "int8-fp16") and not index_unpooling:
+        # Measured (benchmarks/precision.py, all zoo models trained past all-background, ONNX Runtime CPU, on the
+        # noise inputs verify feeds, worst over the verification shapes): good INT8 files reach agreement
+        # >= 0.886 and p99 relative error <= 0.19 (DeepLab v2); the same quantizer calibrated on unnormalised
+        # pixels scores p99 >= 0.33 on every model. 0.25 splits the two (1.3x from each); INT8's max error
+        # (up to 0.29) says nothing a p99 does not, so it is not bounded.
+        return Thresholds("agreement+p99", None, 0.25, 0.85,
+                          "INT8: agreement >= 85% and p99 error <= 0.25 (good files measured >= 0.886 and <= 0.19, "
+                          "badly calibrated ones >= 0.33)")
     if precision in ("int8", "int8-fp16"):
-        # Provisional; replaced by the values the precision study justifies.
-        return Thresholds("agreement+p99", None, 5e-2, 0.98, "INT8 (explicit Q/DQ): provisional")
+        # Measured on the zoo SegNet: INT8 moves 1.6-2.5% of its unpooling window choices (the quantized
+        # convolutions upstream change which slot is largest) and its agreement with FP32 falls to 0.90-0.92
+        # (0.84 on images for a SegNet trained longer). Bad placements and calibrations score alike, so this
+        # is a floor against broken files only; a bad placement is lint's job (rule qdq-unpool).
+        return Thresholds("agreement+p99", None, 0.6, 0.8,
+                          "INT8 with index unpooling: agreement >= 80% and p99 error <= 0.6, a floor against broken "
+                          "files (good ones measured 0.90-0.92 and <= 0.38)")
     raise UserInputError(f"unknown precision {precision!r}: expected fp32 or fp16")
 
 

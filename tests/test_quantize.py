@@ -23,7 +23,7 @@ from segdeploy.errors import MissingDependencyError, UserInputError
 from segdeploy.export.lint import check_qdq, lint_onnx
 from segdeploy.export.rewrites import adaptive_avg_pool2d_exact, unpool_first_max
 from segdeploy.quantize import load_calibration, modelopt_available, quantize_int8
-from segdeploy.verify import compare, thresholds_for
+from segdeploy.verify import compare, thresholds_for, verification_shapes, verify
 
 NUM_CLASSES = 4
 TRACE_SHAPE = (2, 3, 32, 32)
@@ -228,15 +228,15 @@ def test_unpooling_comparisons_and_pooling_matrices_stay_float(quantized):
     assert all(name in " ".join(report.float_nodes) for name in (n.name for n in matmuls if n.name))
 
 
-def test_quantizing_the_unpooling_comparisons_fails_lint_and_the_threshold(quantized, data):
-    """ONNX Runtime's default op list (Slice, Max, Where...) is the known-bad placement."""
+def test_quantizing_the_unpooling_comparisons_fails_lint(quantized, data):
+    """ONNX Runtime's default op list (Slice, Max, Where...) is the known-bad placement: lint names it."""
     import tempfile
     from pathlib import Path
 
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
     fp32, _, _ = quantized["segnet"]
-    _, calibration, (images, _) = data
+    _, calibration, _ = data
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -251,11 +251,31 @@ def test_quantizing_the_unpooling_comparisons_fails_lint_and_the_threshold(quant
                         quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
                         weight_type=QuantType.QInt8, extra_options={"ActivationSymmetric": True})
         bad = onnx.load(str(Path(tmp) / "bad.onnx"))
-    rules = {issue.rule for issue in lint_onnx(bad).errors}
-    assert {"qdq-unpool", "qdq-dequantize-input"} <= rules
-    x = images[: ODD_BATCH2[0]]
-    comparison = compare(_run(bad, x), _run(fp32, x), thresholds_for("int8", index_unpooling=True))
-    assert not comparison.passed
+    assert {"qdq-unpool", "qdq-dequantize-input"} <= {issue.rule for issue in lint_onnx(bad).errors}
+
+
+@pytest.mark.parametrize("name", ["residual", "segnet"])
+def test_verify_passes_int8_and_rejects_a_badly_calibrated_file(quantized, data, name, tmp_path):
+    """What ``segdeploy verify`` runs (noise inputs at the verification shapes, the int8 thresholds).
+
+    The bad file is quantized the same way but calibrated on pixels that skipped the
+    normalisation (a preprocessing mistake): its activation scales are wrong.
+    """
+    from segdeploy.runtime.ort_runner import OrtRunner
+
+    fp32, int8, _ = quantized[name]
+    raw_pixels = np.clip(data[1] * 0.25 + 0.5, 0.0, 1.0).astype(np.float32)
+    files = {"fp32": fp32, "int8": int8, "bad": quantize_int8(fp32, raw_pixels)[0]}
+    for key, proto in files.items():
+        onnx.save(proto, tmp_path / f"{key}.onnx")
+    shapes = verification_shapes(TRACE_SHAPE)
+    reports = {
+        key: verify(tmp_path / f"{key}.onnx", OrtRunner(tmp_path / "fp32.onnx"), shapes=shapes, precision="int8",
+                    index_unpooling=name == "segnet")
+        for key in ("int8", "bad")
+    }
+    assert reports["int8"].passed, reports["int8"].worst()
+    assert not reports["bad"].passed, reports["bad"].worst()
 
 
 def test_int8_fp16_has_float32_io_and_fp16_qdq_at_opset_19(data, tmp_path):
@@ -433,3 +453,13 @@ def test_input_model_is_left_unchanged(quantized, data):
     before = fp32.SerializeToString()
     quantize_int8(fp32, data[1][:8])
     assert fp32.SerializeToString() == before
+
+
+def test_int8_thresholds_judge_agreement_and_p99_and_cover_int8_fp16():
+    plain, unpool = thresholds_for("int8"), thresholds_for("int8", index_unpooling=True)
+    assert plain.criterion == unpool.criterion == "agreement+p99"
+    assert plain.max_rel_error is None and unpool.max_rel_error is None
+    # The plain bound sits between the worst good file (p99 0.19) and the best badly calibrated one (0.33).
+    assert 0.19 < plain.p99_rel_error < 0.33 and plain.min_agreement <= 0.886
+    assert unpool.min_agreement <= plain.min_agreement and unpool.p99_rel_error >= plain.p99_rel_error
+    assert thresholds_for("int8-fp16") == plain
