@@ -317,11 +317,14 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], summary: dict[str
         + f"; *learned* means FP32 beats it by {LEARNED_MARGIN} on every set.",
         "",
         (
-            "Files: `fp16` = `--precision fp16`; `int8` = segdeploy's quantizer (ONNX Runtime backend); "
+            "Files: `fp16` = the FP32 file through `segdeploy.precision.convert_to_fp16` (what `--precision fp16` "
+            "runs); `int8` = segdeploy's quantizer (ONNX Runtime backend); "
             "`int8-modelopt` = ModelOpt, where installed; known-bad: `int8-ort-defaults` (ONNX Runtime's default "
             "placement: every op it supports, INT32 biases) and `int8-bad-calib` (segdeploy's placement, "
             "calibrated on unnormalised pixels)."
         ),
+        "",
+        "What the numbers say and the verify thresholds drawn from them: [docs/int8.md](../../docs/int8.md).",
         "",
     ]
     for row in rows:

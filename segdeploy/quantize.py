@@ -25,7 +25,9 @@ settings TensorRT's parser and fusions need, which are not ORT's defaults
   has (or a new pair with a max-calibrated scale).
 
 The optional ModelOpt backend (``nvidia-modelopt[onnx]``) places Q/DQ with
-NVIDIA's own rules; it is never a base dependency.
+NVIDIA's own rules; it is never a base dependency. ModelOpt patches ONNX
+Runtime's quantizer in the process it runs in (measured: ``quantize_static``
+then fails on the next model), so use one backend per process.
 """
 
 from __future__ import annotations
