@@ -28,6 +28,16 @@ _PIXEL_MEAN, _PIXEL_STD = 0.5, 0.25
 # Weight of auxiliary losses (PSPNet's paper uses 0.4 for its aux head).
 AUX_LOSS_WEIGHT = 0.4
 
+# The tiny-training recipe (measured in benchmarks/results/precision.md: every zoo model's small
+# test config learns with it on 48x48 shapes images). Adam; the learning rate warms up linearly for
+# TRAIN_WARMUP steps, then follows a cosine to zero at the step budget.
+TRAIN_STEPS = 600
+TRAIN_WARMUP = 20
+# Plain VGG stacks (no normalisation: FCN-8s, DeepLab v1) need a lower rate: FCN-8s stayed at the
+# all-background answer at 5e-3, while SegNet and PSPNet needed 5e-3 to leave it (docs/int8.md).
+LR_NORMALIZED = 5e-3
+LR_PLAIN = 1e-3
+
 # Class tints come from a fixed generator so every seed shares one palette.
 _PALETTE_SEED = 20240611
 
@@ -126,14 +136,20 @@ def train_tiny(
     images: np.ndarray | torch.Tensor,
     labels: np.ndarray | torch.Tensor,
     *,
-    steps: int = 200,
-    lr: float = 3e-3,
+    steps: int = TRAIN_STEPS,
+    lr: float | None = None,
     batch_size: int = 8,
     seconds: float | None = None,
     seed: int = 0,
+    warmup: int | None = None,
+    balance: bool = True,
 ) -> dict[str, Any]:
-    """Train ``model`` briefly on the CPU with Adam and cross-entropy.
+    """Train ``model`` briefly on the CPU: Adam, warm-up then cosine decay, class-balanced cross-entropy.
 
+    Background covers most pixels, so an unweighted loss is minimised early by
+    predicting background everywhere, and deep nets trained for seconds stay
+    there. Each class's loss is weighted by ``1 / sqrt(frequency)`` in
+    ``labels`` (``class_weights``), which makes leaving that solution pay.
     BatchNorm runs in train mode, so its statistics come from real batches.
     Models that return auxiliary outputs in train mode (a tuple, main output
     first, or a dict with ``"out"``: deep supervision, PSPNet's aux head) add
@@ -146,15 +162,20 @@ def train_tiny(
         model: a module mapping ``[N, C, H, W]`` to logits ``[N, K, H, W]``.
         images: float32 ``[n, C, H, W]``, e.g. from ``make_shapes``.
         labels: int64 ``[n, H, W]``.
-        steps: the most optimizer steps.
-        lr: Adam learning rate.
+        steps: the most optimizer steps; the learning-rate schedule spans them.
+        lr: peak Adam learning rate; default ``LR_NORMALIZED`` for models with normalisation
+            layers, else ``LR_PLAIN`` (``recipe_lr``).
         batch_size: images per step (at least 2 so BatchNorm sees a batch).
         seconds: optional wall-clock limit.
         seed: seeds the batch order.
+        warmup: steps of linear learning-rate warm-up; default ``TRAIN_WARMUP``, at most a tenth of ``steps``.
+        balance: weight classes by ``class_weights(labels)``; False for plain cross-entropy.
 
     Returns:
-        ``{"losses": [...], "steps": int, "seconds": float}``; the model is left in eval mode.
+        ``{"losses": [...], "steps": int, "seconds": float, "lr": float}``; the model is left in eval mode.
     """
+    import math
+
     import torch
     import torch.nn.functional as F
 
@@ -165,9 +186,22 @@ def train_tiny(
             f"train_tiny needs at least 2 images and one label map per image "
             f"(got {images_t.shape[0]} images, {labels_t.shape[0]} label maps)"
         )
+    if steps < 1:
+        raise UserInputError(f"train_tiny needs at least 1 step (got {steps})")
+    peak_lr = recipe_lr(model) if lr is None else lr
     batch_size = max(2, min(batch_size, images_t.shape[0]))
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=peak_lr)
+    weight = None
+    if balance:
+        weight = torch.as_tensor(class_weights(labels_t.numpy(), _num_outputs(model, images_t)), dtype=torch.float32)
+    warmup = min(TRAIN_WARMUP, steps // 10) if warmup is None else max(0, min(warmup, steps - 1))
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return peak_lr * (step + 1) / warmup
+        return peak_lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
     losses: list[float] = []
     # One thread: on a shared, oversubscribed CPU, torch's thread pool spin-waits
     # and a tiny step was measured 30x slower with 2 threads than with 1.
@@ -176,15 +210,17 @@ def train_tiny(
     start = time.perf_counter()
     model.train()
     try:
-        for _ in range(steps):
+        for step in range(steps):
             if seconds is not None and time.perf_counter() - start >= seconds:
                 break
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
             batch = torch.randint(0, images_t.shape[0], (batch_size,), generator=generator)
             main, *auxiliary = _training_outputs(model(images_t[batch]))
             target = labels_t[batch]
-            loss = F.cross_entropy(main, target)
+            loss = F.cross_entropy(main, target, weight=weight)
             for extra in auxiliary:
-                loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra, target)
+                loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra, target, weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -192,7 +228,45 @@ def train_tiny(
     finally:
         model.eval()
         torch.set_num_threads(threads)
-    return {"losses": losses, "steps": len(losses), "seconds": time.perf_counter() - start}
+    return {"losses": losses, "steps": len(losses), "seconds": time.perf_counter() - start, "lr": peak_lr}
+
+
+def recipe_lr(model: nn.Module) -> float:
+    """The recipe's peak learning rate: ``LR_NORMALIZED`` with normalisation layers, else ``LR_PLAIN``."""
+    from torch import nn
+
+    norms = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.modules.instancenorm._InstanceNorm)
+    return LR_NORMALIZED if any(isinstance(m, norms) for m in model.modules()) else LR_PLAIN
+
+
+def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Per-class loss weights ``1 / sqrt(frequency)``, scaled so the average pixel weighs 1.
+
+    Args:
+        labels: integer label maps.
+        num_classes: K; classes absent from ``labels`` get weight 0 (no pixel carries them).
+
+    Returns:
+        float32 ``[K]``.
+    """
+    counts = np.bincount(np.asarray(labels, np.int64).ravel(), minlength=num_classes)[:num_classes].astype(np.float64)
+    frequency = counts / max(counts.sum(), 1.0)
+    weights = np.where(frequency > 0, 1.0 / np.sqrt(np.maximum(frequency, 1e-12)), 0.0)
+    average = float((weights * frequency).sum())
+    return (weights / average if average > 0 else np.ones(num_classes)).astype(np.float32)
+
+
+def _num_outputs(model: nn.Module, images: torch.Tensor) -> int:
+    """Logit channels, from one eval-mode forward of two images (which leaves BatchNorm statistics alone)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return int(_training_outputs(model(images[:2]))[0].shape[1])
+    finally:
+        model.train(was_training)
 
 
 def _training_outputs(output: Any) -> list[torch.Tensor]:

@@ -178,3 +178,128 @@ def test_lint_cli_exit_codes_and_json(tmp_path):
     as_json = runner.invoke(app, ["lint", str(broken), "--json"])
     assert as_json.exit_code == 1 and json.loads(as_json.output)["ok"] is False
     assert "exit code" in runner.invoke(app, ["lint", "--help"]).output.lower()
+
+
+# --------------------------------------------------------------------------- Q/DQ rules
+def _qdq_model(
+    *,
+    zero_point=None,
+    act_scale=None,
+    act_axis=None,
+    weight_axis=0,
+    op="Conv",
+    float_weight=False,
+    float_weight_qdq=False,
+    int32_bias=False,
+    unpool_through_qdq=False,
+) -> onnx.ModelProto:
+    """input -> Q -> DQ -> Conv (weights through DQ, per channel) -> logits; each keyword breaks one rule.
+
+    With ``unpool_through_qdq`` an unpooling-style comparison (Slice and Max of the
+    quantized input, then Equal) is added next to the conv.
+    """
+    zero_point = np.int8(0) if zero_point is None else zero_point
+    act_scale = np.float32(0.05) if act_scale is None else act_scale
+    out_channels, in_channels = 4, 3
+    # Conv weights are [out, in, kh, kw]; ConvTranspose weights [in, out, kh, kw].
+    shape = (out_channels, in_channels, 3, 3) if op == "Conv" else (in_channels, out_channels, 3, 3)
+    weights = np.random.default_rng(0).integers(-127, 128, shape).astype(np.int8)
+    scales_len = shape[weight_axis]
+    inits = [
+        numpy_helper.from_array(np.asarray(act_scale, np.float32), "x_scale"),
+        numpy_helper.from_array(np.zeros(np.shape(act_scale), np.asarray(zero_point).dtype) + zero_point, "x_zero"),
+        numpy_helper.from_array(np.full(scales_len, 0.01, np.float32), "w_scale"),
+        numpy_helper.from_array(np.zeros(scales_len, np.int8), "w_zero"),
+    ]
+    act_attrs = {} if act_axis is None else {"axis": act_axis}
+    nodes = [
+        helper.make_node("QuantizeLinear", ["input", "x_scale", "x_zero"], ["xq"], name="q_input", **act_attrs),
+        helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xdq"], name="dq_input", **act_attrs),
+    ]
+    conv_inputs = ["xdq", "w_float" if float_weight else "wdq"]
+    if float_weight:
+        inits.append(numpy_helper.from_array(weights.astype(np.float32) * 0.01, "w_float"))
+    elif float_weight_qdq:  # float weights through Q -> DQ, as ModelOpt writes them
+        inits.append(numpy_helper.from_array(weights.astype(np.float32) * 0.01, "w_float"))
+        nodes += [
+            helper.make_node("QuantizeLinear", ["w_float", "w_scale", "w_zero"], ["w_int8"], name="q_weight",
+                             axis=weight_axis),
+            helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zero"], ["wdq"], name="dq_weight",
+                             axis=weight_axis),
+        ]
+    else:
+        inits.append(numpy_helper.from_array(weights, "w_int8"))
+        nodes.append(helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zero"], ["wdq"], name="dq_weight",
+                                      axis=weight_axis))
+    if int32_bias:
+        inits += [
+            numpy_helper.from_array(np.arange(out_channels, dtype=np.int32), "b_int32"),
+            numpy_helper.from_array(np.full(out_channels, 5e-4, np.float32), "b_scale"),
+            numpy_helper.from_array(np.zeros(out_channels, np.int32), "b_zero"),
+        ]
+        nodes.append(helper.make_node("DequantizeLinear", ["b_int32", "b_scale", "b_zero"], ["bdq"], name="dq_bias",
+                                      axis=0))
+        conv_inputs.append("bdq")
+    outputs = None
+    if unpool_through_qdq:
+        inits += [numpy_helper.from_array(np.array(v, np.int64), n)
+                  for n, v in (("s0", [0]), ("s1", [1]), ("e", [1 << 30]), ("ax", [3]), ("st", [2]))]
+        nodes += [
+            helper.make_node("Slice", ["xdq", "s0", "e", "ax", "st"], ["slot0"], name="slot0"),
+            helper.make_node("Slice", ["xdq", "s1", "e", "ax", "st"], ["slot1"], name="slot1"),
+            helper.make_node("Max", ["slot0", "slot1"], ["window_max"], name="window_max"),
+            helper.make_node("Equal", ["slot0", "window_max"], ["first"], name="first_is_max"),
+        ]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None),
+                   helper.make_tensor_value_info("first", TensorProto.BOOL, None)]
+    nodes.append(helper.make_node(op, conv_inputs, ["logits"], pads=[1, 1, 1, 1], name="conv"))
+    return _model(nodes, initializers=inits, outputs=outputs)
+
+
+def _rules(report, severity="error") -> set[str]:
+    return {i.rule for i in report.issues if i.severity == severity}
+
+
+@pytest.mark.parametrize("op", ["Conv", "ConvTranspose"])
+@pytest.mark.parametrize("weights", ["int8", "float-through-qdq"])
+def test_well_formed_qdq_model_lints_clean(op, weights):
+    model = _qdq_model(op=op, weight_axis=0 if op == "Conv" else 1, float_weight_qdq=weights != "int8")
+    report = lint_onnx(model)
+    assert report.ok and not report.issues, report.issues
+
+
+def test_float_weights_through_qdq_on_the_wrong_axis_are_flagged():
+    assert "qdq-weight-axis" in _rules(lint_onnx(_qdq_model(float_weight_qdq=True, weight_axis=1)))
+
+
+@pytest.mark.parametrize(
+    "kwargs, rule",
+    [
+        ({"zero_point": np.int8(3)}, "qdq-zero-point"),
+        ({"zero_point": np.uint8(0)}, "qdq-int8"),
+        ({"zero_point": np.uint8(0)}, "qdq-dequantize-input"),
+        ({"int32_bias": True}, "qdq-dequantize-input"),
+        ({"act_scale": np.full(3, 0.05, np.float32), "act_axis": 1}, "qdq-activation-scale"),
+        ({"act_scale": np.float32(0.0)}, "qdq-activation-scale"),
+        ({"weight_axis": 1}, "qdq-weight-axis"),
+        ({"op": "ConvTranspose", "weight_axis": 0}, "qdq-weight-axis"),
+        ({"unpool_through_qdq": True}, "qdq-unpool"),
+    ],
+    ids=["nonzero-zero-point", "uint8-quantize", "uint8-dequantize", "int32-bias", "per-channel-activation",
+         "zero-scale", "conv-weight-axis-1", "convtranspose-weight-axis-0", "comparison-after-qdq"],
+)
+def test_each_qdq_rule_flags_its_bad_file(kwargs, rule):
+    report = lint_onnx(_qdq_model(**kwargs))
+    assert not report.ok
+    assert rule in _rules(report), report.issues
+    assert all(i.rule.startswith("qdq-") for i in report.errors), report.errors  # nothing else is wrong
+
+
+def test_conv_left_in_float_in_a_quantized_model_is_a_warning():
+    report = lint_onnx(_qdq_model(float_weight=True))
+    assert report.ok and _rules(report, "warning") == {"qdq-float-conv"}
+    assert "weights" in report.warnings[0].message and report.warnings[0].node == "conv"
+
+
+def test_float_model_gets_no_qdq_rules():
+    assert not [i for i in lint_onnx(_clean_model()).issues if i.rule.startswith("qdq-")]

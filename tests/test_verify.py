@@ -178,7 +178,8 @@ def test_thresholds_per_precision_and_unpooling():
     assert unpool.criterion == "agreement+p99" and unpool.p99_rel_error == 1e-2
     assert thresholds_for("fp16").max_rel_error == 1e-2
     with pytest.raises(UserInputError, match="precision"):
-        thresholds_for("bf16")
+        thresholds_for("int4")
+    assert thresholds_for("int8").criterion == "agreement+p99"
 
 
 def test_verification_shapes_include_the_trace_an_odd_size_and_batch_2():
