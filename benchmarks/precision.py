@@ -7,7 +7,7 @@ conversion ``--precision fp16`` runs), quantize it to INT8 with
 ``segdeploy.quantize`` (ONNX Runtime backend; ModelOpt too when importable),
 and run every file in ONNX Runtime on held-out images at the trace size and at
 an odd size. Per architecture and file: mIoU against the labels, argmax
-agreement with FP32 and the relative errors of ``segdeploy.verify.compare``;
+agreement with FP32 and the relative errors of ``segdeploy.criteria.compare``;
 for models with index unpooling (SegNet) the share of 2x2 unpooling windows
 whose chosen slot differs from FP32's (read from the rewrite's masks).
 
@@ -63,7 +63,8 @@ def measure(name: str, *, steps: int, seconds: float | None, seed: int, quantize
     from segdeploy.models import create_model, model_info
     from segdeploy.precision import convert_to_fp16
     from segdeploy.quantize import quantize_int8
-    from segdeploy.verify import compare, verification_shapes
+    from segdeploy.criteria import compare
+    from segdeploy.verify import verification_shapes
 
     info = model_info(name)
     torch.manual_seed(seed)
@@ -226,7 +227,7 @@ def _windows_changed(reference: list[np.ndarray], candidate: list[np.ndarray]) -
 def background_miou(set_name: str, seed: int) -> float:
     """mIoU of predicting background everywhere on a held-out set: what an untrained model scores."""
     from segdeploy.data import make_shapes
-    from segdeploy.verify import mean_iou
+    from segdeploy.criteria import mean_iou
 
     size, count, offset = EVAL_SETS[set_name]
     _, labels = make_shapes(count, size=size, num_classes=NUM_CLASSES, seed=seed + offset)
@@ -275,7 +276,7 @@ def _learned(row: dict[str, Any], baseline: dict[str, float]) -> bool:
 def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each file judged as ``segdeploy verify`` judges it: worst over the verify-input shapes, against
     ``thresholds_for(precision, index_unpooling)``; the worst over the image sets beside it."""
-    from segdeploy.verify import thresholds_for
+    from segdeploy.criteria import thresholds_for
 
     table = []
     for row in rows:
@@ -392,7 +393,7 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], summary: dict[str
         "",
         (
             "Each file judged as `segdeploy verify` judges it (worst over its noise inputs at the three verification "
-            "shapes) against `segdeploy.verify.thresholds_for`; the worst over the image sets beside it. Every good "
+            "shapes) against `segdeploy.criteria.thresholds_for`; the worst over the image sets beside it. Every good "
             "file should pass and every known-bad one fail."
         ),
         "",

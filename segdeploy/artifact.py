@@ -7,7 +7,6 @@ description of it without importing each other. ``onnx`` is imported only when a
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -473,41 +472,3 @@ def _floats(text: str | None) -> tuple[float, ...] | None:
 def _unpool_entry(text: str) -> tuple[str, int]:
     name, _, window = text.rpartition(":")
     return name, int(window)
-
-
-# --------------------------------------------------------------------------- engines
-SIDECAR_SUFFIX = ".json"
-"""An engine ``model.engine`` is described by ``model.engine.json`` (``segdeploy build`` writes both)."""
-
-
-def sidecar_path(engine_path: str | Path) -> Path:
-    """``model.engine`` -> ``model.engine.json``."""
-    engine_path = Path(engine_path)
-    return engine_path.with_name(engine_path.name + SIDECAR_SUFFIX)
-
-
-def read_sidecar(engine_path: str | Path) -> dict[str, Any] | None:
-    """Read ``ENGINE.json`` if present.
-
-    Raises:
-        UserInputError: the sidecar exists but is not a JSON object.
-    """
-    path = sidecar_path(engine_path)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserInputError(f"cannot read {path}: {exc}; delete it or rebuild the engine") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path} is not a segdeploy engine sidecar; delete it or rebuild the engine")
-    return data
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

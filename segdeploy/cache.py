@@ -97,7 +97,7 @@ def engine_cache_path(onnx_path: Path, *, profile: Sequence[Sequence[int]], prec
                       trt_version: str, gpu_name: str, compute_capability: str,
                       cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Where an engine is kept: its key covers the ONNX bytes, the profile, precision, TensorRT version and GPU."""
-    from segdeploy.runtime.trt_build import sha256_file
+    from segdeploy.fileio import sha256_file
 
     precision = parse_precision(precision)
     key = _digest({"onnx": sha256_file(onnx_path), "profile": [list(p) for p in profile], "precision": precision.value,

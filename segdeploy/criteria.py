@@ -115,6 +115,8 @@ def thresholds_for(precision: Precision | str = Precision.FP32, index_unpooling:
     raise UserInputError(f"no verification criteria for precision {precision.value}")
 
 
+_METRICS_ONLY = Thresholds("metrics", note="measured, not judged")
+
 FALLBACK_FP32 = Thresholds("relative", max_rel_error=1e-4, min_agreement=0.9999,
                            note="the model cannot run in float64: fixed FP32 rule, relative error <= 1e-4")
 
@@ -194,8 +196,8 @@ def mean_iou(candidate_labels: np.ndarray, reference_labels: np.ndarray, num_cla
 def compare(
     candidate: np.ndarray,
     r32: np.ndarray,
-    r64: np.ndarray | None,
-    thresholds: Thresholds,
+    r64: np.ndarray | None = None,
+    thresholds: Thresholds | None = None,
     *,
     kind: OutputKind = OutputKind.LOGITS,
     scores: tuple[np.ndarray, np.ndarray] | None = None,
@@ -207,7 +209,7 @@ def compare(
         candidate: the candidate's output (logits, probs, or a class map ``[N, H, W]``).
         r32, r64: the reference in float32 and float64, in the same kind as ``candidate``
             (for a class map: the reference logits, whose labels are compared).
-        thresholds: the criteria; ``noise-floor`` needs ``r64``.
+        thresholds: the criteria (``noise-floor`` needs ``r64``); None measures without judging.
         kind: what the output is.
         scores: for a class map, the float32/float64 logits whose margins decide near-ties.
         shape: the input shape, recorded in the result.
@@ -222,6 +224,7 @@ def compare(
             f"output shape {format_shape(candidate.shape)} differs from the reference's {format_shape(expected_shape)}"
             + (f" at input {format_shape(tuple(shape))}" if shape else "")
         )
+    thresholds = thresholds or _METRICS_ONLY
     result = ShapeComparison(tuple(int(d) for d in shape), tuple(int(d) for d in candidate.shape), thresholds.criterion)
     ref = np.asarray(reference, dtype=np.float64)
     if kind is not OutputKind.CLASSMAP:

@@ -34,7 +34,6 @@ from segdeploy.models.loading import main_output
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
 
 def normalize(pixels: np.ndarray, preprocessing: Preprocessing, dtype: Any = np.float32) -> np.ndarray:
@@ -74,8 +73,8 @@ class Reference:
         unpool_windows: the window of each index unpooling, in the order the model runs them.
     """
 
-    def __init__(self, module: nn.Module, preprocessing: Preprocessing, unpool_windows: Sequence[int] = ()) -> None:
-        self.module = module.eval()
+    def __init__(self, module: Any, preprocessing: Preprocessing, unpool_windows: Sequence[int] = ()) -> None:
+        self.module = module.eval() if hasattr(module, "eval") else module
         self.preprocessing = preprocessing
         self.unpool_windows = tuple(unpool_windows)
         self._module64: Any = None
@@ -94,6 +93,10 @@ class Reference:
         """
         import torch
 
+        from segdeploy.runtime.base import Runner
+
+        if isinstance(self.module, Runner):  # another file as the reference (an FP32 ONNX for an INT8 one)
+            return ReferenceRun(self.module.infer(raw), None, float64_error="the reference is a file, not PyTorch")
         if self.preprocessing.fused:
             x32 = normalize(raw, self.preprocessing, np.float32)
             x64 = normalize(raw, self.preprocessing, np.float64)

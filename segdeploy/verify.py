@@ -277,7 +277,8 @@ def _engine_metadata(engine: Any) -> Metadata:
     from pathlib import Path
 
     from segdeploy.artifact import read_metadata
-    from segdeploy.runtime.trt_build import read_sidecar, sha256_file
+    from segdeploy.fileio import sha256_file
+    from segdeploy.runtime.sidecar import read_sidecar
 
     sidecar = read_sidecar(engine) or {}
     onnx_info = sidecar.get("onnx") or {}

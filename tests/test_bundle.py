@@ -27,7 +27,9 @@ from segdeploy.bundle.manifest import dumps, file_hashes, palette
 from segdeploy.cli import app
 from segdeploy.errors import MissingDependencyError, UserInputError, VerificationError
 from segdeploy.export.onnx import export_onnx
-from segdeploy.runtime.trt_build import derive_profile, make_sidecar, plan_build, sha256_file, sidecar_path
+from segdeploy.fileio import sha256_file
+from segdeploy.runtime.sidecar import sidecar_path
+from segdeploy.runtime.trt_build import derive_profile, make_sidecar, plan_build
 
 runner = CliRunner()
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

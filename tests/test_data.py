@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from segdeploy.criteria import mean_iou
 from segdeploy.data import LR_NORMALIZED, LR_PLAIN, class_weights, evaluate, make_shapes, recipe_lr, train_tiny
 from segdeploy.errors import UserInputError
 from segdeploy.models import create_model, model_info
-from segdeploy.verify import mean_iou
 
 NUM_CLASSES = 4
 

@@ -10,12 +10,12 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 from helpers import DIVISIBLE_BY_32, SEED_SEGNET, STRICT_UNET, calibrate_batchnorm
+from torch import nn
 from typer.testing import CliRunner
 
-from segdeploy.errors import ExportError, UserInputError
 from segdeploy.artifact import read_metadata
+from segdeploy.errors import ExportError, UserInputError
 from segdeploy.export.onnx import export_onnx
 from segdeploy.models import create_model, list_models, model_info
 
@@ -442,8 +442,8 @@ def test_cli_tables_are_not_cut_when_the_output_is_not_a_terminal(tmp_path):
 # --------------------------------------------------------------------------- fused pre/post-processing
 @pytest.mark.parametrize("input_format", ["uint8-nhwc", "uint8-nchw"])
 def test_uint8_classmap_file_gives_pytorchs_argmax_of_the_normalized_input(tmp_path, input_format):
-    from segdeploy.reference import normalize
     from segdeploy.criteria import top2_margin
+    from segdeploy.reference import normalize
 
     model = _calibrated("unet")
     path = tmp_path / "fused.onnx"

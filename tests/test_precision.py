@@ -20,12 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import segdeploy
+from segdeploy.criteria import compare, mean_iou, thresholds_for
 from segdeploy.data import SHAPE_KINDS, evaluate, make_shapes, train_tiny
 from segdeploy.errors import UserInputError
 from segdeploy.export.lint import lint_onnx
 from segdeploy.export.rewrites import adaptive_avg_pool2d_exact, unpool_first_max
 from segdeploy.precision import convert_to_fp16, fp16_weight_fraction
-from segdeploy.criteria import compare, mean_iou, thresholds_for
 
 NUM_CLASSES = 4
 TRACE_SHAPE = (2, 3, 32, 32)

@@ -18,12 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import segdeploy
+from segdeploy.artifact import Metadata, Precision
+from segdeploy.criteria import compare, thresholds_for
 from segdeploy.data import evaluate, make_shapes, train_tiny
 from segdeploy.errors import MissingDependencyError, UserInputError
 from segdeploy.export.lint import check_qdq, lint_onnx
 from segdeploy.export.rewrites import adaptive_avg_pool2d_exact, unpool_first_max
 from segdeploy.quantize import load_calibration, modelopt_available, quantize_int8
-from segdeploy.verify import compare, thresholds_for, verification_shapes, verify
+from segdeploy.verify import verification_shapes, verify
 
 NUM_CLASSES = 4
 TRACE_SHAPE = (2, 3, 32, 32)
@@ -143,7 +146,7 @@ def test_int8_agreement_and_miou_are_within_thresholds(quantized, data, name):
     *_, (images, labels) = data
     x, y = images[: ODD_BATCH2[0]], labels[: ODD_BATCH2[0]]
     reference, candidate = _run(fp32, x), _run(int8, x)
-    comparison = compare(candidate, reference, thresholds_for("int8", index_unpooling=name == "segnet"))
+    comparison = compare(candidate, reference, None, thresholds_for("int8", index_unpooling=name == "segnet"))
     assert comparison.passed, comparison.failed
     assert evaluate(candidate, y, NUM_CLASSES) >= evaluate(reference, y, NUM_CLASSES) - MAX_MIOU_DROP
 
@@ -269,9 +272,9 @@ def test_verify_passes_int8_and_rejects_a_badly_calibrated_file(quantized, data,
     for key, proto in files.items():
         onnx.save(proto, tmp_path / f"{key}.onnx")
     shapes = verification_shapes(TRACE_SHAPE)
+    metadata = Metadata(precision=Precision.INT8, rewrites=("max_unpool",) if name == "segnet" else ())
     reports = {
-        key: verify(tmp_path / f"{key}.onnx", OrtRunner(tmp_path / "fp32.onnx"), shapes=shapes, precision="int8",
-                    index_unpooling=name == "segnet")
+        key: verify(tmp_path / f"{key}.onnx", OrtRunner(tmp_path / "fp32.onnx"), shapes=shapes, metadata=metadata)
         for key in ("int8", "bad")
     }
     assert reports["int8"].passed, reports["int8"].worst()
@@ -291,7 +294,7 @@ def test_int8_fp16_has_float32_io_and_fp16_qdq_at_opset_19(data, tmp_path):
     assert {t.data_type for t in mixed.graph.initializer if t.name in scales} == {onnx.TensorProto.FLOAT16}
     assert lint_onnx(mixed).ok and not check_qdq(mixed)
     x = held_out[: ODD_BATCH2[0]]
-    comparison = compare(_run(mixed, x), _run(fp32, x), thresholds_for("int8"))
+    comparison = compare(_run(mixed, x), _run(fp32, x), None, thresholds_for("int8"))
     assert comparison.passed, comparison.failed
 
 
@@ -463,3 +466,78 @@ def test_int8_thresholds_judge_agreement_and_p99_and_cover_int8_fp16():
     assert 0.19 < plain.p99_rel_error < 0.33 and plain.min_agreement <= 0.886
     assert unpool.min_agreement <= plain.min_agreement and unpool.p99_rel_error >= plain.p99_rel_error
     assert thresholds_for("int8-fp16") == plain
+
+
+# --------------------------------------------------------------------------- segdeploy export --precision int8
+@pytest.fixture(scope="module")
+def trained_unet(tmp_path_factory, data):
+    """A zoo U-Net (test width) trained for a few seconds, its checkpoint and an .npy of calibration batches."""
+    (images, labels), calibration, _ = data
+    root = tmp_path_factory.mktemp("unet-int8")
+    torch.manual_seed(0)
+    model = segdeploy.create_model("unet", num_classes=4, **segdeploy.model_info("unet").test_config)
+    train_tiny(model, images, labels, steps=60, seconds=20, seed=0)
+    torch.save(model.state_dict(), root / "unet.pt")
+    np.save(root / "calib.npy", calibration.astype(np.float32))
+    return root
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from segdeploy.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_cli_exports_an_int8_file_that_verifies_and_lints_clean(trained_unet):
+    out = trained_unet / "unet.int8.onnx"
+    result = _cli("export", "unet", "--config", "width_mult=0.125", "--num-classes", "4", "--input-shape",
+                  f"1x3x{TRACE_SHAPE[2]}x{TRACE_SHAPE[3]}", "--weights", str(trained_unet / "unet.pt"),
+                  "--precision", "int8", "--calib", str(trained_unet / "calib.npy"), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "int8 (ort)" in result.output and "[agreement+p99, int8]" in result.output
+    proto = onnx.load(str(out))
+    assert {"QuantizeLinear", "DequantizeLinear"} <= {n.op_type for n in proto.graph.node}
+    assert lint_onnx(proto).ok and not check_qdq(proto)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["precision"] == "int8" and meta["dynamic_axes"] == "batch,height,width"
+    session = ort.InferenceSession(str(out))
+    got = session.run(None, {"input": np.random.default_rng(0).standard_normal(ODD_BATCH2, dtype=np.float32)})[0]
+    assert got.shape == (ODD_BATCH2[0], 4, *ODD_BATCH2[2:])
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "words"),
+    [
+        ([], 2, "needs calibration data"),
+        (["--calib", "{empty}"], 2, "no images"),
+        (["--calib", "{gray}"], 2, "channel"),
+        (["--calib", "{npy}", "--quantizer", "bogus"], 2, "unknown quantizer"),
+    ],
+)
+def test_cli_int8_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, code, words):
+    from PIL import Image
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "gray").mkdir()
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "gray" / "a.png")
+    np.save(tmp_path / "calib.npy", np.zeros((2, 3, 32, 32), np.float32))
+    places = {"{empty}": str(tmp_path / "empty"), "{gray}": str(tmp_path / "gray"), "{npy}": str(tmp_path / "calib.npy")}
+    args = [places.get(a, a) for a in extra]
+    out = tmp_path / "x.onnx"
+    result = _cli("export", "unet", "--config", "width_mult=0.125", "--input-shape", "1x3x32x32",
+                  "--precision", "int8", *args, "-o", str(out))
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], result.output
+    assert not out.exists() and not list(tmp_path.glob(".x.onnx*"))
+
+
+@pytest.mark.skipif(modelopt_available(), reason="ModelOpt is installed here")
+def test_cli_modelopt_requested_but_absent_exits_5(tmp_path):
+    np.save(tmp_path / "calib.npy", np.zeros((2, 3, 32, 32), np.float32))
+    result = _cli("export", "unet", "--config", "width_mult=0.125", "--input-shape", "1x3x32x32", "--precision",
+                  "int8", "--calib", str(tmp_path / "calib.npy"), "--quantizer", "modelopt", "-o", str(tmp_path / "x.onnx"))
+    assert result.exit_code == 5 and "segdeploy[modelopt]" in result.output
+    assert not (tmp_path / "x.onnx").exists()

@@ -236,7 +236,7 @@ def test_runner_activates_against_the_real_bindings(trt_api, install, tmp_path, 
 
     import torch
 
-    from segdeploy.runtime.trt_build import sidecar_path
+    from segdeploy.runtime.sidecar import sidecar_path
     from segdeploy.runtime.trt_runner import TrtRunner
 
     engine = tmp_path / "m.engine"

@@ -13,7 +13,7 @@ import pytest
 
 from segdeploy.environment import GpuInfo
 from segdeploy.errors import MissingDependencyError, UserInputError
-from segdeploy.runtime.trt_build import sidecar_path
+from segdeploy.runtime.sidecar import sidecar_path
 from segdeploy.runtime.trt_runner import TrtRunner, check_engine_compatible, check_in_profile
 
 GPU = GpuInfo(name="Fake GPU", compute_capability="8.6", memory_gb=24.0)

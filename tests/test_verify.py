@@ -11,11 +11,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from segdeploy.artifact import OutputKind
 from segdeploy.cli import app
+from segdeploy.criteria import NOISE_MULTIPLE, compare, mean_iou, thresholds_for
 from segdeploy.errors import UserInputError, VerificationError
 from segdeploy.models.loading import load_model
-from segdeploy.artifact import OutputKind
-from segdeploy.criteria import NOISE_MULTIPLE, compare, mean_iou, thresholds_for
 from segdeploy.verify import verification_shapes, verify
 
 TINY_NET = '''
@@ -59,7 +59,7 @@ def workdir(tmp_path_factory):
         )
     proto = onnx.load(str(path))
     onnx.helper.set_model_props(proto, {"trace_shape": "1x3x32x32", "num_classes": "4", "precision": "fp32",
-                                        "size_multiple": "2", "min_size": "2"})
+                                        "size_multiple": "1", "min_size": "2"})
     onnx.save(proto, str(path))
 
     perturbed = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
@@ -232,8 +232,8 @@ def test_verify_cli_reads_shapes_from_metadata_and_writes_the_json_report(workdi
     assert result.exit_code == 0, result.output
     assert "[noise-floor, fp32]" in result.output and "passed" in result.output
     data = json.loads(report_path.read_text())
-    # the shapes come from the metadata: trace shape, then valid (even) sizes at half scale and batch 2
-    assert [r["shape"] for r in data["results"]] == ["1x3x32x32", "1x3x16x18", "2x3x12x20"]
+    # the shapes come from the metadata: trace shape, an odd size at half scale, batch 2
+    assert [r["shape"] for r in data["results"]] == ["1x3x32x32", "1x3x17x19", "2x3x12x20"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temp files left
 
 

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 from segdeploy.bench.measure import benchmark, check_loop_options
-from segdeploy.bench.run import BenchTarget, check_request, default_engines, resolve_targets, run_benchmarks, torch_threads
+from segdeploy.bench.run import (
+    BenchTarget,
+    check_request,
+    default_engines,
+    resolve_targets,
+    run_benchmarks,
+    torch_threads,
+)
 from segdeploy.bench.stats import BenchRecord, BenchSuite, LatencyStats, latency_stats
 
 __all__ = [

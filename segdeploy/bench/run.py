@@ -11,7 +11,15 @@ from typing import Any
 
 import numpy as np
 
-from segdeploy.artifact import DEFAULT_OPSET, ONNX_SUFFIX, Engine, Precision, is_engine_path, parse_choice, parse_precision
+from segdeploy.artifact import (
+    DEFAULT_OPSET,
+    ONNX_SUFFIX,
+    Engine,
+    Precision,
+    is_engine_path,
+    parse_choice,
+    parse_precision,
+)
 from segdeploy.bench.measure import benchmark, check_loop_options
 from segdeploy.bench.stats import BenchRecord, BenchSuite
 from segdeploy.errors import UserInputError

@@ -153,7 +153,7 @@ def _read_manifest(root: Path) -> tuple[dict[str, Any] | None, CheckResult]:
 
 # --------------------------------------------------------------------------- files
 def _check_files(root: Path, manifest: dict[str, Any], listed: dict[str, str]) -> CheckResult:
-    from segdeploy.runtime.trt_build import sha256_file
+    from segdeploy.fileio import sha256_file
 
     result = CheckResult("files", "ok", f"{len(listed)} files, sha256")
     for path, digest in listed.items():

@@ -175,7 +175,7 @@ def dumps(manifest: dict[str, Any]) -> str:
 
 def file_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` except the manifest, keyed by relative path with '/', sorted."""
-    from segdeploy.runtime.trt_build import sha256_file
+    from segdeploy.fileio import sha256_file
 
     return {p.relative_to(root).as_posix(): sha256_file(p)
             for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() != MANIFEST}

@@ -190,7 +190,8 @@ def check_graph(path: Path, metadata: Metadata, inputs: list[TensorInfo], output
 
 
 def _read_engine(engine: Path, onnx_path: Path, metadata: Metadata) -> dict[str, Any]:
-    from segdeploy.runtime.trt_build import read_sidecar, sha256_file, sidecar_path
+    from segdeploy.fileio import sha256_file
+    from segdeploy.runtime.sidecar import read_sidecar, sidecar_path
 
     if not engine.is_file():
         raise UserInputError(f"engine {engine} does not exist")

@@ -9,12 +9,13 @@ Commands live by stage: ``convert`` (models, export, verify, lint), ``deploy``
 
 from __future__ import annotations
 
-from segdeploy.cli.common import app
-
 # Importing a command module registers its commands; this order is the order of `segdeploy --help`.
-from segdeploy.cli import convert  # noqa: E402, F401, I001
-from segdeploy.cli import deploy  # noqa: E402, F401
-from segdeploy.cli import bench  # noqa: E402, F401
+from segdeploy.cli import (
+    bench,  # noqa: E402, F401
+    convert,  # noqa: E402, F401, I001
+    deploy,  # noqa: E402, F401
+)
+from segdeploy.cli.common import app
 
 __all__ = ["app", "main"]
 

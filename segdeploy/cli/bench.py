@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -11,8 +12,6 @@ from segdeploy.artifact import Engine, Precision
 from segdeploy.cli.common import ConfigOption, app, guarded, make_console, parse_config
 from segdeploy.errors import UserInputError
 
-
-from collections.abc import Callable
 
 # --------------------------------------------------------------------------- bench
 def _parse_batches(text: str | None) -> list[int] | None:

@@ -80,7 +80,9 @@ def export_cmd(
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Compare with PyTorch at 3 valid shapes.")
     ] = True,
-    precision: Annotated[Precision, typer.Option(case_sensitive=False, help="fp32, or fp16 (float32 input/output).")] = Precision.FP32,
+    precision: Annotated[
+        Precision, typer.Option(case_sensitive=False, help="fp32; fp16 (float32 I/O); int8 or int8-fp16 (Q/DQ, needs --calib).")
+    ] = Precision.FP32,
     input_format: Annotated[
         InputFormat, typer.Option("--input-format", case_sensitive=False, help="float32-nchw, or raw uint8 frames normalized in the graph.")
     ] = InputFormat.FLOAT32_NCHW,
@@ -90,6 +92,11 @@ def export_cmd(
     output_kind: Annotated[
         OutputKind, typer.Option("--output", case_sensitive=False, help="logits, probs (softmax) or classmap (int32 argmax).")
     ] = OutputKind.LOGITS,
+    calib: Annotated[
+        Optional[Path], typer.Option("--calib", help="INT8: a directory of images or an .npy of NCHW float32 batches.")
+    ] = None,
+    calib_size: Annotated[int, typer.Option("--calib-size", help="INT8: the most calibration images used.")] = 64,
+    quantizer: Annotated[str, typer.Option(help="INT8: ort (ONNX Runtime) or modelopt (optional extra).")] = "ort",
     report: Annotated[Optional[Path], typer.Option("--report", help="Write the export result as JSON here.")] = None,
 ) -> None:
     """Export MODEL to ONNX that TensorRT's parser accepts, then verify it against PyTorch.
@@ -125,7 +132,7 @@ def export_cmd(
                 model, output, input_shape=shape, opset=opset, dynamic=dynamic, precision=precision,
                 simplify=simplify, verify=verify, num_classes=num_classes, weights=weights, config=parse_config(config),
                 input_format=input_format, color=color, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
-                output=output_kind, progress=step,
+                output=output_kind, calibration=calib, calib_size=calib_size, quantizer=quantizer, progress=step,
             )  # fmt: skip
         except VerificationError as exc:
             bar.stop()

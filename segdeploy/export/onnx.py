@@ -113,6 +113,9 @@ def export_onnx(
     mean: Sequence[float] | None = None,
     std: Sequence[float] | None = None,
     output: OutputKind | str = OutputKind.LOGITS,
+    calibration: str | os.PathLike[str] | Any = None,
+    calib_size: int = 64,
+    quantizer: str = "ort",
     progress: Callable[[str], None] | None = None,
 ) -> ExportResult:
     """Export a segmentation model to an ONNX file TensorRT's parser accepts, and prove parity.
@@ -123,7 +126,8 @@ def export_onnx(
         input_shape: NCHW shape to trace and verify at; its C is the model's input channels.
         opset: default-domain opset to write, 13 to 20.
         dynamic: dynamic batch/height/width axes; ``False`` fixes ``input_shape``.
-        precision: ``fp32`` or ``fp16`` (FP16 weights and math, float32 input/output).
+        precision: ``fp32``, ``fp16`` (FP16 weights and math, float32 input/output), ``int8`` (Q/DQ for
+            TensorRT, FP32 elsewhere) or ``int8-fp16`` (Q/DQ, FP16 elsewhere; opset >= 19).
         simplify: run onnxsim (a failure is recorded as a warning, not raised).
         verify: compare the file with PyTorch at several valid shapes before writing.
         num_classes, weights, config: how to build a named model (``num_classes`` default 21;
@@ -134,6 +138,10 @@ def export_onnx(
         color: channel order of the input (``bgr``: flipped to RGB inside the graph for uint8 input).
         mean, std: per-channel, 0..1 units, RGB order; default ImageNet's for 3 channels.
         output: ``logits``, ``probs`` (softmax) or ``classmap`` (int32 argmax).
+        calibration: INT8 only: a directory of images (read, resized to the trace size and normalized with
+            ``mean``/``std``) or an ``.npy`` of preprocessed NCHW float32 batches, or such an array.
+        calib_size: INT8: the most calibration images used.
+        quantizer: INT8: ``ort`` (ONNX Runtime, default) or ``modelopt`` (NVIDIA ModelOpt, an optional extra).
         progress: called with each stage name in ``STAGES`` as it starts.
 
     Returns:
@@ -155,14 +163,22 @@ def export_onnx(
     timings: dict[str, float] = {}
     check_opset(opset)
     precision = parse_precision(precision)
-    if precision not in (Precision.FP32, Precision.FP16):
-        raise UserInputError(f"precision {precision.value} needs calibration data: use segdeploy.quantize")
+    quantized = precision in (Precision.INT8, Precision.INT8_FP16)
+    if quantized and calibration is None:
+        raise UserInputError(f"--precision {precision.value} needs calibration data: pass --calib DIR_OF_IMAGES or "
+                             "--calib BATCHES.npy (preprocessed NCHW float32)")
+    if calibration is not None and not quantized:
+        raise UserInputError(f"calibration data is for --precision int8 or int8-fp16, not {precision.value}")
     shape = check_shape(tuple(input_shape))  # type: ignore[arg-type]
     if in_channels is not None and in_channels != shape[1]:
         raise UserInputError(f"in_channels {in_channels} disagrees with input shape {format_shape(shape)}")
     preprocessing = _preprocessing(input_format, color, mean, std, shape[1])
     output = parse_choice(OutputKind, output, "output")
+    if quantized and preprocessing.fused:
+        raise UserInputError("INT8 export takes float32-nchw input: quantize the float file, and normalize frames "
+                             "before it (or export fp16 with --input-format uint8-...)")
     check_output_path(path)  # before minutes of export work, not after
+    calib = _calibration(calibration, shape, preprocessing, calib_size, quantizer) if quantized else None
     clock = _StageClock(progress, timings)
 
     clock("capture")
@@ -228,6 +244,12 @@ def export_onnx(
         from segdeploy.precision import convert_to_fp16
 
         proto, fp32_nodes = convert_to_fp16(proto)
+    elif quantized:
+        from segdeploy.quantize import quantize_int8
+
+        proto, quantization = quantize_int8(proto, calib, quantizer=quantizer, fp16=precision is Precision.INT8_FP16)
+        notes.append(quantization.summary())
+        fp32_nodes = list(quantization.float_nodes)
     translate.set_metadata(proto, metadata)
 
     clock("check")
@@ -298,6 +320,24 @@ def _preprocessing(input_format: Any, color: Any, mean: Sequence[float] | None, 
     if order is ColorOrder.BGR and channels != 3:
         raise UserInputError(f"--color bgr needs a 3-channel model, this one takes {channels}")
     return Preprocessing(fmt, order, mean, std)
+
+
+def _calibration(source: Any, shape: Shape, preprocessing: Preprocessing, calib_size: int, quantizer: str) -> Any:
+    """Calibration inputs, read before any export work so that bad data fails fast."""
+    import numpy as np
+
+    from segdeploy.quantize import QUANTIZERS, load_calibration, modelopt_available
+
+    if quantizer not in QUANTIZERS:
+        raise UserInputError(f"unknown quantizer {quantizer!r}: choose {' or '.join(QUANTIZERS)}")
+    if quantizer == "modelopt" and not modelopt_available():
+        from segdeploy.errors import MissingDependencyError
+
+        raise MissingDependencyError("--quantizer modelopt needs NVIDIA ModelOpt: pip install 'segdeploy[modelopt]'")
+    if isinstance(source, np.ndarray):
+        return source
+    return load_calibration(source, shape=shape[2:], in_channels=shape[1], calib_size=calib_size,
+                            mean=preprocessing.mean, std=preprocessing.std)
 
 
 def _load(model_or_name: Any, num_classes: int | None, in_channels: int, weights: Any,

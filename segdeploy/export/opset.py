@@ -28,7 +28,6 @@ import onnx.version_converter
 
 from segdeploy.errors import ExportError
 
-
 _SHIELD_DOMAIN = "segdeploy.shield"
 
 

@@ -31,8 +31,8 @@ from typing import Any
 
 from segdeploy._version import __version__
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError
-from segdeploy.fileio import atomic_output, check_output_path, write_bytes_atomic, write_text_atomic
-from segdeploy.artifact import read_sidecar, sha256_file, sidecar_path  # noqa: F401  (part of this module's API)
+from segdeploy.fileio import atomic_output, check_output_path, sha256_file, write_bytes_atomic, write_text_atomic
+from segdeploy.runtime.sidecar import read_sidecar, sidecar_path  # noqa: F401  (read beside the build)
 from segdeploy.runtime.trt_plan import (  # noqa: F401  (the build's decisions, part of this module's API)
     QUANTIZED,
     BuildPlan,

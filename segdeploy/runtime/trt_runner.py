@@ -26,7 +26,8 @@ import numpy as np
 from segdeploy.artifact import Engine, Precision
 from segdeploy.errors import SegdeployError, UserInputError
 from segdeploy.runtime.base import InputSpec, Measurement, Runner, main_output_index
-from segdeploy.runtime.trt_build import Profile, read_sidecar, require_tensorrt, sidecar_path
+from segdeploy.runtime.sidecar import read_sidecar, sidecar_path
+from segdeploy.runtime.trt_build import Profile, require_tensorrt
 from segdeploy.shapes import format_shape
 
 REBUILD_HINT = "rebuild it on this machine with `segdeploy build MODEL.onnx`"
