@@ -52,8 +52,11 @@ def measure(name: str, size: int, small: bool, rounds: int, workdir: Path) -> di
     from segdeploy.models import model_info
 
     shape = f"1x3x{size}x{size}"
-    config = [a for key, value in (model_info(name).test_config.items() if small else ())
-              for a in ("--config", f"{key}={json.dumps(value)}")]
+    config = [
+        a
+        for key, value in (model_info(name).test_config.items() if small else ())
+        for a in ("--config", f"{key}={json.dumps(value)}")
+    ]
     segdeploy = [sys.executable, "-m", "segdeploy", "export", name, "--input-shape", shape, *config]
     runs: dict[str, list[float]] = {"stock": [], "stages": [], "verified": []}
     report_path = workdir / f"{name}.json"
@@ -72,26 +75,49 @@ def measure(name: str, size: int, small: bool, rounds: int, workdir: Path) -> di
     stages = json.loads(report_path.read_text())["stage_seconds"] if report_path.exists() else {}
     median = {k: statistics.median(v) if v else None for k, v in runs.items()}
     ratio = {k: median[k] / median["stock"] if median[k] and median["stock"] else None for k in ("stages", "verified")}
-    return {"model": name, "shape": shape, "small": small, "runs_s": runs, "median_s": median, "ratio": ratio,
-            "stage_seconds": stages, "failures": failures}
+    return {
+        "model": name,
+        "shape": shape,
+        "small": small,
+        "runs_s": runs,
+        "median_s": median,
+        "ratio": ratio,
+        "stage_seconds": stages,
+        "failures": failures,
+    }
 
 
 def markdown(rows: list[dict], header: str) -> str:
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
-    lines = [header, "", "| model | stock s | stages s | stages / stock | verified s | verified / stock |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "| model | stock s | stages s | stages / stock | verified s | verified / stock |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         m, q = r["median_s"], r["ratio"]
-        lines.append(f"| {r['model']} | {num(m['stock'], '.1f')} | {num(m['stages'], '.1f')} | "
-                     f"{num(q['stages'], '.2f')}x | {num(m['verified'], '.1f')} | {num(q['verified'], '.2f')}x |")
-    stage_names = sorted({k for r in rows for k in r["stage_seconds"]}, key=lambda k: list(rows[0]["stage_seconds"]).index(k)
-                         if k in rows[0]["stage_seconds"] else 99)
-    lines += ["", "Stages of the verified export, seconds (in-process, from `--report`):", "",
-              "| model | " + " | ".join(stage_names) + " |", "|---|" + "---:|" * len(stage_names)]
+        lines.append(
+            f"| {r['model']} | {num(m['stock'], '.1f')} | {num(m['stages'], '.1f')} | "
+            f"{num(q['stages'], '.2f')}x | {num(m['verified'], '.1f')} | {num(q['verified'], '.2f')}x |"
+        )
+    stage_names = sorted(
+        {k for r in rows for k in r["stage_seconds"]},
+        key=lambda k: list(rows[0]["stage_seconds"]).index(k) if k in rows[0]["stage_seconds"] else 99,
+    )
+    lines += [
+        "",
+        "Stages of the verified export, seconds (in-process, from `--report`):",
+        "",
+        "| model | " + " | ".join(stage_names) + " |",
+        "|---|" + "---:|" * len(stage_names),
+    ]
     for r in rows:
-        lines.append(f"| {r['model']} | " + " | ".join(num(r["stage_seconds"].get(k), ".1f") for k in stage_names) + " |")
+        lines.append(
+            f"| {r['model']} | " + " | ".join(num(r["stage_seconds"].get(k), ".1f") for k in stage_names) + " |"
+        )
     failures = [f"- {r['model']} {kind}: {tail}" for r in rows for kind, tail in r["failures"].items()]
     return "\n".join(lines + (["", "Failures:", *failures] if failures else [])) + "\n"
 
@@ -111,9 +137,11 @@ def main() -> None:
         for name in args.models.split(","):
             rows.append(measure(name, args.size, args.small, args.rounds, Path(tmp)))
             print(json.dumps(rows[-1]), flush=True)
-    header = (f"Export time, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, input 1x3x{args.size}x{args.size}"
-              f"{' (test widths)' if args.small else ''}, median of {args.rounds} interleaved rounds, each command "
-              "in a fresh process:")
+    header = (
+        f"Export time, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores, input 1x3x{args.size}x{args.size}"
+        f"{' (test widths)' if args.small else ''}, median of {args.rounds} interleaved rounds, each command "
+        "in a fresh process:"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "export_time" + ("_small" if args.small else "")
     (args.out / f"{stem}.json").write_text(json.dumps(rows, indent=2) + "\n")

@@ -44,11 +44,11 @@ def measure(name: str, *, seconds: float, seed: int, train: tuple[np.ndarray, np
     import onnx
     import torch
 
+    from segdeploy.criteria import compare, thresholds_for
     from segdeploy.data import evaluate, make_shapes, train_tiny
     from segdeploy.export.onnx import export_onnx
     from segdeploy.models import create_model, model_info
     from segdeploy.precision import convert_to_fp16, fp16_weight_fraction
-    from segdeploy.criteria import compare, thresholds_for
 
     info = model_info(name)
     torch.manual_seed(seed)
@@ -104,8 +104,8 @@ def _session(model: Any) -> Any:
 
 def background_miou(set_name: str, seed: int) -> float:
     """mIoU of predicting background everywhere on a held-out set: what an untrained model scores."""
-    from segdeploy.data import make_shapes
     from segdeploy.criteria import mean_iou
+    from segdeploy.data import make_shapes
 
     size, count, set_seed = EVAL_SETS[set_name]
     _, labels = make_shapes(count, size=size, num_classes=NUM_CLASSES, seed=seed + set_seed)
@@ -141,7 +141,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"| {row['model']} | {set_name} | {row['train_steps']} "
                 f"| {'yes' if s['miou_fp32'] > baseline[set_name] + 0.02 else 'no'} "
                 f"| {s['miou_fp32']:.4f} | {s['miou_fp16']:.4f} "
-                f"| {s['miou_drift']:+.4f} | {s['agreement']:.5f} | {s['max_rel_error']:.2e} | {s['p99_rel_error']:.2e} "
+                f"| {s['miou_drift']:+.4f} | {s['agreement']:.5f} "
+                f"| {s['max_rel_error']:.2e} | {s['p99_rel_error']:.2e} "
                 f"| {row['fp16_weight_fraction']:.4f} | {kept} |"
             )
     return "\n".join(lines) + "\n"

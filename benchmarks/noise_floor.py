@@ -29,13 +29,13 @@ import torch
 from onnx import numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from helpers import calibrate_batchnorm  # noqa: E402
+from helpers import calibrate_batchnorm
 
-from segdeploy.artifact import read_metadata  # noqa: E402
-from segdeploy.criteria import NOISE_MULTIPLE  # noqa: E402
-from segdeploy.export.onnx import export_onnx  # noqa: E402
-from segdeploy.models import create_model, list_models, model_info  # noqa: E402
-from segdeploy.verify import verification_shapes, verify  # noqa: E402
+from segdeploy.artifact import read_metadata
+from segdeploy.criteria import NOISE_MULTIPLE
+from segdeploy.export.onnx import export_onnx
+from segdeploy.models import create_model, list_models, model_info
+from segdeploy.verify import verification_shapes, verify
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHAPE = (1, 3, 64, 64)
@@ -98,14 +98,16 @@ def markdown(rows: list[dict]) -> str:
     for row in rows:
         files = row["files"]
 
-        def cell(kind: str) -> str:
+        def cell(kind: str, files: dict = files) -> str:
             if kind not in files:
                 return "-"
             return f"{max(files[kind]['ratios']):.3g}x" + ("" if files[kind]["passed"] else " (fails)")
 
         floor = max(files["segdeploy"]["floors"])
-        lines.append(f"| {row['model']} | {floor:.2g} | {cell('segdeploy')} | {cell('classifier x1.01')} | "
-                     f"{cell('align_corners')} |")
+        lines.append(
+            f"| {row['model']} | {floor:.2g} | {cell('segdeploy')} | {cell('classifier x1.01')} | "
+            f"{cell('align_corners')} |"
+        )
     return "\n".join(lines) + "\n"
 
 

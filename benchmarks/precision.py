@@ -57,13 +57,13 @@ def measure(name: str, *, steps: int, seconds: float | None, seed: int, quantize
     import onnx
     import torch
 
+    from segdeploy.criteria import compare
     from segdeploy.data import evaluate, make_shapes, train_tiny
     from segdeploy.export.lint import lint_onnx
     from segdeploy.export.onnx import export_onnx
     from segdeploy.models import create_model, model_info
     from segdeploy.precision import convert_to_fp16
     from segdeploy.quantize import quantize_int8
-    from segdeploy.criteria import compare
     from segdeploy.verify import verification_shapes
 
     info = model_info(name)
@@ -176,8 +176,13 @@ def _ort_defaults(fp32: Any, calibration: np.ndarray) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(fp32, Path(tmp) / "fp32.onnx")
         quantize_static(
-            str(Path(tmp) / "fp32.onnx"), str(Path(tmp) / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-            per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+            str(Path(tmp) / "fp32.onnx"),
+            str(Path(tmp) / "int8.onnx"),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
             extra_options={"ActivationSymmetric": True},
         )
         return onnx.load(str(Path(tmp) / "int8.onnx"))
@@ -195,8 +200,15 @@ def _probe(proto: Any, index_unpooling: bool) -> tuple[Any, list[str]]:
         producer = {out: node for node in probe.graph.node for out in node.output}
         for node in probe.graph.node:
             # The rewrite's one Where per unpooling takes the stacked one-hot masks (bool, via Concat/Unsqueeze).
-            if node.op_type == "Where" and (src := producer.get(node.input[0])) is not None and src.op_type in (
-                "Concat", "Unsqueeze", "Reshape",
+            if (
+                node.op_type == "Where"
+                and (src := producer.get(node.input[0])) is not None
+                and src.op_type
+                in (
+                    "Concat",
+                    "Unsqueeze",
+                    "Reshape",
+                )
             ):
                 masks.append(node.input[0])
         outputs = {v.name for v in probe.graph.output}
@@ -226,8 +238,8 @@ def _windows_changed(reference: list[np.ndarray], candidate: list[np.ndarray]) -
 
 def background_miou(set_name: str, seed: int) -> float:
     """mIoU of predicting background everywhere on a held-out set: what an untrained model scores."""
-    from segdeploy.data import make_shapes
     from segdeploy.criteria import mean_iou
+    from segdeploy.data import make_shapes
 
     size, count, offset = EVAL_SETS[set_name]
     _, labels = make_shapes(count, size=size, num_classes=NUM_CLASSES, seed=seed + offset)
@@ -285,18 +297,35 @@ def verdicts(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for source, sets in (("images", row.get("sets", {})), ("verify", row.get("verify_inputs", {}))):
                 entries = [results[key] for results in sets.values() if key in results]
                 if entries:
-                    by_source[source] = (min(e["agreement"] for e in entries), max(e["p99_rel_error"] for e in entries),
-                                         max(e["max_rel_error"] for e in entries))
+                    by_source[source] = (
+                        min(e["agreement"] for e in entries),
+                        max(e["p99_rel_error"] for e in entries),
+                        max(e["max_rel_error"] for e in entries),
+                    )
             if "verify" not in by_source:
                 continue
             precision = "fp16" if key == "fp16" else "int8"
             t = thresholds_for(precision, index_unpooling=row["index_unpooling"])
             agreement, p99, max_rel = by_source["verify"]
-            passed = agreement >= t.min_agreement and (t.p99_rel_error is None or p99 <= t.p99_rel_error) and (
-                t.max_rel_error is None or max_rel <= t.max_rel_error)
-            table.append({"model": row["model"], "file": key, "known_bad": key in BAD_FILES, "passes": passed,
-                          "criteria": t, **{f"{src}_{m}": v for src, vals in by_source.items()
-                                            for m, v in zip(("agreement", "p99", "max_rel"), vals, strict=True)}})
+            passed = (
+                agreement >= t.min_agreement
+                and (t.p99_rel_error is None or p99 <= t.p99_rel_error)
+                and (t.max_rel_error is None or max_rel <= t.max_rel_error)
+            )
+            table.append(
+                {
+                    "model": row["model"],
+                    "file": key,
+                    "known_bad": key in BAD_FILES,
+                    "passes": passed,
+                    "criteria": t,
+                    **{
+                        f"{src}_{m}": v
+                        for src, vals in by_source.items()
+                        for m, v in zip(("agreement", "p99", "max_rel"), vals, strict=True)
+                    },
+                }
+            )
     return table
 
 
@@ -314,7 +343,8 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], summary: dict[str
         + ", ".join(f"{k} ({v[1]})" for k, v in EVAL_SETS.items())
         + ". Agreement and errors are against the FP32 file in ONNX Runtime; errors relative to max |FP32 logit|.",
         "",
-        "All-background mIoU: " + ", ".join(f"{v:.4f} on {k}" for k, v in baseline.items())
+        "All-background mIoU: "
+        + ", ".join(f"{v:.4f} on {k}" for k, v in baseline.items())
         + f"; *learned* means FP32 beats it by {LEARNED_MARGIN} on every set.",
         "",
         (
@@ -356,18 +386,23 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], summary: dict[str
             for key, e in results.items():
                 if key == "fp32":
                     continue
-                line = (f"| {key} | {set_name} | {e['miou']:.4f} | {e['miou'] - fp32_miou:+.4f} | {e['agreement']:.5f} "
-                        f"| {e['max_rel_error']:.2e} | {e['p99_rel_error']:.2e} |")
+                line = (
+                    f"| {key} | {set_name} | {e['miou']:.4f} | {e['miou'] - fp32_miou:+.4f} | {e['agreement']:.5f} "
+                    f"| {e['max_rel_error']:.2e} | {e['p99_rel_error']:.2e} |"
+                )
                 if unpool:
                     line += f" {e.get('unpool_windows_changed', 0.0):.2%} |"
                 lines.append(line)
         lines += ["", "On the inputs `segdeploy verify` feeds (seeded normal noise; no labels, so no mIoU):", ""]
-        lines += ["| file | shape | agreement | max rel | p99 rel |" + (" windows changed |" if unpool else ""),
-                  "| --- | --- |" + " ---: |" * (3 + int(unpool))]
+        lines += [
+            "| file | shape | agreement | max rel | p99 rel |" + (" windows changed |" if unpool else ""),
+            "| --- | --- |" + " ---: |" * (3 + int(unpool)),
+        ]
         for shape, results in row.get("verify_inputs", {}).items():
             for key, e in results.items():
-                line = (f"| {key} | {shape} | {e['agreement']:.5f} | {e['max_rel_error']:.2e} "
-                        f"| {e['p99_rel_error']:.2e} |")
+                line = (
+                    f"| {key} | {shape} | {e['agreement']:.5f} | {e['max_rel_error']:.2e} | {e['p99_rel_error']:.2e} |"
+                )
                 if unpool:
                     line += f" {e.get('unpool_windows_changed', 0.0):.2%} |"
                 lines.append(line)
@@ -385,8 +420,10 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any], summary: dict[str
         for kind, w in sorted(kinds.items()):
             drop = f"{w['miou_drop']:+.4f}" if "miou_drop" in w else ""
             windows = f"{w['unpool_windows_changed']:.2%}" if "unpool_windows_changed" in w else ""
-            lines.append(f"| {kind} | {w['agreement']:.5f} | {w['p99_rel_error']:.2e} | {w['max_rel_error']:.2e} "
-                         f"| {drop} | {windows} | {w['at'].get('agreement', '')}; {w['at'].get('p99_rel_error', '')} |")
+            lines.append(
+                f"| {kind} | {w['agreement']:.5f} | {w['p99_rel_error']:.2e} | {w['max_rel_error']:.2e} "
+                f"| {drop} | {windows} | {w['at'].get('agreement', '')}; {w['at'].get('p99_rel_error', '')} |"
+            )
         lines.append("")
     lines += [
         "## Verdicts under the verify thresholds",
@@ -425,9 +462,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="optional training time cap per model")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--render", type=Path, default=None,
-                        help="rewrite <out>/precision.md from this precision.json (no training), e.g. after "
-                             "changing the verify thresholds")
+    parser.add_argument(
+        "--render",
+        type=Path,
+        default=None,
+        help="rewrite <out>/precision.md from this precision.json (no training), e.g. after "
+        "changing the verify thresholds",
+    )
     args = parser.parse_args(argv)
     if args.render is not None:
         return render(args.render, args.out)
@@ -466,8 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary = summarize(rows, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(args.out / "precision.json",
-                      json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=2) + "\n")
+    write_text_atomic(
+        args.out / "precision.json", json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=2) + "\n"
+    )
     write_text_atomic(args.out / "precision.md", markdown(rows, meta, summary))
     return 0 if all("error" not in row for row in rows) else 1
 

@@ -51,7 +51,9 @@ def stock_segnet_onnx(config: dict[str, Any], shape: tuple[int, int, int, int], 
     from segdeploy.models import create_model
 
     module = create_model("segnet", **config)
-    torch.onnx.export(module, (torch.randn(shape),), str(path), input_names=["input"], output_names=["logits"], opset_version=17)
+    torch.onnx.export(
+        module, (torch.randn(shape),), str(path), input_names=["input"], output_names=["logits"], opset_version=17
+    )
     ops = {node.op_type for node in onnx.load(str(path)).graph.node}
     if "ScatterND" not in ops and "MaxUnpool" not in ops:
         print(f"note: the stock SegNet export has no ScatterND/MaxUnpool (ops: {sorted(ops)})", file=sys.stderr)
@@ -59,7 +61,14 @@ def stock_segnet_onnx(config: dict[str, Any], shape: tuple[int, int, int, int], 
 
 
 def compare_segnet_unpooling(
-    config: dict[str, Any], shape: tuple[int, int, int, int], *, threads: int, warmup: int, iters: int | None, seconds: float | None, rounds: int = 5
+    config: dict[str, Any],
+    shape: tuple[int, int, int, int],
+    *,
+    threads: int,
+    warmup: int,
+    iters: int | None,
+    seconds: float | None,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """ORT latency of the stock SegNet export against segdeploy's, interleaved over ``rounds``.
 
@@ -81,7 +90,14 @@ def compare_segnet_unpooling(
     with tempfile.TemporaryDirectory() as tmp:
         files = {
             "stock": stock_segnet_onnx(config, shape, Path(tmp) / "segnet-stock.onnx"),
-            "rewritten": export_onnx("segnet", Path(tmp) / "segnet-static.onnx", input_shape=shape, dynamic=False, verify=False, config=config).path,
+            "rewritten": export_onnx(
+                "segnet",
+                Path(tmp) / "segnet-static.onnx",
+                input_shape=shape,
+                dynamic=False,
+                verify=False,
+                config=config,
+            ).path,
             "rewritten_dynamic": export_cached("segnet", config, shape),
         }
         runners = {label: OrtRunner(path, threads=threads) for label, path in files.items()}
@@ -106,7 +122,9 @@ def markdown(result: dict[str, Any]) -> str:
     """The README table: torch vs ort per model, the ceiling, SegNet's unpooling cost, TensorRT rows."""
     ceiling = result["matmul_gflops"]
     cpu = result["environment"].get("cpu") or {}
-    cpu_text = f"{cpu.get('model', 'unknown CPU')} ({cpu.get('cores', '?')} cores)" if isinstance(cpu, dict) else str(cpu)
+    cpu_text = (
+        f"{cpu.get('model', 'unknown CPU')} ({cpu.get('cores', '?')} cores)" if isinstance(cpu, dict) else str(cpu)
+    )
     lines = [
         f"CPU benchmark, {result['date']}: {cpu_text}, "
         f"{result['threads']} threads, input {result['shape']}, batch 1, {result['iterations_note']}.",
@@ -140,9 +158,16 @@ def markdown(result: dict[str, Any]) -> str:
         ]
     trt = result.get("trt_records") or []
     if trt:
-        lines += ["", "| model | TensorRT precision | GPU compute ms (p50) | end-to-end ms (p50) |", "|---|---|---:|---:|"]
+        lines += [
+            "",
+            "| model | TensorRT precision | GPU compute ms (p50) | end-to-end ms (p50) |",
+            "|---|---|---:|---:|",
+        ]
         for r in trt:
-            lines.append(f"| {r['model']} | {r['precision']} | {r['gpu_compute_ms']['p50']:.2f} | {r['end_to_end_ms']['p50']:.2f} |")
+            lines.append(
+                f"| {r['model']} | {r['precision']} | {r['gpu_compute_ms']['p50']:.2f} "
+                f"| {r['end_to_end_ms']['p50']:.2f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -154,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--iters", type=int, default=None, help="timed steps per measurement")
     group.add_argument("--seconds", type=float, default=None, help="time per measurement (default 3 s, >= 10 steps)")
     parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None, help="threads for torch, ORT and the matmul (default torch's)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="threads for torch, ORT and the matmul (default torch's)"
+    )
     parser.add_argument("--small", action="store_true", help="small test configs (smoke runs only)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"results directory (default {RESULTS})")
     args = parser.parse_args(argv)
@@ -172,7 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     shape = (1, 3, args.size, args.size)
-    options = {"warmup": args.warmup, "iters": args.iters, "seconds": args.seconds, "threads": threads, "small": args.small}
+    options = {
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "seconds": args.seconds,
+        "threads": threads,
+        "small": args.small,
+    }
 
     def progress(done: int, total: int, what: str) -> None:
         print(f"[{done}/{total}] {what}", file=sys.stderr, flush=True)
@@ -190,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
     if torch.cuda.is_available():
         try:
             for precision in ("fp32", "fp16"):
-                trt_suite = run_benchmarks(models, ["trt"], shape=shape, precision=precision, progress=progress, **options)
+                trt_suite = run_benchmarks(
+                    models, ["trt"], shape=shape, precision=precision, progress=progress, **options
+                )
                 trt_records += [r.to_dict() for r in trt_suite.records]
         except Exception as exc:  # the CPU table is the point of this script: keep it when TensorRT fails
             print(f"TensorRT rows skipped: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -98,8 +98,14 @@ DYNAMIC_AXIS_NAMES = ("batch", "height", "width")
 
 E = TypeVar("E", bound=Enum)
 
-_PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16", "int8_fp16": "int8-fp16",
-                      "int8+fp16": "int8-fp16"}
+_PRECISION_ALIASES = {
+    "float32": "fp32",
+    "float": "fp32",
+    "float16": "fp16",
+    "half": "fp16",
+    "int8_fp16": "int8-fp16",
+    "int8+fp16": "int8-fp16",
+}
 
 
 def parse_choice(enum: type[E], value: Any, what: str) -> E:
@@ -236,8 +242,10 @@ class Metadata:
         if h % m or w % m or min(h, w) < self.min_size:
             up = [max(-(-side // m) * m, self.min_size) for side in (h, w)]
             rule = f"multiples of {m}, " if m > 1 else ""
-            raise UserInputError(f"bad {what} shape {format_shape(nchw)}: this model takes heights and widths that "
-                                 f"are {rule}at least {self.min_size} (nearest: {up[0]}x{up[1]})")
+            raise UserInputError(
+                f"bad {what} shape {format_shape(nchw)}: this model takes heights and widths that "
+                f"are {rule}at least {self.min_size} (nearest: {up[0]}x{up[1]})"
+            )
 
     @property
     def index_unpooling(self) -> bool:
@@ -313,8 +321,11 @@ class Metadata:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["trace_shape"] = list(self.trace_shape) if self.trace_shape else None
-        data["preprocessing"] = {**asdict(self.preprocessing), "input_format": self.preprocessing.input_format.value,
-                                 "color": self.preprocessing.color.value}
+        data["preprocessing"] = {
+            **asdict(self.preprocessing),
+            "input_format": self.preprocessing.input_format.value,
+            "color": self.preprocessing.color.value,
+        }
         data["precision"], data["output"] = self.precision.value, self.output.value
         return data
 
@@ -343,8 +354,16 @@ METADATA_KEYS = {
 """The ``metadata_props`` segdeploy writes, all strings."""
 
 
-REQUIRED_KEYS = ("num_classes", "in_channels", "trace_shape", "dynamic_axes", "min_size", "size_multiple",
-                 "precision", "opset")
+REQUIRED_KEYS = (
+    "num_classes",
+    "in_channels",
+    "trace_shape",
+    "dynamic_axes",
+    "min_size",
+    "size_multiple",
+    "precision",
+    "opset",
+)
 """The metadata a file needs before a bundle (or anything run without the PyTorch model) can describe it."""
 
 
@@ -374,8 +393,10 @@ def graph_io(model: onnx.ModelProto) -> tuple[list[TensorInfo], list[TensorInfo]
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
         except (KeyError, TypeError, ValueError):
             dtype = f"onnx-type-{tensor_type.elem_type}"
-        dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-                     for d in tensor_type.shape.dim)
+        dims = tuple(
+            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
+            for d in tensor_type.shape.dim
+        )
         return TensorInfo(value.name, dtype, dims)
 
     initializers = {t.name for t in model.graph.initializer}
@@ -433,7 +454,9 @@ def load_onnx(source: str | os.PathLike[str] | onnx.ModelProto, *, load_weights:
             "is it truncated or another format?"
         ) from None
     if not model.graph.node or not model.opset_import:
-        raise UserInputError(f"{path} is not an ONNX model (no graph nodes or opset); is it truncated or another format?")
+        raise UserInputError(
+            f"{path} is not an ONNX model (no graph nodes or opset); is it truncated or another format?"
+        )
     return model
 
 

@@ -46,8 +46,12 @@ def export_fingerprint() -> str:
 
     package = Path(__file__).resolve().parent
     digest = hashlib.sha256()
-    sources = [package / "precision.py", package / "artifact.py", *sorted((package / "models").rglob("*.py")),
-               *sorted((package / "export").rglob("*.py"))]
+    sources = [
+        package / "precision.py",
+        package / "artifact.py",
+        *sorted((package / "models").rglob("*.py")),
+        *sorted((package / "export").rglob("*.py")),
+    ]
     for source in sources:
         digest.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes() + b"\0")
     for dist in ("torch", "onnx", "onnxscript", "onnxsim", "onnxconverter-common"):
@@ -58,13 +62,29 @@ def export_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
-def onnx_cache_path(name: str, *, config: dict[str, Any], shape: Shape, precision: Precision | str = Precision.FP32,
-                    num_classes: int = 21, opset: int = DEFAULT_OPSET,
-                    cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where the export of zoo model ``name`` with these settings is kept: ``onnx/<name>-<opset>-<precision>-<key>.onnx``."""
+def onnx_cache_path(
+    name: str,
+    *,
+    config: dict[str, Any],
+    shape: Shape,
+    precision: Precision | str = Precision.FP32,
+    num_classes: int = 21,
+    opset: int = DEFAULT_OPSET,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Where zoo model ``name``'s export with these settings is kept: ``onnx/<name>-<opset>-<precision>-<key>.onnx``."""
     precision = parse_precision(precision)
-    key = _digest({"model": name, "config": config, "shape": list(shape), "precision": precision.value,
-                   "num_classes": num_classes, "opset": opset, "code": export_fingerprint()})
+    key = _digest(
+        {
+            "model": name,
+            "config": config,
+            "shape": list(shape),
+            "precision": precision.value,
+            "num_classes": num_classes,
+            "opset": opset,
+            "code": export_fingerprint(),
+        }
+    )
     return cache_root(cache_dir) / "onnx" / f"{name}-{opset}-{precision.value}-{key}.onnx"
 
 
@@ -84,24 +104,48 @@ def cached_onnx(
     """
     from segdeploy.export.onnx import export_onnx
 
-    path = onnx_cache_path(name, config=config, shape=shape, precision=precision, num_classes=num_classes, opset=opset,
-                           cache_dir=cache_dir)
+    path = onnx_cache_path(
+        name, config=config, shape=shape, precision=precision, num_classes=num_classes, opset=opset, cache_dir=cache_dir
+    )
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(name, path, input_shape=shape, opset=opset, precision=precision, verify=False,
-                    num_classes=num_classes, config=config)
+        export_onnx(
+            name,
+            path,
+            input_shape=shape,
+            opset=opset,
+            precision=precision,
+            verify=False,
+            num_classes=num_classes,
+            config=config,
+        )
     return path
 
 
-def engine_cache_path(onnx_path: Path, *, profile: Sequence[Sequence[int]], precision: Precision | str,
-                      trt_version: str, gpu_name: str, compute_capability: str,
-                      cache_dir: str | os.PathLike[str] | None = None) -> Path:
+def engine_cache_path(
+    onnx_path: Path,
+    *,
+    profile: Sequence[Sequence[int]],
+    precision: Precision | str,
+    trt_version: str,
+    gpu_name: str,
+    compute_capability: str,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Path:
     """Where an engine is kept: its key covers the ONNX bytes, the profile, precision, TensorRT version and GPU."""
     from segdeploy.fileio import sha256_file
 
     precision = parse_precision(precision)
-    key = _digest({"onnx": sha256_file(onnx_path), "profile": [list(p) for p in profile], "precision": precision.value,
-                   "tensorrt": trt_version, "gpu": gpu_name, "compute_capability": compute_capability})
+    key = _digest(
+        {
+            "onnx": sha256_file(onnx_path),
+            "profile": [list(p) for p in profile],
+            "precision": precision.value,
+            "tensorrt": trt_version,
+            "gpu": gpu_name,
+            "compute_capability": compute_capability,
+        }
+    )
     return cache_root(cache_dir) / "engines" / f"{onnx_path.stem}-{precision.value}-{key}.engine"
 
 
@@ -123,11 +167,18 @@ def cached_engine(
 
     trt, gpu = require_tensorrt()
     wanted = parse_precision(precision if precision is not None else read_onnx_facts(onnx_path).precision)
-    path = engine_cache_path(onnx_path, profile=(min_shape, opt_shape, max_shape), precision=wanted,
-                             trt_version=str(trt.__version__), gpu_name=gpu.name,
-                             compute_capability=gpu.compute_capability, cache_dir=cache_dir)
+    path = engine_cache_path(
+        onnx_path,
+        profile=(min_shape, opt_shape, max_shape),
+        precision=wanted,
+        trt_version=str(trt.__version__),
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        cache_dir=cache_dir,
+    )
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
-        build_engine(onnx_path, path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-                     precision=wanted.value)
+        build_engine(
+            onnx_path, path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, precision=wanted.value
+        )
     return path

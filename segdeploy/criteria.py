@@ -77,48 +77,75 @@ def thresholds_for(precision: Precision | str = Precision.FP32, index_unpooling:
     """
     precision = parse_precision(precision)
     if precision is Precision.FP32 and not index_unpooling:
-        return Thresholds("noise-floor", noise_multiple=NOISE_MULTIPLE,
-                          note=f"FP32: error vs float64 <= {NOISE_MULTIPLE:g}x PyTorch's own float32 error")
+        return Thresholds(
+            "noise-floor",
+            noise_multiple=NOISE_MULTIPLE,
+            note=f"FP32: error vs float64 <= {NOISE_MULTIPLE:g}x PyTorch's own float32 error",
+        )
     if precision is Precision.FP32:
         # A runtime's window choices unseen, a flipped near-tie window moves a decoder value: measured on the
         # stock SegNet export with BatchNorm-calibrated weights, agreement 0.995-0.9999 and p99 < 9e-3;
         # a wrong tie rule scores 0.34-0.52.
-        return Thresholds("agreement+p99", p99_rel_error=1e-2, min_agreement=0.99,
-                          note="index unpooling without the engine's window choices: agreement and p99 error")
+        return Thresholds(
+            "agreement+p99",
+            p99_rel_error=1e-2,
+            min_agreement=0.99,
+            note="index unpooling without the engine's window choices: agreement and p99 error",
+        )
     if precision is Precision.FP16 and not index_unpooling:
         # Tiny zoo models trained on segdeploy.data shapes, ONNX Runtime CPU: worst max relative error 5.0e-3,
         # worst agreement 0.99979, mIoU drift <= 5.5e-4 (benchmarks/results/fp16_drift.md).
-        return Thresholds("relative", max_rel_error=1e-2, min_agreement=0.99,
-                          note="FP16: relative error <= 1e-2 (measured <= 5e-3 on trained tiny models), agreement >= 99%")
+        return Thresholds(
+            "relative",
+            max_rel_error=1e-2,
+            min_agreement=0.99,
+            note="FP16: relative error <= 1e-2 (measured <= 5e-3 on trained tiny models), agreement >= 99%",
+        )
     if precision is Precision.FP16:
         # Trained zoo SegNet (benchmarks/precision.py): FP16 moves 0.05-0.2% of its window choices, and where one
         # flips the decoder puts a value elsewhere: p99 2.0e-2 on the inputs verify feeds, 6.9e-2 on 71x97 images,
         # agreement >= 0.996. A broken tie rule scores agreement 0.34-0.52.
-        return Thresholds("agreement+p99", p99_rel_error=0.1, min_agreement=0.98,
-                          note="FP16 with index unpooling: agreement >= 98% and p99 error <= 0.1 "
-                               "(trained SegNet measured >= 0.996 and <= 6.9e-2)")
+        return Thresholds(
+            "agreement+p99",
+            p99_rel_error=0.1,
+            min_agreement=0.98,
+            note="FP16 with index unpooling: agreement >= 98% and p99 error <= 0.1 "
+            "(trained SegNet measured >= 0.996 and <= 6.9e-2)",
+        )
     if precision in (Precision.INT8, Precision.INT8_FP16) and not index_unpooling:
         # benchmarks/precision.py, every zoo model trained past all-background, ONNX Runtime CPU, on the noise inputs
         # verify feeds, worst over the verification shapes: good INT8 files reach agreement >= 0.886 and p99
         # relative error <= 0.19 (DeepLab v2); the same quantizer calibrated on unnormalised pixels scores p99 >= 0.33
         # on every model. 0.25 splits the two (1.3x from each); INT8's max error says nothing a p99 does not.
-        return Thresholds("agreement+p99", p99_rel_error=0.25, min_agreement=0.85,
-                          note="INT8: agreement >= 85% and p99 error <= 0.25 (good files measured >= 0.886 and "
-                               "<= 0.19, badly calibrated ones >= 0.33)")
+        return Thresholds(
+            "agreement+p99",
+            p99_rel_error=0.25,
+            min_agreement=0.85,
+            note="INT8: agreement >= 85% and p99 error <= 0.25 (good files measured >= 0.886 and "
+            "<= 0.19, badly calibrated ones >= 0.33)",
+        )
     if precision in (Precision.INT8, Precision.INT8_FP16):
         # The zoo SegNet: INT8 moves 1.6-2.5% of its unpooling window choices and agreement with FP32 falls to
         # 0.90-0.92. Bad placements and calibrations score alike, so this is a floor against broken files only; a bad
         # placement is lint's job (rule qdq-unpool).
-        return Thresholds("agreement+p99", p99_rel_error=0.6, min_agreement=0.8,
-                          note="INT8 with index unpooling: agreement >= 80% and p99 error <= 0.6, a floor against "
-                               "broken files (good ones measured 0.90-0.92 and <= 0.38)")
+        return Thresholds(
+            "agreement+p99",
+            p99_rel_error=0.6,
+            min_agreement=0.8,
+            note="INT8 with index unpooling: agreement >= 80% and p99 error <= 0.6, a floor against "
+            "broken files (good ones measured 0.90-0.92 and <= 0.38)",
+        )
     raise UserInputError(f"no verification criteria for precision {precision.value}")
 
 
 _METRICS_ONLY = Thresholds("metrics", note="measured, not judged")
 
-FALLBACK_FP32 = Thresholds("relative", max_rel_error=1e-4, min_agreement=0.9999,
-                           note="the model cannot run in float64: fixed FP32 rule, relative error <= 1e-4")
+FALLBACK_FP32 = Thresholds(
+    "relative",
+    max_rel_error=1e-4,
+    min_agreement=0.9999,
+    note="the model cannot run in float64: fixed FP32 rule, relative error <= 1e-4",
+)
 
 
 @dataclass
@@ -230,7 +257,9 @@ def compare(
     if kind is not OutputKind.CLASSMAP:
         _errors(result, np.asarray(candidate, dtype=np.float64), np.asarray(r32, np.float64), r64, ref)
     s32, s64 = scores if scores is not None else (r32, reference)
-    result.limit = _limit(result, thresholds, np.asarray(s32, np.float64), None if r64 is None else np.asarray(s64, np.float64))
+    result.limit = _limit(
+        result, thresholds, np.asarray(s32, np.float64), None if r64 is None else np.asarray(s64, np.float64)
+    )
     cand_labels = labels(candidate, kind)
     ref_labels = labels(np.asarray(s64, np.float64), OutputKind.LOGITS if kind is OutputKind.CLASSMAP else kind)
     flips = cand_labels != ref_labels
@@ -244,7 +273,9 @@ def compare(
     return result
 
 
-def _errors(result: ShapeComparison, cand: np.ndarray, r32: np.ndarray, r64: np.ndarray | None, ref: np.ndarray) -> None:
+def _errors(
+    result: ShapeComparison, cand: np.ndarray, r32: np.ndarray, r64: np.ndarray | None, ref: np.ndarray
+) -> None:
     scale = max(float(np.abs(ref).max()) if ref.size else 0.0, float(np.finfo(np.float32).tiny))
     if not np.all(np.isfinite(cand)):
         result.error = result.max_rel_error = result.p99_rel_error = math.inf
@@ -275,8 +306,10 @@ def _judge(result: ShapeComparison, t: Thresholds, kind: OutputKind) -> None:
     failed = result.failed
     if t.criterion == "noise-floor":
         if kind is not OutputKind.CLASSMAP and not result.error <= result.limit:  # type: ignore[operator]
-            failed.append(f"error {result.error:.3g} is {ratio_text(result)} the noise floor {result.floor:.3g} "
-                          f"(limit {t.noise_multiple:g}x)")
+            failed.append(
+                f"error {result.error:.3g} is {ratio_text(result)} the noise floor {result.floor:.3g} "
+                f"(limit {t.noise_multiple:g}x)"
+            )
         if result.unexplained_flips:
             failed.append(f"{result.unexplained_flips} pixels change class away from near-ties")
     if t.max_rel_error is not None and not result.max_rel_error <= t.max_rel_error:
@@ -294,8 +327,13 @@ def ratio_text(result: ShapeComparison) -> str:
     return "inf x" if ratio is None or not math.isfinite(ratio) else f"{ratio:.3g}x"
 
 
-def check_pool_inputs(result: ShapeComparison, cand: Sequence[np.ndarray], p32: Sequence[np.ndarray],
-                      p64: Sequence[np.ndarray], windows: Sequence[int]) -> None:
+def check_pool_inputs(
+    result: ShapeComparison,
+    cand: Sequence[np.ndarray],
+    p32: Sequence[np.ndarray],
+    p64: Sequence[np.ndarray],
+    windows: Sequence[int],
+) -> None:
     """Index unpooling: each candidate pooling input within the noise multiple of its floor; count flipped windows."""
     worst, flipped = 0.0, 0
     for c, a, b, k in zip(cand, p32, p64, windows):

@@ -75,9 +75,7 @@ def make_shapes(
             "need n >= 1, in_channels >= 1 and height, width >= 8"
         )
     if not 2 <= num_classes <= len(SHAPE_KINDS) + 1:
-        raise UserInputError(
-            f"bad num_classes {num_classes} for the shapes dataset: use 2 to {len(SHAPE_KINDS) + 1}"
-        )
+        raise UserInputError(f"bad num_classes {num_classes} for the shapes dataset: use 2 to {len(SHAPE_KINDS) + 1}")
     palette = np.random.default_rng(_PALETTE_SEED).uniform(0.15, 0.85, size=(num_classes, in_channels))
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)

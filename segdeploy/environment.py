@@ -132,9 +132,10 @@ def available_engines(env: dict[str, Any]) -> dict[str, str]:
     if problems:
         engines["trt"] = "no: " + "; ".join(problems) + f" ({TENSORRT_INSTALL_HINT})"
     else:
-        engines["trt"] = f"yes (TensorRT {env['tensorrt']} on {cuda.get('gpu')}, compute {cuda.get('compute_capability')})"
+        engines["trt"] = (
+            f"yes (TensorRT {env['tensorrt']} on {cuda.get('gpu')}, compute {cuda.get('compute_capability')})"
+        )
     return engines
-
 
 
 def _module_version(name: str) -> str | None:
@@ -206,7 +207,10 @@ def _nvidia_driver_version() -> str | None:
     try:
         out = subprocess.run(
             [smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
         return None

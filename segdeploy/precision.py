@@ -291,8 +291,10 @@ def _fp32_node_names(graph: onnx.GraphProto, op_block_list: set[str]) -> set[str
             blocked.add(node.name)
         elif node.op_type == "Constant":
             constants.append(node)
-        elif not depends_on_values and node.op_type not in _SHAPE_OPS and any(
-            types.get(name) == onnx.TensorProto.FLOAT for name in [*node.input, *node.output] if name
+        elif (
+            not depends_on_values
+            and node.op_type not in _SHAPE_OPS
+            and any(types.get(name) == onnx.TensorProto.FLOAT for name in [*node.input, *node.output] if name)
         ):
             blocked.add(node.name)
     consumers: dict[str, list[str]] = {}
@@ -363,8 +365,9 @@ def _restore_float32_outputs(graph: onnx.GraphProto, float32_outputs: set[str]) 
                 node.output[:] = [fp16_name if name == output.name else name for name in node.output]
                 node.input[:] = [fp16_name if name == output.name else name for name in node.input]
             graph.node.append(
-                onnx.helper.make_node("Cast", [fp16_name], [output.name], to=onnx.TensorProto.FLOAT,
-                                      name=f"{output.name}_cast_to_float32")
+                onnx.helper.make_node(
+                    "Cast", [fp16_name], [output.name], to=onnx.TensorProto.FLOAT, name=f"{output.name}_cast_to_float32"
+                )
             )
             output.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
 

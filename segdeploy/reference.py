@@ -131,8 +131,9 @@ class Reference:
                 self._float64_error = f"{type(exc).__name__}: {first_line(exc)}"
                 self._module64 = None
                 return None, []
-            raise UserInputError(f"the model raised on input {tuple(x.shape)}: {type(exc).__name__}: "
-                                 f"{first_line(exc)}") from exc
+            raise UserInputError(
+                f"the model raised on input {tuple(x.shape)}: {type(exc).__name__}: {first_line(exc)}"
+            ) from exc
         return out.detach().cpu().numpy(), recorder.pool_inputs
 
 

@@ -115,7 +115,10 @@ def render_table(records: Sequence[BenchRecord], title: str | None = None) -> Ta
 def markdown_table(records: Sequence[BenchRecord]) -> str:
     """The table's columns as a GitHub Markdown table (ends with a newline)."""
     headers = [header for header, _, _ in _SHOWN]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" if i < 3 else "---:" for i in range(len(headers))) + "|"]
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|" + "|".join("---" if i < 3 else "---:" for i in range(len(headers))) + "|",
+    ]
     lines += ["| " + " | ".join(_shown_cells(row)) + " |" for row in rows(records)]
     return "\n".join(lines) + "\n"
 
@@ -198,7 +201,9 @@ def plot(records: Sequence[BenchRecord], path: str | os.PathLike[str]) -> Path:
             low.append(lat.mean - lat.min)
             high.append(max(lat.p99 - lat.mean, 0.0))
         ax.bar(xs, means, width, label=label, yerr=[low, high], capsize=3)
-    ax.set_xticks(range(len(groups)), groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center")
+    ax.set_xticks(
+        range(len(groups)), groups, rotation=30 if len(groups) > 4 else 0, ha="right" if len(groups) > 4 else "center"
+    )
     ax.set_ylabel("latency, ms (mean; whiskers min to p99)")
     ax.set_title("segdeploy bench: latency per engine")
     ax.legend()

@@ -35,8 +35,9 @@ if TYPE_CHECKING:
     from segdeploy.runtime.base import Runner
 
 
-def verification_shapes(trace_shape: Sequence[int], min_size: int = 1, size_multiple: int = 1,
-                        static: bool = False) -> list[Shape]:
+def verification_shapes(
+    trace_shape: Sequence[int], min_size: int = 1, size_multiple: int = 1, static: bool = False
+) -> list[Shape]:
     """The traced shape, a smaller odd-sized one and a batch-2 one, all valid for the model.
 
     The extra shapes are about half the traced sides (a quarter of the work each) and differ from it
@@ -91,12 +92,17 @@ class VerificationReport:
         worst = failing[0] if failing else max(self.results, key=lambda r: r.ratio or r.max_rel_error)
         where = f" at {format_shape(worst.shape)}" if failing else f", worst at {format_shape(worst.shape)}"
         if worst.ratio is not None and worst.criterion == "noise-floor":
-            numbers = f"error {worst.error:.3g} = {ratio_text(worst)} noise floor {worst.floor:.3g} (limit {self.criteria.noise_multiple:g}x)"
+            numbers = (
+                f"error {worst.error:.3g} = {ratio_text(worst)} noise floor {worst.floor:.3g} "
+                f"(limit {self.criteria.noise_multiple:g}x)"
+            )
         else:
             numbers = f"max rel {worst.max_rel_error:.3g}, p99 rel {worst.p99_rel_error:.3g}"
         why = f": {'; '.join(worst.failed)}" if worst.failed else ""
-        return (f"{verdict}{where} [{self.criteria.criterion}, {self.precision}] {numbers}, "
-                f"agreement {worst.agreement:.4%}, mIoU {worst.miou:.4f}{why}")
+        return (
+            f"{verdict}{where} [{self.criteria.criterion}, {self.precision}] {numbers}, "
+            f"agreement {worst.agreement:.4%}, mIoU {worst.miou:.4f}{why}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -174,21 +180,46 @@ def verify(
                 check_pool_inputs(results[-1], outs[1:], run.pool32, run.pool64, windows)
     if forced:
         notes.append("index unpooling: the reference unpools with the candidate's window choices")
-    return VerificationReport(_describe(candidate, runner), f"torch:{type(reference).__name__}",
-                              metadata.precision.value, thresholds, results, notes)
+    return VerificationReport(
+        _describe(candidate, runner),
+        f"torch:{type(reference).__name__}",
+        metadata.precision.value,
+        thresholds,
+        results,
+        notes,
+    )
 
 
 def _crashed(shape: Shape, exc: BaseException) -> ShapeComparison:
     from segdeploy.errors import first_line
 
-    return ShapeComparison(tuple(shape), (), "runtime error", error=math.inf, max_rel_error=math.inf,
-                           p99_rel_error=math.inf, agreement=0.0, miou=0.0, passed=False,
-                           failed=[f"the file fails to run at this shape: {type(exc).__name__}: {first_line(exc)[:200]}"])
+    return ShapeComparison(
+        tuple(shape),
+        (),
+        "runtime error",
+        error=math.inf,
+        max_rel_error=math.inf,
+        p99_rel_error=math.inf,
+        agreement=0.0,
+        miou=0.0,
+        passed=False,
+        failed=[f"the file fails to run at this shape: {type(exc).__name__}: {first_line(exc)[:200]}"],
+    )
 
 
-def _compare_run(candidate: np.ndarray, run: Any, thresholds: Thresholds, kind: OutputKind, shape: Shape) -> ShapeComparison:
+def _compare_run(
+    candidate: np.ndarray, run: Any, thresholds: Thresholds, kind: OutputKind, shape: Shape
+) -> ShapeComparison:
     if kind is OutputKind.CLASSMAP:
-        return compare(candidate, run.out32, run.out64, thresholds, kind=kind, scores=(run.out32, run.out64 if run.out64 is not None else run.out32), shape=shape)
+        return compare(
+            candidate,
+            run.out32,
+            run.out64,
+            thresholds,
+            kind=kind,
+            scores=(run.out32, run.out64 if run.out64 is not None else run.out32),
+            shape=shape,
+        )
     if kind is OutputKind.PROBS:
         p64 = probabilities(run.out64) if run.out64 is not None else None
         return compare(candidate, probabilities(run.out32), p64, thresholds, kind=kind, shape=shape)
@@ -264,8 +295,12 @@ def verify_file(
     if not shapes:
         if metadata.trace_shape is None:
             raise UserInputError(f"{file} has no trace_shape metadata: pass --shape NxCxHxW (repeatable)")
-        shapes = verification_shapes(metadata.trace_shape, max(metadata.min_size, loaded.min_size),
-                                     metadata.size_multiple, static=metadata.static)
+        shapes = verification_shapes(
+            metadata.trace_shape,
+            max(metadata.min_size, loaded.min_size),
+            metadata.size_multiple,
+            static=metadata.static,
+        )
     checked = [check_shape(tuple(s), in_channels=loaded.in_channels, min_size=loaded.min_size) for s in shapes]  # type: ignore[arg-type]
     for shape in checked:
         metadata.check_size(shape)

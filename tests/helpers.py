@@ -1,4 +1,4 @@
-"""Helpers shared by tests: weights that behave like trained ones, and small user models written as people write them."""
+"""Helpers shared by tests: weights that behave like trained ones, and small user models as people write them."""
 
 from __future__ import annotations
 

@@ -72,7 +72,9 @@ def test_unknown_model_lists_the_known_names(tmp_path):
 
 @pytest.mark.parametrize("opset", ["12", "21"])
 def test_bad_opset_names_the_supported_range(tmp_path, opset):
-    code, out = _invoke("export", "unet", "--opset", opset, "--input-shape", "1x3x64x64", "-o", str(tmp_path / "x.onnx"))
+    code, out = _invoke(
+        "export", "unet", "--opset", opset, "--input-shape", "1x3x64x64", "-o", str(tmp_path / "x.onnx")
+    )
     assert code == 2
     _one_clear_line(out, "13", "20")
     assert list(tmp_path.iterdir()) == []
@@ -90,7 +92,9 @@ def test_bad_shape_names_the_expected_form_or_minimum(tmp_path, shape, needle):
 
 
 def test_verbose_shows_the_traceback(tmp_path):
-    result = runner.invoke(app, ["--verbose", "export", "unet", "--input-shape", "3x64x64", "-o", str(tmp_path / "x.onnx")])
+    result = runner.invoke(
+        app, ["--verbose", "export", "unet", "--input-shape", "3x64x64", "-o", str(tmp_path / "x.onnx")]
+    )
     assert result.exit_code == 2
     assert "Traceback" in result.output
 
@@ -108,12 +112,16 @@ def test_malicious_checkpoint_is_refused_and_never_executed(tmp_path, code_runni
     assert not out_file.exists()
 
 
-@pytest.mark.parametrize(("content", "needle"), [(b"", "is empty"), (b"not a checkpoint" * 20, "corrupt"), (None, "does not exist")])
+@pytest.mark.parametrize(
+    ("content", "needle"), [(b"", "is empty"), (b"not a checkpoint" * 20, "corrupt"), (None, "does not exist")]
+)
 def test_corrupt_empty_and_missing_checkpoints_are_refused(tmp_path, content, needle):
     ckpt = tmp_path / "ckpt.pt"
     if content is not None:
         ckpt.write_bytes(content)
-    code, out = _invoke("export", "unet", "--weights", str(ckpt), "--input-shape", "1x3x64x64", "-o", str(tmp_path / "x.onnx"))
+    code, out = _invoke(
+        "export", "unet", "--weights", str(ckpt), "--input-shape", "1x3x64x64", "-o", str(tmp_path / "x.onnx")
+    )
     assert code == 2
     _one_clear_line(out, needle)
     assert not (tmp_path / "x.onnx").exists()
@@ -122,7 +130,9 @@ def test_corrupt_empty_and_missing_checkpoints_are_refused(tmp_path, content, ne
 def test_checkpoint_for_another_model_names_the_mismatch(tmp_path):
     ckpt = tmp_path / "other.pt"
     torch.save({"model": {"module.not_a_layer.weight": torch.zeros(2, 2)}}, ckpt)
-    code, out = _invoke("export", "unet", "--weights", str(ckpt), "--input-shape", "1x3x64x64", "-o", str(tmp_path / "x.onnx"))
+    code, out = _invoke(
+        "export", "unet", "--weights", str(ckpt), "--input-shape", "1x3x64x64", "-o", str(tmp_path / "x.onnx")
+    )
     assert code == 2
     _one_clear_line(out, "does not fit the model", "missing keys", "unexpected keys: not_a_layer.weight")
 

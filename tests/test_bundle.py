@@ -45,8 +45,9 @@ def _triton_schema() -> bool:
     return True
 
 
-needs_triton = pytest.mark.skipif(not _triton_schema(), reason="Triton's ModelConfig schema is not installed "
-                                                               "(pip install 'segdeploy[triton]')")
+needs_triton = pytest.mark.skipif(
+    not _triton_schema(), reason="Triton's ModelConfig schema is not installed (pip install 'segdeploy[triton]')"
+)
 
 
 class TinySeg(nn.Module):
@@ -54,9 +55,15 @@ class TinySeg(nn.Module):
 
     def __init__(self, in_channels: int = 3, num_classes: int = 4) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.Conv2d(8, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.Conv2d(8, num_classes, 1))
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, 8, 3, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, 8, 3, stride=2, padding=1),
+            nn.BatchNorm2d(8),
+            nn.ReLU(),
+            nn.Conv2d(8, num_classes, 1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.interpolate(self.body(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -67,8 +74,12 @@ FLAVOURS = {
     # raw BGR frames in, normalization and argmax in the graph, at an odd size
     "u8_classmap": (3, 4, (1, 3, 27, 41), {"input_format": "uint8-nhwc", "color": "bgr", "output": "classmap"}),
     # FP16 with probabilities and one std for all channels: what DeepStream's nvinfer can run
-    "fp16_probs": (3, 4, (2, 3, 32, 40), {"precision": "fp16", "output": "probs", "mean": (0.5, 0.4, 0.3),
-                                          "std": (0.25, 0.25, 0.25)}),
+    "fp16_probs": (
+        3,
+        4,
+        (2, 3, 32, 40),
+        {"precision": "fp16", "output": "probs", "mean": (0.5, 0.4, 0.3), "std": (0.25, 0.25, 0.25)},
+    ),
     # the plain export: float32 in, ImageNet normalization by the caller, logits out
     "logits": (3, 4, (1, 3, 24, 32), {}),
     # one gray channel, one class, fixed shape
@@ -134,9 +145,18 @@ def _listing(directory: Path) -> list[str]:
 # --------------------------------------------------------------------------- contents
 def test_bundle_holds_the_files_of_its_layout(bundles):
     assert _listing(bundles["u8_classmap"]) == [
-        "README.md", "golden", "golden/input.npy", "golden/output.npy", "labels.txt", "model.onnx",
-        "segdeploy.json", "triton", "triton/u8_classmap", "triton/u8_classmap/1",
-        "triton/u8_classmap/1/model.onnx", "triton/u8_classmap/config.pbtxt",
+        "README.md",
+        "golden",
+        "golden/input.npy",
+        "golden/output.npy",
+        "labels.txt",
+        "model.onnx",
+        "segdeploy.json",
+        "triton",
+        "triton/u8_classmap",
+        "triton/u8_classmap/1",
+        "triton/u8_classmap/1/model.onnx",
+        "triton/u8_classmap/config.pbtxt",
     ]
     assert "deepstream/config_infer_primary.txt" in _listing(bundles["fp16_probs"])
 
@@ -193,8 +213,17 @@ def test_palette_is_fixed_distinct_and_has_two_colors_for_one_class(bundles):
 
 def test_readme_says_what_each_file_is_and_how_to_run_it(bundles):
     text = (bundles["fp16_probs"] / "README.md").read_text()
-    for needle in ("segdeploy.json", "golden/input.npy", "triton/fp16_probs/", "config_infer_primary.txt",
-                   "onnxruntime", "segdeploy_infer", "tritonserver", "nvinfer", "--check"):
+    for needle in (
+        "segdeploy.json",
+        "golden/input.npy",
+        "triton/fp16_probs/",
+        "config_infer_primary.txt",
+        "onnxruntime",
+        "segdeploy_infer",
+        "tritonserver",
+        "nvinfer",
+        "--check",
+    ):
         assert needle in text, needle
 
 
@@ -270,14 +299,17 @@ def test_check_fails_on_a_wrong_class_count_in_the_triton_config(copy_of):
 
 
 @needs_triton
-@pytest.mark.parametrize(("edit", "fragment"), [
-    (("max_batch_size: 8", "max_batch_sise: 8"), "does not parse as a Triton ModelConfig"),
-    (("TYPE_FP32", "TYPE_FLOAT32"), "does not parse as a Triton ModelConfig"),
-    (('name: "input"', 'name: "image"'), "input 'image' is not a model input"),
-    (("data_type: TYPE_FP32\n    dims: [ 3", "data_type: TYPE_FP16\n    dims: [ 3"), "data_type TYPE_FP16"),
-    (("dims: [ 3, -1, -1 ]", "dims: [ -1, -1 ]"), "rank 3"),
-    (('name: "fp16_probs"', 'name: "other"'), "is not the directory's"),
-])
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (("max_batch_size: 8", "max_batch_sise: 8"), "does not parse as a Triton ModelConfig"),
+        (("TYPE_FP32", "TYPE_FLOAT32"), "does not parse as a Triton ModelConfig"),
+        (('name: "input"', 'name: "image"'), "input 'image' is not a model input"),
+        (("data_type: TYPE_FP32\n    dims: [ 3", "data_type: TYPE_FP16\n    dims: [ 3"), "data_type TYPE_FP16"),
+        (("dims: [ 3, -1, -1 ]", "dims: [ -1, -1 ]"), "rank 3"),
+        (('name: "fp16_probs"', 'name: "other"'), "is not the directory's"),
+    ],
+)
 def test_check_names_what_is_wrong_in_a_triton_config(copy_of, edit, fragment):
     bundle = copy_of("fp16_probs")
     config = bundle / "triton/fp16_probs/config.pbtxt"
@@ -359,12 +391,15 @@ def test_deepstream_normalization_is_the_models_own(bundles):
     np.testing.assert_array_equal(a.argmax(1), b.argmax(1))
 
 
-@pytest.mark.parametrize(("name", "reason"), [
-    ("u8_classmap", "raw uint8 frames"),
-    ("u8_classmap", "not an int32 class map"),
-    ("logits", "needs probabilities"),
-    ("logits", "std differs per channel"),
-])
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("u8_classmap", "raw uint8 frames"),
+        ("u8_classmap", "not an int32 class map"),
+        ("logits", "needs probabilities"),
+        ("logits", "std differs per channel"),
+    ],
+)
 def test_no_deepstream_config_for_files_nvinfer_would_misread(bundles, name, reason):
     bundle = bundles[name]
     assert not (bundle / "deepstream").exists()
@@ -389,23 +424,26 @@ def test_check_fails_on_a_deepstream_config_nvinfer_would_misread(copy_of, bundl
     assert problems and "is present but nvinfer cannot run this model" in problems[0]
 
 
-@pytest.mark.parametrize(("edit", "fragment"), [
-    (("network-mode=2", "network-mode=2 # FP16"), "inline comment"),
-    (("network-mode=2", "network-mode=3"), "network-mode=3 is not 0 (FP32), 1 (INT8) or 2 (FP16)"),
-    (("network-mode=2", "network-mode=0"), "network-mode=0 but the model is fp16"),
-    (("model-color-format=0", "model-color-format=1"), "model-color-format=1 but the model takes rgb"),
-    (("output-blob-names=probs", "output-blob-names=logits"), "are not model outputs"),
-    (("num-detected-classes=4", "num-detected-classes=21"), "num-detected-classes=21 but the model has 4"),
-    (("infer-dims=3;32;40", "infer-dims=3;32"), "infer-dims has 2 values"),
-    (("offsets=127.5;102;76.5", "offsets=123.675;116.28;103.53"), "offsets[0]=123.675"),
-    (("net-scale-factor=0.01568627451", "net-scale-factor=0.0174"), "does not divide channel 0"),
-    (("segmentation-threshold=0", "segmentation-threshold=-1"), "segmentation-threshold=-1"),
-    (("onnx-file=../model.onnx", "onnx-file=../../model.onnx"), "onnx-file=../../model.onnx does not name a file"),
-    (("[property]", "[properties]"), "has no [property] group"),
-    (("gpu-id=0", "gpu-id=0\nbatch-size=4"), "key 'batch-size' appears twice"),
-    (("gpu-id=0", "gpu-id=0\nmodel-file=x"), "unknown Gst-nvinfer key(s) model-file"),
-    (("network-type=2", "network-type=1"), "network-type=1, expected 2"),
-])
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (("network-mode=2", "network-mode=2 # FP16"), "inline comment"),
+        (("network-mode=2", "network-mode=3"), "network-mode=3 is not 0 (FP32), 1 (INT8) or 2 (FP16)"),
+        (("network-mode=2", "network-mode=0"), "network-mode=0 but the model is fp16"),
+        (("model-color-format=0", "model-color-format=1"), "model-color-format=1 but the model takes rgb"),
+        (("output-blob-names=probs", "output-blob-names=logits"), "are not model outputs"),
+        (("num-detected-classes=4", "num-detected-classes=21"), "num-detected-classes=21 but the model has 4"),
+        (("infer-dims=3;32;40", "infer-dims=3;32"), "infer-dims has 2 values"),
+        (("offsets=127.5;102;76.5", "offsets=123.675;116.28;103.53"), "offsets[0]=123.675"),
+        (("net-scale-factor=0.01568627451", "net-scale-factor=0.0174"), "does not divide channel 0"),
+        (("segmentation-threshold=0", "segmentation-threshold=-1"), "segmentation-threshold=-1"),
+        (("onnx-file=../model.onnx", "onnx-file=../../model.onnx"), "onnx-file=../../model.onnx does not name a file"),
+        (("[property]", "[properties]"), "has no [property] group"),
+        (("gpu-id=0", "gpu-id=0\nbatch-size=4"), "key 'batch-size' appears twice"),
+        (("gpu-id=0", "gpu-id=0\nmodel-file=x"), "unknown Gst-nvinfer key(s) model-file"),
+        (("network-type=2", "network-type=1"), "network-type=1, expected 2"),
+    ],
+)
 def test_deepstream_check_names_bad_keys_values_and_syntax(copy_of, edit, fragment):
     bundle = copy_of("fp16_probs")
     path = bundle / "deepstream/config_infer_primary.txt"
@@ -426,10 +464,21 @@ def fake_engine(onnx_files, tmp_path) -> Path:
     engine.write_bytes(b"\x00fake TensorRT plan bytes" * 40)
     metadata = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
     profile = derive_profile(metadata, min_shape="1x3x32x32", opt_shape="2x3x32x40", max_shape="4x3x64x64")
-    sidecar = make_sidecar(plan=plan_build(10, "fp16", None), profile=profile, input_name="input",
-                           input_format="float32-nchw", trt_version="10.3.0.30", gpu_name="Orin (nvgpu)",
-                           compute_capability="8.7", onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path),
-                           engine_sha256=sha256_file(engine), workspace_gb=1.0, timing_cache=None, build_seconds=1.0)
+    sidecar = make_sidecar(
+        plan=plan_build(10, "fp16", None),
+        profile=profile,
+        input_name="input",
+        input_format="float32-nchw",
+        trt_version="10.3.0.30",
+        gpu_name="Orin (nvgpu)",
+        compute_capability="8.7",
+        onnx_path=onnx_path,
+        onnx_sha256=sha256_file(onnx_path),
+        engine_sha256=sha256_file(engine),
+        workspace_gb=1.0,
+        timing_cache=None,
+        build_seconds=1.0,
+    )
     sidecar_path(engine).write_text(json.dumps(sidecar))
     return engine
 
@@ -439,10 +488,18 @@ def test_engine_bundle_has_the_raw_plan_its_facts_and_a_tensorrt_triton_model(on
     assert (bundle / "model.plan").read_bytes() == fake_engine.read_bytes()  # nothing prepended
     assert (bundle / "triton/seg_trt/1/model.plan").read_bytes() == fake_engine.read_bytes()
     manifest = _manifest(bundle)
-    assert manifest["engine"] == {"file": "model.plan", "tensorrt_version": "10.3.0.30", "gpu_name": "Orin (nvgpu)",
-                                  "compute_capability": "8.7", "precision": "fp16"}
-    assert manifest["input"]["tensorrt_profile"] == {"min": [1, 3, 32, 32], "opt": [2, 3, 32, 40],
-                                                     "max": [4, 3, 64, 64]}
+    assert manifest["engine"] == {
+        "file": "model.plan",
+        "tensorrt_version": "10.3.0.30",
+        "gpu_name": "Orin (nvgpu)",
+        "compute_capability": "8.7",
+        "precision": "fp16",
+    }
+    assert manifest["input"]["tensorrt_profile"] == {
+        "min": [1, 3, 32, 32],
+        "opt": [2, 3, 32, 40],
+        "max": [4, 3, 64, 64],
+    }
     trt_config = (bundle / "triton/seg_trt/config.pbtxt").read_text()
     assert 'platform: "tensorrt_plan"' in trt_config and "max_batch_size: 4" in trt_config
     assert "max_batch_size: 4" in (bundle / "triton/seg/config.pbtxt").read_text()  # the profile bounds the batch
@@ -530,8 +587,9 @@ def test_existing_directory_is_kept_without_force_and_replaced_with_it(onnx_file
     assert write_bundle(onnx_files["logits"], empty) == empty  # an empty directory is fine
 
 
-def test_force_refuses_to_replace_a_directory_holding_an_input_or_the_working_directory(onnx_files, tmp_path,
-                                                                                        monkeypatch):
+def test_force_refuses_to_replace_a_directory_holding_an_input_or_the_working_directory(
+    onnx_files, tmp_path, monkeypatch
+):
     target = tmp_path / "b"
     target.mkdir()
     shutil.copy(onnx_files["logits"], target / "model_in.onnx")
@@ -565,10 +623,13 @@ def test_a_failure_midway_leaves_no_bundle_and_keeps_the_old_one(onnx_files, tmp
     assert _listing(tmp_path) == ["old", "old/previous.txt"]
 
 
-@pytest.mark.parametrize("args", [
-    ("--name", "bad name!"),
-    ("--name", "seg_trt"),
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("--name", "bad name!"),
+        ("--name", "seg_trt"),
+    ],
+)
 def test_bad_names_and_argument_mixes_are_one_line(onnx_files, tmp_path, args):
     code, output = _invoke("bundle", onnx_files["logits"], "-o", tmp_path / "b", *args)
     assert code == 2

@@ -60,8 +60,13 @@ def onnx_file(tmp_path) -> Path:
     return path
 
 
-ENGINE = {"profile": [(1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 128, 128)], "precision": "fp16",
-          "trt_version": "10.3.0.30", "gpu_name": "Orin", "compute_capability": "8.7"}
+ENGINE = {
+    "profile": [(1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 128, 128)],
+    "precision": "fp16",
+    "trt_version": "10.3.0.30",
+    "gpu_name": "Orin",
+    "compute_capability": "8.7",
+}
 
 
 def test_engine_cache_misses_after_a_tensorrt_upgrade_or_on_another_gpu(onnx_file, tmp_path):

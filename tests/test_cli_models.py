@@ -13,8 +13,19 @@ from segdeploy import __version__
 from segdeploy.cli import app
 
 ZOO = {
-    "fcn8s", "unet", "segnet", "pspnet", "deeplabv1", "deeplabv2", "deeplabv3", "deeplabv3plus", "unetpp", "u2net",
-    "glore", "gcu", "ginet",
+    "fcn8s",
+    "unet",
+    "segnet",
+    "pspnet",
+    "deeplabv1",
+    "deeplabv2",
+    "deeplabv3",
+    "deeplabv3plus",
+    "unetpp",
+    "u2net",
+    "glore",
+    "gcu",
+    "ginet",
 }
 runner = CliRunner()
 

@@ -53,8 +53,9 @@ def infer_program() -> Path:
     if shutil.which("bash") is None:
         pytest.skip("the C++ build needs bash")
     env = {**os.environ, "PYTHON": sys.executable}  # build.sh takes ONNX Runtime's library from this wheel
-    proc = subprocess.run(["bash", str(CPP / "build.sh")], capture_output=True, text=True, env=env, timeout=1800,
-                          check=False)
+    proc = subprocess.run(
+        ["bash", str(CPP / "build.sh")], capture_output=True, text=True, env=env, timeout=1800, check=False
+    )
     if proc.returncode == 3:
         pytest.skip(f"C++ build prerequisites missing: {proc.stderr.strip().splitlines()[-1]}")
     assert proc.returncode == 0, f"cpp/build.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
@@ -62,8 +63,9 @@ def infer_program() -> Path:
 
 
 def _infer(program: Path, *args: object) -> subprocess.CompletedProcess:
-    return subprocess.run([str(program), *map(str, args), "--threads", "1"], capture_output=True, text=True,
-                          timeout=300, check=False)
+    return subprocess.run(
+        [str(program), *map(str, args), "--threads", "1"], capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def _assert_one_error_line(proc: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
@@ -153,22 +155,51 @@ def models(tmp_path_factory) -> dict:
     # (shapes versus background is too hard for a net this small in grey: it learnt to say "background").
     grey = _grey(_pixels(images)).transpose(0, 3, 1, 2)
     grey_net = TinyNet(1, 2)
-    train_tiny(grey_net, (grey / np.float32(255) - TRAIN_MEAN) / TRAIN_STD, grey[:, 0] > 128, steps=80, lr=1e-2,
-               batch_size=8, seconds=6, seed=0)
+    train_tiny(
+        grey_net,
+        (grey / np.float32(255) - TRAIN_MEAN) / TRAIN_STD,
+        grey[:, 0] > 128,
+        steps=80,
+        lr=1e-2,
+        batch_size=8,
+        seconds=6,
+        seed=0,
+    )
 
     four_labels = ["background", "circle", "rectangle", "triangle"]
     exports = {
         # normalization with the nets' own training statistics, fused into the graph for uint8 input
-        "rgb_classmap": (MultipleOf8(rgb_net), (2, 3, *TRACE_SIZE), four_labels,
-                         {"input_format": "uint8-nhwc", "mean": (TRAIN_MEAN,) * 3, "std": (TRAIN_STD,) * 3,
-                          "output": "classmap"}),
+        "rgb_classmap": (
+            MultipleOf8(rgb_net),
+            (2, 3, *TRACE_SIZE),
+            four_labels,
+            {"input_format": "uint8-nhwc", "mean": (TRAIN_MEAN,) * 3, "std": (TRAIN_STD,) * 3, "output": "classmap"},
+        ),
         # mean/std in RGB order, as export takes them; the manifest gives them in the input's (BGR) order
-        "bgr_logits": (BgrImagenetLogits(rgb_net), (2, 3, *TRACE_SIZE), four_labels,
-                       {"input_format": "float32-nchw", "color": "bgr", "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                        "output": "logits"}),
-        "grey_probs": (BrightLogit(grey_net), (2, 1, *IMAGE_SIZE), ["bright"],
-                       {"input_format": "uint8-nchw", "mean": (TRAIN_MEAN,), "std": (TRAIN_STD,), "output": "probs",
-                        "dynamic": False}),
+        "bgr_logits": (
+            BgrImagenetLogits(rgb_net),
+            (2, 3, *TRACE_SIZE),
+            four_labels,
+            {
+                "input_format": "float32-nchw",
+                "color": "bgr",
+                "mean": IMAGENET_MEAN,
+                "std": IMAGENET_STD,
+                "output": "logits",
+            },
+        ),
+        "grey_probs": (
+            BrightLogit(grey_net),
+            (2, 1, *IMAGE_SIZE),
+            ["bright"],
+            {
+                "input_format": "uint8-nchw",
+                "mean": (TRAIN_MEAN,),
+                "std": (TRAIN_STD,),
+                "output": "probs",
+                "dynamic": False,
+            },
+        ),
     }
     specs: dict = {"rgb_net": rgb_net}
     for name, (module, shape, label_list, options) in exports.items():
@@ -185,8 +216,10 @@ def models(tmp_path_factory) -> dict:
 def bundles(models, tmp_path_factory) -> dict[str, Path]:
     """name -> bundle directory, written by segdeploy's own bundle writer."""
     root = tmp_path_factory.mktemp("cpp_bundles")
-    return {name: write_bundle(models[name]["onnx"], root / name, labels=models[name]["labels"], name=name)
-            for name in ("rgb_classmap", "bgr_logits", "grey_probs")}
+    return {
+        name: write_bundle(models[name]["onnx"], root / name, labels=models[name]["labels"], name=name)
+        for name in ("rgb_classmap", "bgr_logits", "grey_probs")
+    }
 
 
 @pytest.fixture
@@ -200,11 +233,21 @@ def test_bundles_have_the_three_flavours(bundles):
     manifests = {name: json.loads((path / "segdeploy.json").read_text()) for name, path in bundles.items()}
     rgb, bgr, grey = (manifests[n] for n in ("rgb_classmap", "bgr_logits", "grey_probs"))
     assert rgb["input"] | {"mean": None, "std": None} == {
-        "name": "input", "dtype": "uint8", "layout": "NHWC", "color": "rgb", "mean": None, "std": None,
-        "normalization_fused": True, "shape": [2, *TRACE_SIZE, 3], "dynamic_axes": ["batch", "height", "width"],
+        "name": "input",
+        "dtype": "uint8",
+        "layout": "NHWC",
+        "color": "rgb",
+        "mean": None,
+        "std": None,
+        "normalization_fused": True,
+        "shape": [2, *TRACE_SIZE, 3],
+        "dynamic_axes": ["batch", "height", "width"],
         # 16, not 8: the capture keeps the unshuffled sides >= 2 (torch.export specializes sizes 0 and 1),
         # and the file is only promised where the capture holds
-        "size_multiple": 8, "min_size": 16, "tensorrt_profile": None}
+        "size_multiple": 8,
+        "min_size": 16,
+        "tensorrt_profile": None,
+    }
     assert rgb["output"] == {"name": "classmap", "kind": "classmap", "dtype": "int32", "layout": "NHW"}
     assert bgr["input"]["normalization_fused"] is False and bgr["input"]["color"] == "bgr"
     np.testing.assert_allclose(bgr["input"]["mean"], IMAGENET_MEAN[::-1])
@@ -304,12 +347,25 @@ def cpp_run(request, infer_program, bundles, test_image, tmp_path_factory) -> di
     name = request.param
     out = tmp_path_factory.mktemp(f"cpp_{name}")
     image_path, rgb = test_image
-    proc = _infer(infer_program, bundles[name], image_path, "-o", out / "mask.png", "--raw", out / "raw.png",
-                  "--dump-input", out / "input.npy")
+    proc = _infer(
+        infer_program,
+        bundles[name],
+        image_path,
+        "-o",
+        out / "mask.png",
+        "--raw",
+        out / "raw.png",
+        "--dump-input",
+        out / "input.npy",
+    )
     assert proc.returncode == 0, proc.stderr
     manifest = json.loads((bundles[name] / "segdeploy.json").read_text())
     return {
-        "name": name, "bundle": bundles[name], "manifest": manifest, "rgb": rgb, "stdout": proc.stdout,
+        "name": name,
+        "bundle": bundles[name],
+        "manifest": manifest,
+        "rgb": rgb,
+        "stdout": proc.stdout,
         "color": np.asarray(Image.open(out / "mask.png").convert("RGB")),
         "raw": np.asarray(Image.open(out / "raw.png")).astype(np.int64),
         "input": np.load(out / "input.npy"),
@@ -467,6 +523,7 @@ def test_tensorrt_backend_without_tensorrt_is_exit_5(infer_program, bundles, tes
 
 
 def test_unknown_backend_and_bad_arguments_are_exit_2(infer_program, bundles):
-    _assert_one_error_line(_infer(infer_program, bundles["rgb_classmap"], "--check-golden", "--backend", "cuda"), 2,
-                           "unknown backend")
+    _assert_one_error_line(
+        _infer(infer_program, bundles["rgb_classmap"], "--check-golden", "--backend", "cuda"), 2, "unknown backend"
+    )
     _assert_one_error_line(_infer(infer_program, bundles["rgb_classmap"]), 2, "expected BUNDLE_DIR and IMAGE")

@@ -246,8 +246,18 @@ def test_failed_verification_exits_4_writes_the_report_but_no_model(tmp_path, mo
     out, report = tmp_path / "bad.onnx", tmp_path / "report.json"
     result = CliRunner().invoke(
         app,
-        ["export", f"{tmp_path / 'ppm.py'}:Pyramid", "-o", str(out), "--input-shape", "1x3x32x32",
-         "--num-classes", "4", "--report", str(report)],
+        [
+            "export",
+            f"{tmp_path / 'ppm.py'}:Pyramid",
+            "-o",
+            str(out),
+            "--input-shape",
+            "1x3x32x32",
+            "--num-classes",
+            "4",
+            "--report",
+            str(report),
+        ],
     )
     assert result.exit_code == 4, result.output
     assert "noise floor" in result.output and "not written" in result.output
@@ -277,8 +287,20 @@ def test_cli_export_writes_summary_and_report(tmp_path):
     out, report = tmp_path / "m.onnx", tmp_path / "r.json"
     result = CliRunner().invoke(
         app,
-        ["export", f"{tmp_path / 'ppm.py'}:Pyramid", "-o", str(out), "--input-shape", "1x3x40x48",
-         "--num-classes", "4", "--static", "--no-verify", "--report", str(report)],
+        [
+            "export",
+            f"{tmp_path / 'ppm.py'}:Pyramid",
+            "-o",
+            str(out),
+            "--input-shape",
+            "1x3x40x48",
+            "--num-classes",
+            "4",
+            "--static",
+            "--no-verify",
+            "--report",
+            str(report),
+        ],
     )
     assert result.exit_code == 0, result.output
     assert "adaptive_avg_pool" in result.output and "opset" in result.output
@@ -298,8 +320,22 @@ def test_cli_export_refuses_bad_opset_with_exit_code_2():
 def test_cli_config_reaches_the_builder_and_bad_options_are_one_line(tmp_path):
     from segdeploy.cli import app
 
-    result = CliRunner().invoke(app, ["export", "unet", "--config", "width_mult=0.125", "--config", "batch_norm=false",
-                                      "--input-shape", "1x3x32x32", "--no-verify", "-o", str(tmp_path / "u.onnx")])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "unet",
+            "--config",
+            "width_mult=0.125",
+            "--config",
+            "batch_norm=false",
+            "--input-shape",
+            "1x3x32x32",
+            "--no-verify",
+            "-o",
+            str(tmp_path / "u.onnx"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert read_metadata(tmp_path / "u.onnx").config == {"width_mult": 0.125, "batch_norm": False}
     bad = CliRunner().invoke(app, ["export", "unet", "--config", "no_such_option=1", "-o", str(tmp_path / "v.onnx")])
@@ -337,16 +373,31 @@ def test_seed_style_segnet_exports_through_the_cli_with_default_options(tmp_path
     weights = tmp_path / "seed.pt"
     torch.save(calibrate_batchnorm(namespace["build"](), (4, 3, 64, 64)).state_dict(), weights)  # "trained" weights
     out = tmp_path / "seed.onnx"
-    result = CliRunner().invoke(app, ["export", f"{file}:build", "--input-shape", "1x3x96x64", "--num-classes", "4",
-                                      "--weights", str(weights), "-o", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            f"{file}:build",
+            "--input-shape",
+            "1x3x96x64",
+            "--num-classes",
+            "4",
+            "--weights",
+            str(weights),
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "accepts only multiples of 32" in result.output and "passed" in result.output
     # the model is rebuilt from the file's metadata; the weights are the user's
     verified = CliRunner().invoke(app, ["verify", str(out), "--weights", str(weights)])
     assert verified.exit_code == 0, verified.output
     # every later consumer refuses sizes the model does not take, in one line
-    for args in (["verify", str(out), "--weights", str(weights), "--shape", "1x3x80x80"],
-                 ["bench", str(out), "--shape", "1x3x80x80", "--iters", "1"]):
+    for args in (
+        ["verify", str(out), "--weights", str(weights), "--shape", "1x3x80x80"],
+        ["bench", str(out), "--shape", "1x3x80x80", "--iters", "1"],
+    ):
         refused = CliRunner().invoke(app, args)
         assert refused.exit_code == 2 and "multiples of 32" in refused.output and "nearest: 96x96" in refused.output
 
@@ -392,8 +443,21 @@ def test_cli_exports_a_one_channel_zoo_model_from_the_input_shape(tmp_path):
     from segdeploy.cli import app
 
     out = tmp_path / "unet1.onnx"
-    result = CliRunner().invoke(app, ["export", "unet", "--input-shape", "1x1x32x32", "--config", "width_mult=0.125",
-                                      "--num-classes", "2", "-o", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            "unet",
+            "--input-shape",
+            "1x1x32x32",
+            "--config",
+            "width_mult=0.125",
+            "--num-classes",
+            "2",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     meta = read_metadata(out)
     assert (meta.in_channels, meta.num_classes, meta.architecture, meta.source) == (1, 2, "unet", "zoo")
@@ -419,8 +483,22 @@ def test_an_export_the_lint_rejects_is_flagged_not_tensorrt_ready(tmp_path):
     )
     file = _user_file(tmp_path, "aa", source)
     out = tmp_path / "aa.onnx"
-    result = CliRunner().invoke(app, ["export", f"{file}:Antialiased", "--opset", "18", "--input-shape", "1x3x32x32",
-                                      "--num-classes", "2", "--no-verify", "-o", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            f"{file}:Antialiased",
+            "--opset",
+            "18",
+            "--input-shape",
+            "1x3x32x32",
+            "--num-classes",
+            "2",
+            "--no-verify",
+            "-o",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "NOT TensorRT-ready" in result.output and "antialias" in result.output
     built = CliRunner().invoke(app, ["build", str(out), "-o", str(tmp_path / "aa.engine")])
@@ -433,8 +511,21 @@ def test_cli_tables_are_not_cut_when_the_output_is_not_a_terminal(tmp_path):
 
     file = _user_file(tmp_path, "a_user_model_with_a_rather_long_file_name", USER_PPM)
     out = tmp_path / "a_user_model_with_a_rather_long_output_file_name_for_the_summary.onnx"
-    result = CliRunner().invoke(app, ["export", f"{file}:Pyramid", "--input-shape", "1x3x32x32", "--num-classes", "4",
-                                      "-o", str(out), "--no-verify"], env={"COLUMNS": "80"})
+    result = CliRunner().invoke(
+        app,
+        [
+            "export",
+            f"{file}:Pyramid",
+            "--input-shape",
+            "1x3x32x32",
+            "--num-classes",
+            "4",
+            "-o",
+            str(out),
+            "--no-verify",
+        ],
+        env={"COLUMNS": "80"},
+    )
     assert result.exit_code == 0, result.output
     assert str(out) in result.output and "…" not in result.output
 
@@ -447,8 +538,16 @@ def test_uint8_classmap_file_gives_pytorchs_argmax_of_the_normalized_input(tmp_p
 
     model = _calibrated("unet")
     path = tmp_path / "fused.onnx"
-    result = export_onnx(model, path, input_shape=(1, 3, 64, 64), input_format=input_format, output="classmap",
-                         color="bgr", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+    result = export_onnx(
+        model,
+        path,
+        input_shape=(1, 3, 64, 64),
+        input_format=input_format,
+        output="classmap",
+        color="bgr",
+        mean=(0.4, 0.5, 0.6),
+        std=(0.2, 0.25, 0.3),
+    )
     assert result.verification.passed, result.verification.worst()
     assert result.lint.ok, [i.message for i in result.lint.issues]  # the uint8 input feeds only a Cast
     meta = read_metadata(path)

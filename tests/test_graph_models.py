@@ -306,23 +306,40 @@ BN_512, BN_1024 = 2 * 512, 2 * 1024
 AUX = conv(1024, 256, 3, bias=False) + 2 * 256 + conv(256, 21)  # PSPNet's layer3 head, 2,365,205
 CLASSIFIER = conv(512, 21)
 GLORE_HEAD = (
-    conv(2048, 512, bias=False) + BN_512  # reduce
-    + conv(512, 128) + conv(512, 64)  # state, projection
-    + conv(64, 64) + conv(128, 128, bias=False)  # graph conv: across nodes, across channels
-    + conv(128, 512, bias=False) + BN_512  # extend
+    conv(2048, 512, bias=False)
+    + BN_512  # reduce
+    + conv(512, 128)
+    + conv(512, 64)  # state, projection
+    + conv(64, 64)
+    + conv(128, 128, bias=False)  # graph conv: across nodes, across channels
+    + conv(128, 512, bias=False)
+    + BN_512  # extend
 )
 GCU_HEAD = (
     sum(2 * 2048 * k + 2048 * 512 + BN_512 for k in (2, 4, 8, 32))  # anchors, sigmas, W_g, BN
-    + conv(2048 + 4 * 512, 512, 3, bias=False) + BN_512
+    + conv(2048 + 4 * 512, 512, 3, bias=False)
+    + BN_512
 )
 GINET_HEAD = (
-    conv(2048, 512, 3, bias=False) + BN_512  # reduce
-    + 21 * 300 + (300 * 128 + 128) + 2 * 128 + (128 * 256 + 256) + 2 * 256  # word table, MLP
-    + conv(512, 84) + conv(512, 256)  # projection, state
-    + conv(84, 84) + conv(256, 256, bias=False) + conv(21, 21) + conv(256, 256, bias=False)  # two graph convs
-    + 2 * conv(256, 128) + 2 * conv(256, 256)  # query, key, two values
-    + 84 + 21  # interaction scales
-    + conv(256, 512, bias=False) + BN_512  # extend
+    conv(2048, 512, 3, bias=False)
+    + BN_512  # reduce
+    + 21 * 300
+    + (300 * 128 + 128)
+    + 2 * 128
+    + (128 * 256 + 256)
+    + 2 * 256  # word table, MLP
+    + conv(512, 84)
+    + conv(512, 256)  # projection, state
+    + conv(84, 84)
+    + conv(256, 256, bias=False)
+    + conv(21, 21)
+    + conv(256, 256, bias=False)  # two graph convs
+    + 2 * conv(256, 128)
+    + 2 * conv(256, 256)  # query, key, two values
+    + 84
+    + 21  # interaction scales
+    + conv(256, 512, bias=False)
+    + BN_512  # extend
     + 21 * 256  # class centroids
 )
 

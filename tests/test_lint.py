@@ -77,13 +77,16 @@ def test_scatternd_through_maxpool_indices_is_flagged_as_stock_unpooling():
 
 
 def test_custom_domain_is_an_error_but_a_tensorrt_plugin_domain_only_warns():
-    custom = _model([helper.make_node("FusedConv", ["input"], ["logits"], domain="com.microsoft")],
-                    extra_opsets=[("com.microsoft", 1)])
+    custom = _model(
+        [helper.make_node("FusedConv", ["input"], ["logits"], domain="com.microsoft")],
+        extra_opsets=[("com.microsoft", 1)],
+    )
     report = lint_onnx(custom)
     assert not report.ok and "com.microsoft::FusedConv" in report.errors[0].message
 
-    plugin = _model([helper.make_node("MyUpsample", ["input"], ["logits"], domain="trt.plugins")],
-                    extra_opsets=[("trt.plugins", 1)])
+    plugin = _model(
+        [helper.make_node("MyUpsample", ["input"], ["logits"], domain="trt.plugins")], extra_opsets=[("trt.plugins", 1)]
+    )
     report = lint_onnx(plugin)
     assert report.ok and len(report.warnings) == 1 and "plugin" in report.warnings[0].message
 
@@ -116,7 +119,9 @@ def test_double_tensors_warn_and_string_casts_are_errors():
     assert report.ok and "DOUBLE" in report.warnings[0].message
 
     cast = helper.make_node("Cast", ["input"], ["logits"], to=TensorProto.STRING)
-    report = lint_onnx(_model([cast], outputs=[helper.make_tensor_value_info("logits", TensorProto.STRING, [1, 3, 8, 8])]))
+    report = lint_onnx(
+        _model([cast], outputs=[helper.make_tensor_value_info("logits", TensorProto.STRING, [1, 3, 8, 8])])
+    )
     assert not report.ok and any("STRING" in i.message for i in report.errors)
 
 
@@ -222,36 +227,46 @@ def _qdq_model(
     elif float_weight_qdq:  # float weights through Q -> DQ, as ModelOpt writes them
         inits.append(numpy_helper.from_array(weights.astype(np.float32) * 0.01, "w_float"))
         nodes += [
-            helper.make_node("QuantizeLinear", ["w_float", "w_scale", "w_zero"], ["w_int8"], name="q_weight",
-                             axis=weight_axis),
-            helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zero"], ["wdq"], name="dq_weight",
-                             axis=weight_axis),
+            helper.make_node(
+                "QuantizeLinear", ["w_float", "w_scale", "w_zero"], ["w_int8"], name="q_weight", axis=weight_axis
+            ),
+            helper.make_node(
+                "DequantizeLinear", ["w_int8", "w_scale", "w_zero"], ["wdq"], name="dq_weight", axis=weight_axis
+            ),
         ]
     else:
         inits.append(numpy_helper.from_array(weights, "w_int8"))
-        nodes.append(helper.make_node("DequantizeLinear", ["w_int8", "w_scale", "w_zero"], ["wdq"], name="dq_weight",
-                                      axis=weight_axis))
+        nodes.append(
+            helper.make_node(
+                "DequantizeLinear", ["w_int8", "w_scale", "w_zero"], ["wdq"], name="dq_weight", axis=weight_axis
+            )
+        )
     if int32_bias:
         inits += [
             numpy_helper.from_array(np.arange(out_channels, dtype=np.int32), "b_int32"),
             numpy_helper.from_array(np.full(out_channels, 5e-4, np.float32), "b_scale"),
             numpy_helper.from_array(np.zeros(out_channels, np.int32), "b_zero"),
         ]
-        nodes.append(helper.make_node("DequantizeLinear", ["b_int32", "b_scale", "b_zero"], ["bdq"], name="dq_bias",
-                                      axis=0))
+        nodes.append(
+            helper.make_node("DequantizeLinear", ["b_int32", "b_scale", "b_zero"], ["bdq"], name="dq_bias", axis=0)
+        )
         conv_inputs.append("bdq")
     outputs = None
     if unpool_through_qdq:
-        inits += [numpy_helper.from_array(np.array(v, np.int64), n)
-                  for n, v in (("s0", [0]), ("s1", [1]), ("e", [1 << 30]), ("ax", [3]), ("st", [2]))]
+        inits += [
+            numpy_helper.from_array(np.array(v, np.int64), n)
+            for n, v in (("s0", [0]), ("s1", [1]), ("e", [1 << 30]), ("ax", [3]), ("st", [2]))
+        ]
         nodes += [
             helper.make_node("Slice", ["xdq", "s0", "e", "ax", "st"], ["slot0"], name="slot0"),
             helper.make_node("Slice", ["xdq", "s1", "e", "ax", "st"], ["slot1"], name="slot1"),
             helper.make_node("Max", ["slot0", "slot1"], ["window_max"], name="window_max"),
             helper.make_node("Equal", ["slot0", "window_max"], ["first"], name="first_is_max"),
         ]
-        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None),
-                   helper.make_tensor_value_info("first", TensorProto.BOOL, None)]
+        outputs = [
+            helper.make_tensor_value_info("logits", TensorProto.FLOAT, None),
+            helper.make_tensor_value_info("first", TensorProto.BOOL, None),
+        ]
     nodes.append(helper.make_node(op, conv_inputs, ["logits"], pads=[1, 1, 1, 1], name="conv"))
     return _model(nodes, initializers=inits, outputs=outputs)
 
@@ -285,8 +300,17 @@ def test_float_weights_through_qdq_on_the_wrong_axis_are_flagged():
         ({"op": "ConvTranspose", "weight_axis": 0}, "qdq-weight-axis"),
         ({"unpool_through_qdq": True}, "qdq-unpool"),
     ],
-    ids=["nonzero-zero-point", "uint8-quantize", "uint8-dequantize", "int32-bias", "per-channel-activation",
-         "zero-scale", "conv-weight-axis-1", "convtranspose-weight-axis-0", "comparison-after-qdq"],
+    ids=[
+        "nonzero-zero-point",
+        "uint8-quantize",
+        "uint8-dequantize",
+        "int32-bias",
+        "per-channel-activation",
+        "zero-scale",
+        "conv-weight-axis-1",
+        "convtranspose-weight-axis-0",
+        "comparison-after-qdq",
+    ],
 )
 def test_each_qdq_rule_flags_its_bad_file(kwargs, rule):
     report = lint_onnx(_qdq_model(**kwargs))

@@ -52,7 +52,11 @@ def test_user_factory_and_class_load_with_num_classes(user_file):
 
 @pytest.mark.parametrize(
     ("factory", "message"),
-    [("missing", "has no callable 'missing'"), ("not_a_module", "did not return a torch.nn.Module"), ("broken", "factory exploded")],
+    [
+        ("missing", "has no callable 'missing'"),
+        ("not_a_module", "did not return a torch.nn.Module"),
+        ("broken", "factory exploded"),
+    ],
 )
 def test_bad_factories_give_one_line(user_file, factory, message):
     with pytest.raises(UserInputError, match=message) as info:

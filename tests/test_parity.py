@@ -44,8 +44,9 @@ def exported(tmp_path_factory):
         weights = root / f"{name}.pt"
         torch.save(model.state_dict(), weights)
         path = root / f"{name}.onnx"
-        result = export_onnx(name, path, input_shape=SHAPE, num_classes=5, weights=weights,
-                             config=model_info(name).test_config)
+        result = export_onnx(
+            name, path, input_shape=SHAPE, num_classes=5, weights=weights, config=model_info(name).test_config
+        )
         files[name] = (path, weights, model, result)
     return files
 
@@ -115,8 +116,16 @@ def test_a_correct_stock_export_passes_too(tmp_path):
     stock = tmp_path / "unet.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.randn(2, 3, 64, 64),), str(stock), dynamo=True, input_names=["input"],
-                          output_names=["logits"], dynamic_shapes=({0: "b", 2: "h", 3: "w"},), verbose=False)
+        torch.onnx.export(
+            model,
+            (torch.randn(2, 3, 64, 64),),
+            str(stock),
+            dynamo=True,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_shapes=({0: "b", 2: "h", 3: "w"},),
+            verbose=False,
+        )
     report = verify(stock, model, shapes=SHAPES)
     assert report.passed, report.worst()
 

@@ -84,8 +84,15 @@ def _export(model: nn.Module, path, example_shape=TRACE_SHAPE) -> onnx.ModelProt
     dim = torch.export.Dim
     axes = {0: dim("batch", min=1, max=64), 2: dim("height", min=8, max=8192), 3: dim("width", min=8, max=8192)}
     torch.onnx.export(
-        model.eval(), (torch.randn(*example_shape),), path, dynamo=True, opset_version=17,
-        input_names=["input"], output_names=["logits"], dynamic_shapes=(axes,), verbose=False,
+        model.eval(),
+        (torch.randn(*example_shape),),
+        path,
+        dynamo=True,
+        opset_version=17,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=(axes,),
+        verbose=False,
     )
     return onnx.load(path)
 
@@ -285,8 +292,11 @@ def _resize_model(scales_as: str) -> onnx.ModelProto:
         initializers.append(scales)
     nodes.append(helper.make_node("Resize", ["conv", "", "scales"], ["logits"], mode="linear", name="resize"))
     graph = helper.make_graph(
-        nodes, "resize", [helper.make_tensor_value_info("input", T.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info("logits", T.FLOAT, ["n", 4, None, None])], initializers,
+        nodes,
+        "resize",
+        [helper.make_tensor_value_info("input", T.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("logits", T.FLOAT, ["n", 4, None, None])],
+        initializers,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
 

@@ -84,8 +84,15 @@ def _export(model: nn.Module, path, opset: int = 17) -> onnx.ModelProto:
     dim = torch.export.Dim
     axes = {0: dim("batch", min=1, max=64), 2: dim("height", min=8, max=8192), 3: dim("width", min=8, max=8192)}
     torch.onnx.export(
-        model.eval(), (torch.randn(*TRACE_SHAPE),), path, dynamo=True, opset_version=opset,
-        input_names=["input"], output_names=["logits"], dynamic_shapes=(axes,), verbose=False,
+        model.eval(),
+        (torch.randn(*TRACE_SHAPE),),
+        path,
+        dynamo=True,
+        opset_version=opset,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=(axes,),
+        verbose=False,
     )
     return onnx.load(path)
 
@@ -185,14 +192,19 @@ def test_join_of_two_conv_outputs_gets_a_new_qdq_pair_calibrated_on_fp32():
     """Conv -> Add <- Conv (a ResNet downsampling branch): the second output has no pair to reuse."""
     helper = onnx.helper
     rng = np.random.default_rng(0)
-    weights = [onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), f"w{i}")
-               for i in range(2)]
-    nodes = [helper.make_node("Conv", ["input", f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}")
-             for i in range(2)]
+    weights = [
+        onnx.numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), f"w{i}") for i in range(2)
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", f"w{i}"], [f"c{i}"], pads=[1, 1, 1, 1], name=f"conv{i}") for i in range(2)
+    ]
     nodes.append(helper.make_node("Add", ["c0", "c1"], ["logits"], name="join"))
     graph = helper.make_graph(
-        nodes, "join", [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"])],
-        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["n", 4, "h", "w"])], weights,
+        nodes,
+        "join",
+        [helper.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["n", 3, "h", "w"])],
+        [helper.make_tensor_value_info("logits", onnx.TensorProto.FLOAT, ["n", 4, "h", "w"])],
+        weights,
     )
     fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     calibration = rng.normal(size=(8, 3, 16, 16)).astype(np.float32)
@@ -226,7 +238,8 @@ def test_unpooling_comparisons_and_pooling_matrices_stay_float(quantized):
     matmuls = [node for node in int8.graph.node if node.op_type == "MatMul"]
     assert matmuls and not any(
         producer.get(name) is not None and producer[name].op_type == "DequantizeLinear"
-        for node in matmuls for name in node.input
+        for node in matmuls
+        for name in node.input
     )
     assert all(name in " ".join(report.float_nodes) for name in (n.name for n in matmuls if n.name))
 
@@ -250,9 +263,16 @@ def test_quantizing_the_unpooling_comparisons_fails_lint(quantized, data):
 
     with tempfile.TemporaryDirectory() as tmp:
         onnx.save(fp32, Path(tmp) / "fp32.onnx")
-        quantize_static(str(Path(tmp) / "fp32.onnx"), str(Path(tmp) / "bad.onnx"), Reader(),
-                        quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, extra_options={"ActivationSymmetric": True})
+        quantize_static(
+            str(Path(tmp) / "fp32.onnx"),
+            str(Path(tmp) / "bad.onnx"),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            extra_options={"ActivationSymmetric": True},
+        )
         bad = onnx.load(str(Path(tmp) / "bad.onnx"))
     assert {"qdq-unpool", "qdq-dequantize-input"} <= {issue.rule for issue in lint_onnx(bad).errors}
 
@@ -384,14 +404,15 @@ def test_grayscale_images_and_a_normalize_callable(tmp_path):
     images, _ = make_shapes(3, size=(32, 32), in_channels=1, seed=1)
     _write_images(tmp_path / "gray", images, mode="L")
     loaded = load_calibration(tmp_path / "gray", shape=(32, 32), in_channels=1, normalize=lambda x: x * 2 - 1)
-    assert loaded.shape == (3, 1, 32, 32) and -1 <= loaded.min() and loaded.max() <= 1
+    assert loaded.shape == (3, 1, 32, 32) and loaded.min() >= -1 and loaded.max() <= 1
 
 
 def test_npy_calibration_is_loaded_without_pickles(tmp_path, code_running_payload):
     batches = make_shapes(6, size=(32, 32), seed=3)[0]
     np.save(tmp_path / "calib.npy", batches)
-    np.testing.assert_array_equal(load_calibration(tmp_path / "calib.npy", shape=(32, 32), in_channels=3,
-                                                   calib_size=4), batches[:4])
+    np.testing.assert_array_equal(
+        load_calibration(tmp_path / "calib.npy", shape=(32, 32), in_channels=3, calib_size=4), batches[:4]
+    )
     payload, marker = code_running_payload
     np.save(tmp_path / "evil.npy", np.array([payload], dtype=object), allow_pickle=True)
     with pytest.raises(UserInputError, match="pickles"):
@@ -422,8 +443,14 @@ def test_bad_calibration_data_is_refused_in_one_line(tmp_path, case, words):
 
     in_channels = 1 if case == "rgb-for-gray-model" else 3
     path = tmp_path / "calib"
-    if case in ("empty-dir", "text-only-dir", "corrupt-image", "rgb-for-gray-model", "gray-for-rgb-model",
-                "rgba-for-rgb-model"):
+    if case in (
+        "empty-dir",
+        "text-only-dir",
+        "corrupt-image",
+        "rgb-for-gray-model",
+        "gray-for-rgb-model",
+        "rgba-for-rgb-model",
+    ):
         path.mkdir()
     if case == "text-only-dir":
         (path / "readme.txt").write_text("no images here")
@@ -434,8 +461,11 @@ def test_bad_calibration_data_is_refused_in_one_line(tmp_path, case, words):
         Image.new(mode, (8, 8)).save(path / "image.png")
     elif case.startswith("npy-"):
         path = tmp_path / "calib.npy"
-        arrays = {"npy-rank": np.zeros((2, 32, 32), np.float32), "npy-channels": np.zeros((2, 1, 8, 8), np.float32),
-                  "npy-dtype": np.zeros((2, 3, 8, 8))}
+        arrays = {
+            "npy-rank": np.zeros((2, 32, 32), np.float32),
+            "npy-channels": np.zeros((2, 1, 8, 8), np.float32),
+            "npy-dtype": np.zeros((2, 3, 8, 8)),
+        }
         if case == "npy-truncated":
             np.save(path, np.zeros((2, 3, 8, 8), np.float32))
             path.write_bytes(path.read_bytes()[:100])
@@ -492,9 +522,24 @@ def _cli(*args: str):
 
 def test_cli_exports_an_int8_file_that_verifies_and_lints_clean(trained_unet):
     out = trained_unet / "unet.int8.onnx"
-    result = _cli("export", "unet", "--config", "width_mult=0.125", "--num-classes", "4", "--input-shape",
-                  f"1x3x{TRACE_SHAPE[2]}x{TRACE_SHAPE[3]}", "--weights", str(trained_unet / "unet.pt"),
-                  "--precision", "int8", "--calib", str(trained_unet / "calib.npy"), "-o", str(out))
+    result = _cli(
+        "export",
+        "unet",
+        "--config",
+        "width_mult=0.125",
+        "--num-classes",
+        "4",
+        "--input-shape",
+        f"1x3x{TRACE_SHAPE[2]}x{TRACE_SHAPE[3]}",
+        "--weights",
+        str(trained_unet / "unet.pt"),
+        "--precision",
+        "int8",
+        "--calib",
+        str(trained_unet / "calib.npy"),
+        "-o",
+        str(out),
+    )
     assert result.exit_code == 0, result.output
     assert "int8 (ort)" in result.output and "[agreement+p99, int8]" in result.output
     proto = onnx.load(str(out))
@@ -523,11 +568,26 @@ def test_cli_int8_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, code
     (tmp_path / "gray").mkdir()
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(tmp_path / "gray" / "a.png")
     np.save(tmp_path / "calib.npy", np.zeros((2, 3, 32, 32), np.float32))
-    places = {"{empty}": str(tmp_path / "empty"), "{gray}": str(tmp_path / "gray"), "{npy}": str(tmp_path / "calib.npy")}
+    places = {
+        "{empty}": str(tmp_path / "empty"),
+        "{gray}": str(tmp_path / "gray"),
+        "{npy}": str(tmp_path / "calib.npy"),
+    }
     args = [places.get(a, a) for a in extra]
     out = tmp_path / "x.onnx"
-    result = _cli("export", "unet", "--config", "width_mult=0.125", "--input-shape", "1x3x32x32",
-                  "--precision", "int8", *args, "-o", str(out))
+    result = _cli(
+        "export",
+        "unet",
+        "--config",
+        "width_mult=0.125",
+        "--input-shape",
+        "1x3x32x32",
+        "--precision",
+        "int8",
+        *args,
+        "-o",
+        str(out),
+    )
     assert result.exit_code == code, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0], result.output
@@ -537,7 +597,21 @@ def test_cli_int8_bad_input_is_one_line_and_writes_nothing(tmp_path, extra, code
 @pytest.mark.skipif(modelopt_available(), reason="ModelOpt is installed here")
 def test_cli_modelopt_requested_but_absent_exits_5(tmp_path):
     np.save(tmp_path / "calib.npy", np.zeros((2, 3, 32, 32), np.float32))
-    result = _cli("export", "unet", "--config", "width_mult=0.125", "--input-shape", "1x3x32x32", "--precision",
-                  "int8", "--calib", str(tmp_path / "calib.npy"), "--quantizer", "modelopt", "-o", str(tmp_path / "x.onnx"))
+    result = _cli(
+        "export",
+        "unet",
+        "--config",
+        "width_mult=0.125",
+        "--input-shape",
+        "1x3x32x32",
+        "--precision",
+        "int8",
+        "--calib",
+        str(tmp_path / "calib.npy"),
+        "--quantizer",
+        "modelopt",
+        "-o",
+        str(tmp_path / "x.onnx"),
+    )
     assert result.exit_code == 5 and "segdeploy[modelopt]" in result.output
     assert not (tmp_path / "x.onnx").exists()

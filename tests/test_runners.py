@@ -6,6 +6,7 @@ import subprocess
 import sys
 import types
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,8 +46,14 @@ def tiny_onnx(tiny_model, tmp_path_factory) -> str:
         warnings.simplefilter("ignore")
         # The TorchScript exporter takes 0.2 s here against ~10 s for dynamo; the runners do not care which.
         torch.onnx.export(
-            tiny_model, (torch.randn(1, 3, 32, 32),), str(path), input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}}, opset_version=17, dynamo=False,
+            tiny_model,
+            (torch.randn(1, 3, 32, 32),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}},
+            opset_version=17,
+            dynamo=False,
         )
     return str(path)
 
@@ -114,13 +121,12 @@ def test_ort_runner_refuses_files_that_are_not_onnx_in_one_line(tiny_onnx, tmp_p
     if kind == "random":
         path.write_bytes(np.random.default_rng(0).bytes(2000))
     elif kind == "truncated":
-        data = open(tiny_onnx, "rb").read()
+        data = Path(tiny_onnx).read_bytes()
         path.write_bytes(data[: len(data) // 2])
     elif kind == "empty":
         path.write_bytes(b"")
-    with pytest.raises(UserInputError) as info:
-        with OrtRunner(path):
-            pass
+    with pytest.raises(UserInputError) as info, OrtRunner(path):
+        pass
     message = str(info.value)
     assert "bad.onnx" in message and "\n" not in message
 
@@ -130,15 +136,15 @@ def test_ort_runner_refuses_a_model_without_an_image_input(tmp_path):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Add", ["a", "b"], ["logits"])], "two_inputs",
+        [helper.make_node("Add", ["a", "b"], ["logits"])],
+        "two_inputs",
         [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, 3, 8, 8]) for n in ("a", "b")],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 8, 8])],
     )
     path = tmp_path / "two.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
-    with pytest.raises(UserInputError, match="inputs a, b; expected one image input named 'input'"):
-        with OrtRunner(path):
-            pass
+    with pytest.raises(UserInputError, match="inputs a, b; expected one image input named 'input'"), OrtRunner(path):
+        pass
 
 
 def test_open_runner_chooses_by_suffix_and_type(tiny_model, tiny_onnx, tmp_path, monkeypatch):

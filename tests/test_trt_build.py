@@ -32,7 +32,9 @@ GPU = GpuInfo(name="Fake GPU", compute_capability="8.6", memory_gb=24.0)
 
 
 # --------------------------------------------------------------------------- fixtures
-def write_onnx(path: Path, *, fp16: bool = False, dims=("N", 3, "H", "W"), metadata: dict[str, str] | None = None) -> Path:
+def write_onnx(
+    path: Path, *, fp16: bool = False, dims=("N", 3, "H", "W"), metadata: dict[str, str] | None = None
+) -> Path:
     """A tiny 1x1-conv model; with fp16 its weight is FLOAT16 behind a Cast (float32 I/O like segdeploy's)."""
     weight_type = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
     weight = helper.make_tensor("w", weight_type, [2, 3, 1, 1], [0.5] * 6)
@@ -44,7 +46,8 @@ def write_onnx(path: Path, *, fp16: bool = False, dims=("N", 3, "H", "W"), metad
     else:
         nodes.append(helper.make_node("Conv", ["input", "w"], ["logits"]))
     graph = helper.make_graph(
-        nodes, "tiny",
+        nodes,
+        "tiny",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(dims))],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
         initializer=[weight],
@@ -82,7 +85,8 @@ def write_qdq_onnx(path: Path, *, fp16: bool = False, metadata: dict[str, str] |
             helper.make_tensor("w_zero", TensorProto.INT8, [2], [0, 0]),
         ]
         graph = helper.make_graph(
-            nodes, "tiny_qdq_fp16",
+            nodes,
+            "tiny_qdq_fp16",
             [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
             initializer=initializers,
@@ -102,9 +106,17 @@ def write_qdq_onnx(path: Path, *, fp16: bool = False, metadata: dict[str, str] |
                 return next(self.batches, None)
 
         float_path = write_onnx(path.with_name(path.stem + ".float.onnx"), metadata={})
-        quantize_static(str(float_path), str(path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})
+        quantize_static(
+            str(float_path),
+            str(path),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
         float_path.unlink()
         model = onnx.load(str(path))
         del model.metadata_props[:]
@@ -131,16 +143,23 @@ class RecordingEnum:
 class FakeTensorRT:
     """Just enough of ``tensorrt`` for build_engine: records calls in ``self.calls``."""
 
-    def __init__(self, version: str = "10.3.0.26", *, parse_errors: tuple[str, ...] = (), plan: bytes | None = b"PLAN",
-                 cache_matches: bool = True) -> None:
+    def __init__(
+        self,
+        version: str = "10.3.0.26",
+        *,
+        parse_errors: tuple[str, ...] = (),
+        plan: bytes | None = b"PLAN",
+        cache_matches: bool = True,
+    ) -> None:
         self.__version__ = version
         self.calls: list[tuple] = []
         major = int(version.split(".")[0])
         builder_flags = {"TF32": "TF32"} if major >= 11 else {"TF32": "TF32", "FP16": "FP16"}
         self.BuilderFlag = RecordingEnum(self.calls, "BuilderFlag", **builder_flags)
         # The enum value moved: 1 on 10.x, 0 on 11.x.
-        self.NetworkDefinitionCreationFlag = RecordingEnum(self.calls, "NetworkDefinitionCreationFlag",
-                                                           STRONGLY_TYPED=1 if major == 10 else 0)
+        self.NetworkDefinitionCreationFlag = RecordingEnum(
+            self.calls, "NetworkDefinitionCreationFlag", STRONGLY_TYPED=1 if major == 10 else 0
+        )
         self.MemoryPoolType = RecordingEnum(self.calls, "MemoryPoolType", WORKSPACE="WORKSPACE")
         self.parse_errors, self.plan, self.cache_matches = parse_errors, plan, cache_matches
         fake = self
@@ -347,7 +366,12 @@ def test_precision_names_are_normalized():
     from segdeploy.runtime.trt_build import normalize_precision
 
     assert [normalize_precision(p) for p in ("INT8", "int8_fp16", "INT8+FP16", "float16", None)] == [
-        "int8", "int8-fp16", "int8-fp16", "fp16", None]
+        "int8",
+        "int8-fp16",
+        "int8-fp16",
+        "fp16",
+        None,
+    ]
 
 
 def test_trt_major_reads_the_version_string():
@@ -443,9 +467,14 @@ def test_onnx_facts_find_qdq_nodes_inside_subgraphs(tmp_path):
     path = write_onnx(tmp_path / "m.onnx")
     model = onnx.load(str(path))
     branch = helper.make_graph(
-        [helper.make_node("DequantizeLinear", ["q", "s"], ["d"])], "branch", [],
+        [helper.make_node("DequantizeLinear", ["q", "s"], ["d"])],
+        "branch",
+        [],
         [helper.make_tensor_value_info("d", TensorProto.FLOAT, None)],
-        initializer=[helper.make_tensor("q", TensorProto.INT8, [1], [3]), helper.make_tensor("s", TensorProto.FLOAT, [], [0.5])],
+        initializer=[
+            helper.make_tensor("q", TensorProto.INT8, [1], [3]),
+            helper.make_tensor("s", TensorProto.FLOAT, [], [0.5]),
+        ],
     )
     model.graph.initializer.append(helper.make_tensor("cond", TensorProto.BOOL, [], [True]))
     model.graph.node.append(helper.make_node("If", ["cond"], ["unused"], then_branch=branch, else_branch=branch))
@@ -455,7 +484,9 @@ def test_onnx_facts_find_qdq_nodes_inside_subgraphs(tmp_path):
 
 def test_int8_metadata_without_qdq_nodes_is_refused(tmp_path):
     path = write_onnx(tmp_path / "m.onnx", metadata={"precision": "int8", "trace_shape": "1x3x32x32"})
-    with pytest.raises(UserInputError, match=r"says precision int8 but has no QuantizeLinear.*--precision int8 --calib PATH"):
+    with pytest.raises(
+        UserInputError, match=r"says precision int8 but has no QuantizeLinear.*--precision int8 --calib PATH"
+    ):
         read_onnx_facts(path)
 
 

@@ -55,22 +55,36 @@ def flag_names(fake: trt_bindings.FakeTensorRT, method: str) -> list[str]:
 
 # --------------------------------------------------------------------------- the signature parser (no download)
 def test_pybind_signatures_are_parsed_with_defaults_overloads_and_nested_types():
-    doc = ("__init__(self: tensorrt_bindings.tensorrt.Logger, min_severity: "
-           "tensorrt_bindings.tensorrt.ILogger.Severity = <Severity.WARNING: 2>) -> None\n\n")
+    doc = (
+        "__init__(self: tensorrt_bindings.tensorrt.Logger, min_severity: "
+        "tensorrt_bindings.tensorrt.ILogger.Severity = <Severity.WARNING: 2>) -> None\n\n"
+    )
     (sig,) = trt_bindings.parse_doc(doc, "__init__")
-    assert sig["params"][1] == {"name": "min_severity", "type": "ILogger.Severity", "default": "<Severity.WARNING: 2>",
-                                "kind": "normal"}
-    overloaded = ("set_input_shape(*args, **kwargs)\nOverloaded function.\n\n"
-                  "1. set_input_shape(self: tensorrt_bindings.tensorrt.IExecutionContext, name: str, shape: tuple) -> bool\n\n"
-                  "    Set shape.\n\n"
-                  "2. set_input_shape(self: tensorrt_bindings.tensorrt.IExecutionContext, name: str, "
-                  "shape: collections.abc.Sequence[tuple[collections.abc.Sequence[typing.SupportsInt], bool]]) -> bool\n")
+    assert sig["params"][1] == {
+        "name": "min_severity",
+        "type": "ILogger.Severity",
+        "default": "<Severity.WARNING: 2>",
+        "kind": "normal",
+    }
+    overloaded = (
+        "set_input_shape(*args, **kwargs)\nOverloaded function.\n\n"
+        "1. set_input_shape(self: tensorrt_bindings.tensorrt.IExecutionContext, name: str, shape: tuple) -> bool\n\n"
+        "    Set shape.\n\n"
+        "2. set_input_shape(self: tensorrt_bindings.tensorrt.IExecutionContext, name: str, "
+        "shape: collections.abc.Sequence[tuple[collections.abc.Sequence[typing.SupportsInt], bool]]) -> bool\n"
+    )
     sigs = trt_bindings.parse_doc(overloaded, "set_input_shape")
     assert [s["params"][2]["type"] for s in sigs] == [
-        "tuple", "collections.abc.Sequence[tuple[collections.abc.Sequence[typing.SupportsInt], bool]]"]
+        "tuple",
+        "collections.abc.Sequence[tuple[collections.abc.Sequence[typing.SupportsInt], bool]]",
+    ]
     assert trt_bindings.parse_signature("(arg0: tensorrt_bindings.tensorrt.ITensor) -> str")["returns"] == "str"
-    assert trt_bindings.parse_signature("get_error(self: X, index: int) -> nvonnxparser::IParserError",
-                                        "get_error")["returns"] == "nvonnxparser::IParserError"
+    assert (
+        trt_bindings.parse_signature("get_error(self: X, index: int) -> nvonnxparser::IParserError", "get_error")[
+            "returns"
+        ]
+        == "nvonnxparser::IParserError"
+    )
 
 
 def test_missing_compiler_skips_with_a_reason(tmp_path, monkeypatch):
@@ -112,8 +126,9 @@ BUILDS = [
 
 
 @pytest.mark.parametrize("onnx_precision, requested, with_cache", BUILDS)
-def test_build_engine_makes_only_calls_the_real_bindings_accept(trt_api, install, tmp_path, onnx_precision,
-                                                                requested, with_cache):
+def test_build_engine_makes_only_calls_the_real_bindings_accept(
+    trt_api, install, tmp_path, onnx_precision, requested, with_cache
+):
     from segdeploy.runtime.trt_build import build_engine
 
     fake = install(trt_api)
@@ -142,14 +157,20 @@ def test_build_engine_makes_only_calls_the_real_bindings_accept(trt_api, install
     assert (pool["pool"].name, pool["pool_size"]) == ("WORKSPACE", 2 << 30)
     (shape,) = fake.calls_to("IOptimizationProfile.set_shape")
     assert (shape["input"], tuple(shape["min"]), tuple(shape["opt"]), tuple(shape["max"])) == (
-        "input", (1, 3, 32, 32), (2, 3, 64, 96), (4, 3, 128, 192))
+        "input",
+        (1, 3, 32, 32),
+        (2, 3, 64, 96),
+        (4, 3, 128, 192),
+    )
     assert fake.calls_to("OnnxParser.parse_from_file") == [{"model": str(onnx_path)}]
     assert result.engine_path.read_bytes() == b"PLAN"
     assert result.sidecar["tensorrt_version"] == trt_api["version"]
     assert result.sidecar["precision"] == engine_precision and result.sidecar["strongly_typed"] is strongly_typed
     assert result.sidecar["explicit_quantization"] is onnx_precision.startswith("int8")
     if with_cache:
-        assert [bytes(a["serialized_timing_cache"]) for a in fake.calls_to("IBuilderConfig.create_timing_cache")] == [b"OLD"]
+        assert [bytes(a["serialized_timing_cache"]) for a in fake.calls_to("IBuilderConfig.create_timing_cache")] == [
+            b"OLD"
+        ]
         assert [a["ignore_mismatch"] for a in fake.calls_to("IBuilderConfig.set_timing_cache")] == [False]
         assert cache.read_bytes() == b"OLD+tuned"
     else:
@@ -164,7 +185,9 @@ def test_foreign_timing_cache_is_replaced_through_real_calls(trt_api, install, t
     cache.write_bytes(b"FOREIGN")
     build_engine(write_onnx(tmp_path / "m.onnx"), timing_cache=cache)
     assert [bytes(a["serialized_timing_cache"]) for a in fake.calls_to("IBuilderConfig.create_timing_cache")] == [
-        b"FOREIGN", b""]
+        b"FOREIGN",
+        b"",
+    ]
     assert cache.read_bytes() == b"+tuned"
 
 
@@ -208,7 +231,10 @@ def test_engine_loading_io_and_shapes_use_only_real_calls(trt_api, install, tmp_
     assert set_shapes(loaded.context, io, torch.Size(shape)) == [(2, 7, 45, 61), (2, 7, 45, 61)]
     bind_tensors(loaded.context, io, 4096, [8192, 12288])
     assert [(a["name"], a["memory"]) for a in fake.calls_to("IExecutionContext.set_tensor_address")] == [
-        ("input", 4096), ("logits", 8192), ("aux", 12288)]
+        ("input", 4096),
+        ("logits", 8192),
+        ("aux", 12288),
+    ]
     enqueue(loaded.context, 1234, tmp_path / "m.engine")
     assert fake.calls_to("IExecutionContext.execute_async_v3") == [{"stream_handle": 1234}]
 
@@ -241,8 +267,9 @@ def test_runner_activates_against_the_real_bindings(trt_api, install, tmp_path, 
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"ENGINE")
-    sidecar_path(engine).write_text(json.dumps({"tensorrt_version": trt_api["version"], "compute_capability": "8.6",
-                                                "precision": "fp32"}))
+    sidecar_path(engine).write_text(
+        json.dumps({"tensorrt_version": trt_api["version"], "compute_capability": "8.6", "precision": "fp32"})
+    )
     fake = install(trt_api)
     monkeypatch.setattr(torch.cuda, "Stream", lambda: types.SimpleNamespace(cuda_stream=77))
     runner = TrtRunner(engine)
@@ -260,9 +287,17 @@ def _objects(trt: trt_bindings.FakeTensorRT) -> types.SimpleNamespace:
     network = builder.create_network(0)
     config = builder.create_builder_config()
     context = trt.make("IExecutionContext")
-    return types.SimpleNamespace(logger=logger, builder=builder, network=network, config=config,
-                                 parser=trt.OnnxParser(network, logger), profile=builder.create_optimization_profile(),
-                                 cache=config.create_timing_cache(b""), context=context, engine=trt.make("ICudaEngine"))
+    return types.SimpleNamespace(
+        logger=logger,
+        builder=builder,
+        network=network,
+        config=config,
+        parser=trt.OnnxParser(network, logger),
+        profile=builder.create_optimization_profile(),
+        cache=config.create_timing_cache(b""),
+        context=context,
+        engine=trt.make("ICudaEngine"),
+    )
 
 
 WRONG_CALLS = {
@@ -299,9 +334,12 @@ def test_the_fake_rejects_calls_the_real_bindings_would_reject(trt_api, mistake)
 def test_the_fake_rejects_apis_removed_in_tensorrt_11(trt_api):
     trt = trt_bindings.make_fake_tensorrt(trt_api)
     engine, builder = trt.make("ICudaEngine"), trt.Builder(trt.Logger())
-    removed = [lambda: trt.BuilderFlag.FP16, lambda: trt.BuilderFlag.INT8,
-               lambda: engine.create_execution_context_without_device_memory(),
-               lambda: builder.platform_has_fast_fp16]
+    removed = [
+        lambda: trt.BuilderFlag.FP16,
+        lambda: trt.BuilderFlag.INT8,
+        lambda: engine.create_execution_context_without_device_memory(),
+        lambda: builder.platform_has_fast_fp16,
+    ]
     for call in removed:
         if major(trt_api) >= 11:
             with pytest.raises(AttributeError):
@@ -325,11 +363,20 @@ BUILD_MUTATIONS = {
     "dropped argument": ("if not config.set_timing_cache(cache, False)", "if not config.set_timing_cache(cache)"),
     "wrong enum member": ("trt.BuilderFlag.TF32", "trt.BuilderFlag.TF_32"),
     "Path for str": ("parser.parse_from_file(str(onnx_path))", "parser.parse_from_file(onnx_path)"),
-    "wrong keyword": ("builder.create_network(network_flags(trt, plan))", "builder.create_network(flag=network_flags(trt, plan))"),
+    "wrong keyword": (
+        "builder.create_network(network_flags(trt, plan))",
+        "builder.create_network(flag=network_flags(trt, plan))",
+    ),
 }
 RUNNER_MUTATIONS = {
-    "missing profile index": ("engine.get_tensor_profile_shape(input_name, 0)", "engine.get_tensor_profile_shape(input_name)"),
-    "address as str": ("context.set_tensor_address(name, int(address))", "context.set_tensor_address(name, str(address))"),
+    "missing profile index": (
+        "engine.get_tensor_profile_shape(input_name, 0)",
+        "engine.get_tensor_profile_shape(input_name)",
+    ),
+    "address as str": (
+        "context.set_tensor_address(name, int(address))",
+        "context.set_tensor_address(name, str(address))",
+    ),
 }
 
 
@@ -341,13 +388,14 @@ def _mutated(monkeypatch, module_name: str, old: str, new: str) -> types.ModuleT
     mutant = types.ModuleType(f"{module_name}_mutant")
     mutant.__file__ = module.__file__
     monkeypatch.setitem(sys.modules, mutant.__name__, mutant)  # dataclasses look their module up
-    exec(compile(source.replace(old, new), module.__file__, "exec"), mutant.__dict__)  # noqa: S102 (our own source)
+    exec(compile(source.replace(old, new), module.__file__, "exec"), mutant.__dict__)
     return mutant
 
 
 @pytest.mark.parametrize("mutation", list(BUILD_MUTATIONS))
-def test_a_wrong_tensorrt_call_in_build_engine_fails_against_real_bindings(trt_api, install, tmp_path, monkeypatch,
-                                                                          mutation):
+def test_a_wrong_tensorrt_call_in_build_engine_fails_against_real_bindings(
+    trt_api, install, tmp_path, monkeypatch, mutation
+):
     import segdeploy.runtime.trt_build  # noqa: F401  (the module the mutant copies)
 
     mutant = _mutated(monkeypatch, "segdeploy.runtime.trt_build", *BUILD_MUTATIONS[mutation])
@@ -358,8 +406,9 @@ def test_a_wrong_tensorrt_call_in_build_engine_fails_against_real_bindings(trt_a
 
 
 @pytest.mark.parametrize("mutation", list(RUNNER_MUTATIONS))
-def test_a_wrong_tensorrt_call_in_the_runner_fails_against_real_bindings(trt_api, install, tmp_path, monkeypatch,
-                                                                         mutation):
+def test_a_wrong_tensorrt_call_in_the_runner_fails_against_real_bindings(
+    trt_api, install, tmp_path, monkeypatch, mutation
+):
     import segdeploy.runtime.trt_runner  # noqa: F401
 
     mutant = _mutated(monkeypatch, "segdeploy.runtime.trt_runner", *RUNNER_MUTATIONS[mutation])

@@ -48,8 +48,14 @@ class FakeRuntimeModule:
 def write_engine(tmp_path: Path, **sidecar_overrides) -> Path:
     engine = tmp_path / "m.engine"
     engine.write_bytes(PLAN)
-    sidecar = {"tensorrt_version": "10.3.0.26", "compute_capability": "8.6", "gpu_name": "Fake GPU",
-               "precision": "fp16", "engine_sha256": hashlib.sha256(PLAN).hexdigest(), **sidecar_overrides}
+    sidecar = {
+        "tensorrt_version": "10.3.0.26",
+        "compute_capability": "8.6",
+        "gpu_name": "Fake GPU",
+        "precision": "fp16",
+        "engine_sha256": hashlib.sha256(PLAN).hexdigest(),
+        **sidecar_overrides,
+    }
     sidecar_path(engine).write_text(json.dumps(sidecar))
     return engine
 
@@ -69,14 +75,22 @@ def fake_runtime(monkeypatch):
 def test_compatible_engine_passes_the_check(tmp_path):
     engine = write_engine(tmp_path)
     sidecar = json.loads(sidecar_path(engine).read_text())
-    check_engine_compatible(sidecar, engine_path=engine, engine_sha256=hashlib.sha256(PLAN).hexdigest(),
-                            trt_version="10.3.0.26", compute_capability="8.6")
+    check_engine_compatible(
+        sidecar,
+        engine_path=engine,
+        engine_sha256=hashlib.sha256(PLAN).hexdigest(),
+        trt_version="10.3.0.26",
+        compute_capability="8.6",
+    )
 
 
 @pytest.mark.parametrize(
     "here, message",
     [
-        ({"trt_version": "11.0.0.114"}, r"built with TensorRT 10\.3\.0\.26 but this machine has TensorRT 11\.0\.0\.114"),
+        (
+            {"trt_version": "11.0.0.114"},
+            r"built with TensorRT 10\.3\.0\.26 but this machine has TensorRT 11\.0\.0\.114",
+        ),
         ({"compute_capability": "7.5"}, r"compute capability 8\.6 \(Fake GPU\) but this GPU is compute 7\.5"),
         ({"engine_sha256": "0" * 64}, "sha256 differs"),
     ],
@@ -84,8 +98,12 @@ def test_compatible_engine_passes_the_check(tmp_path):
 def test_engine_from_another_tensorrt_or_gpu_is_refused_with_both_sides_named(tmp_path, here, message):
     engine = write_engine(tmp_path)
     sidecar = json.loads(sidecar_path(engine).read_text())
-    facts = {"engine_sha256": hashlib.sha256(PLAN).hexdigest(), "trt_version": "10.3.0.26",
-             "compute_capability": "8.6", **here}
+    facts = {
+        "engine_sha256": hashlib.sha256(PLAN).hexdigest(),
+        "trt_version": "10.3.0.26",
+        "compute_capability": "8.6",
+        **here,
+    }
     with pytest.raises(UserInputError, match=message) as info:
         check_engine_compatible(sidecar, engine_path=engine, **facts)
     assert "segdeploy build" in str(info.value) or "sidecar" in str(info.value)
@@ -104,12 +122,15 @@ def test_engine_io_puts_logits_first_and_maps_fp16_outputs():
 
     from segdeploy.runtime.trt_runner import _describe_io
 
-    trt = SimpleNamespace(DataType=SimpleNamespace(FLOAT="f32", HALF="f16"),
-                          TensorIOMode=SimpleNamespace(INPUT="in", OUTPUT="out"))
+    trt = SimpleNamespace(
+        DataType=SimpleNamespace(FLOAT="f32", HALF="f16"), TensorIOMode=SimpleNamespace(INPUT="in", OUTPUT="out")
+    )
     tensors = {"input": ("in", "f32"), "side1": ("out", "f32"), "logits": ("out", "f16")}
     engine = SimpleNamespace(
-        num_io_tensors=3, get_tensor_name=lambda i: list(tensors)[i],
-        get_tensor_mode=lambda n: tensors[n][0], get_tensor_dtype=lambda n: tensors[n][1],
+        num_io_tensors=3,
+        get_tensor_name=lambda i: list(tensors)[i],
+        get_tensor_mode=lambda n: tensors[n][0],
+        get_tensor_dtype=lambda n: tensors[n][1],
         get_tensor_profile_shape=lambda n, k: [(1, 3, 16, 16), (2, 3, 64, 64), (2, 3, 96, 96)],
     )
     io = _describe_io(trt, engine, Path("m.engine"))
@@ -175,8 +196,14 @@ def tiny_onnx(trt_module, tmp_path_factory):
     from torch import nn
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 1))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 5, 1),
+    )
     with torch.no_grad():  # BatchNorm statistics from data, so activations have trained-like scale
         model.train()
         model(torch.randn(8, 3, 64, 64))
@@ -184,9 +211,16 @@ def tiny_onnx(trt_module, tmp_path_factory):
     root = tmp_path_factory.mktemp("trt")
     fp32_path, fp16_path = root / "tiny.onnx", root / "tiny_fp16.onnx"
     axes = {0: "N", 2: "H", 3: "W"}
-    torch.onnx.export(model, torch.randn(2, 3, 64, 64), str(fp32_path), input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": axes, "logits": axes}, opset_version=17,
-                      dynamo=False)
+    torch.onnx.export(
+        model,
+        torch.randn(2, 3, 64, 64),
+        str(fp32_path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": axes, "logits": axes},
+        opset_version=17,
+        dynamo=False,
+    )
     fp32 = onnx.load(str(fp32_path))
     meta = {"trace_shape": "2x3x64x64", "in_channels": "3", "min_size": "16"}
     helper.set_model_props(fp32, {**meta, "precision": "fp32"})
@@ -280,12 +314,21 @@ def test_int8_qdq_engine_agrees_with_onnx_runtime_on_the_same_quantized_file(tin
 
     qdq_path = tmp_path / "tiny_int8.onnx"
     # TensorRT-safe settings: symmetric int8, per-channel weights, Conv inputs only, biases left in float.
-    quantize_static(str(fp32_path), str(qdq_path), Batches(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, op_types_to_quantize=["Conv"],
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False})
+    quantize_static(
+        str(fp32_path),
+        str(qdq_path),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["Conv"],
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
+    )
     model = onnx.load(str(qdq_path))
-    helper.set_model_props(model, {"trace_shape": "2x3x64x64", "in_channels": "3", "min_size": "16",
-                                   "precision": "int8"})
+    helper.set_model_props(
+        model, {"trace_shape": "2x3x64x64", "in_channels": "3", "min_size": "16", "precision": "int8"}
+    )
     onnx.save(model, str(qdq_path))
     result = build_engine(qdq_path, tmp_path / "int8.engine", **PROFILE)
     assert result.sidecar["precision"] == "int8" and result.sidecar["explicit_quantization"] is True

@@ -18,7 +18,7 @@ from segdeploy.errors import UserInputError, VerificationError
 from segdeploy.models.loading import load_model
 from segdeploy.verify import verification_shapes, verify
 
-TINY_NET = '''
+TINY_NET = """
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -38,7 +38,7 @@ class Tiny(nn.Module):
 def tiny(num_classes=4, in_channels=3):
     torch.manual_seed(0)
     return Tiny(num_classes, in_channels)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +54,20 @@ def workdir(tmp_path_factory):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (torch.randn(1, 3, 32, 32),), str(path), input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}}, opset_version=17, dynamo=False,
+            model,
+            (torch.randn(1, 3, 32, 32),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "N", 2: "H", 3: "W"}},
+            opset_version=17,
+            dynamo=False,
         )
     proto = onnx.load(str(path))
-    onnx.helper.set_model_props(proto, {"trace_shape": "1x3x32x32", "num_classes": "4", "precision": "fp32",
-                                        "size_multiple": "1", "min_size": "2"})
+    onnx.helper.set_model_props(
+        proto,
+        {"trace_shape": "1x3x32x32", "num_classes": "4", "precision": "fp32", "size_multiple": "1", "min_size": "2"},
+    )
     onnx.save(proto, str(path))
 
     perturbed = {k: v + 0.05 * torch.randn_like(v) for k, v in model.state_dict().items()}
@@ -79,14 +87,13 @@ RELATIVE = thresholds_for("fp16")  # fixed relative error and agreement
 
 
 def test_agreement_and_miou_on_a_hand_computed_4x4_example():
-    reference = [[0, 0, 1, 1],
-                 [0, 0, 1, 1],
-                 [2, 2, 2, 2],
-                 [2, 2, 2, 2]]
-    candidate = [[0, 0, 0, 1],   # (0, 2): 1 -> 0
-                 [0, 0, 1, 1],
-                 [2, 2, 2, 2],
-                 [2, 2, 2, 1]]   # (3, 3): 2 -> 1
+    reference = [[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]]
+    candidate = [
+        [0, 0, 0, 1],  # (0, 2): 1 -> 0
+        [0, 0, 1, 1],
+        [2, 2, 2, 2],
+        [2, 2, 2, 1],
+    ]  # (3, 3): 2 -> 1
     ref = _one_hot_logits(reference)
     result = compare(_one_hot_logits(candidate), ref, ref.astype(np.float64), RELATIVE, shape=(1, 3, 4, 4))
     # 14 of 16 pixels agree. IoU: class 0 = 4/5, class 1 = 3/5, class 2 = 7/8.
@@ -167,8 +174,9 @@ def test_non_finite_candidate_fails_and_shape_mismatch_is_a_verification_error()
 def test_an_output_without_noise_needs_an_exact_match():
     zeros = np.zeros((1, 2, 4, 4))
     assert compare(zeros.astype(np.float32), zeros.astype(np.float32), zeros, thresholds_for("fp32")).passed
-    assert not compare(np.full((1, 2, 4, 4), 1e-3, np.float32), zeros.astype(np.float32), zeros,
-                       thresholds_for("fp32")).passed
+    assert not compare(
+        np.full((1, 2, 4, 4), 1e-3, np.float32), zeros.astype(np.float32), zeros, thresholds_for("fp32")
+    ).passed
 
 
 def test_thresholds_per_precision_and_unpooling():
@@ -240,8 +248,18 @@ def test_verify_cli_reads_shapes_from_metadata_and_writes_the_json_report(workdi
 def test_verify_cli_exits_4_with_the_worst_numbers_on_failure(workdir, tmp_path):
     root, spec, _ = workdir
     report_path = tmp_path / "report.json"
-    args = ["verify", str(root / "tiny.onnx"), "--model", spec, "--weights", str(root / "perturbed.pt"),
-            "--shape", "2x3x40x33", "--report", str(report_path)]
+    args = [
+        "verify",
+        str(root / "tiny.onnx"),
+        "--model",
+        spec,
+        "--weights",
+        str(root / "perturbed.pt"),
+        "--shape",
+        "2x3x40x33",
+        "--report",
+        str(report_path),
+    ]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 4
     assert "Traceback" not in result.output

@@ -43,10 +43,14 @@ MODULE = "tensorrt_bindings.tensorrt"
 
 # What tensorrt.so takes from TensorRT's native libraries (`nm -D --undefined-only`), per library.
 STUB_SYMBOLS = {
-    "libnvinfer": ("createInferBuilder_INTERNAL", "createInferRefitter_INTERNAL", "createInferRuntime_INTERNAL",
-                   "getBuilderPluginRegistry", "getPluginRegistry"),
-    "libnvonnxparser": ("createNvOnnxParser_INTERNAL", "createNvOnnxParserRefitter_INTERNAL",
-                        "getNvOnnxParserVersion"),
+    "libnvinfer": (
+        "createInferBuilder_INTERNAL",
+        "createInferRefitter_INTERNAL",
+        "createInferRuntime_INTERNAL",
+        "getBuilderPluginRegistry",
+        "getPluginRegistry",
+    ),
+    "libnvonnxparser": ("createNvOnnxParser_INTERNAL", "createNvOnnxParserRefitter_INTERNAL", "getNvOnnxParserVersion"),
     "libnvinfer_plugin": ("initLibNvInferPlugins",),
 }
 
@@ -78,10 +82,18 @@ def load_api(version: str, root: Path | None = None) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     pkg_dir = _unpack(_download(version, work), work / "pkg")
     stubs = _build_stubs(int(version.split(".")[0]), work / "stubs")
-    env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(stubs), os.environ.get("LD_LIBRARY_PATH")])))
+    env = dict(
+        os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(stubs), os.environ.get("LD_LIBRARY_PATH")]))
+    )
     tmp = api_path.with_suffix(".tmp")
-    run = subprocess.run([sys.executable, __file__, "dump", str(pkg_dir), str(tmp)], env=env,
-                         check=False, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, __file__, "dump", str(pkg_dir), str(tmp)],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if run.returncode != 0:
         raise BindingsUnavailable(f"importing {DIST}=={version} with stub libraries failed: {_last_line(run.stderr)}")
     os.replace(tmp, api_path)
@@ -98,9 +110,26 @@ def _download(version: str, work: Path) -> Path:
     dest = Path(tempfile.mkdtemp(dir=work))
     try:
         run = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
-             "--retries", "1", "--timeout", "20", "-d", str(dest), f"{DIST}=={version}"],
-            check=False, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "--disable-pip-version-check",
+                "--retries",
+                "1",
+                "--timeout",
+                "20",
+                "-d",
+                str(dest),
+                f"{DIST}=={version}",
+            ],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise BindingsUnavailable(f"cannot download {DIST}=={version}: {exc}") from None
@@ -136,8 +165,12 @@ def _build_stubs(major: int, stubs: Path) -> Path:
         source = stubs / f"{lib}.c"
         source.write_text("".join(f"void *{s}(void) {{ return 0; }}\n" for s in symbols), encoding="utf-8")
         target = stubs / f"{lib}.so.{major}"
-        run = subprocess.run([gcc, "-shared", "-fPIC", f"-Wl,-soname,{target.name}", "-o", str(target), str(source)],
-                             check=False, capture_output=True, text=True)
+        run = subprocess.run(
+            [gcc, "-shared", "-fPIC", f"-Wl,-soname,{target.name}", "-o", str(target), str(source)],
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         if run.returncode != 0:
             raise BindingsUnavailable(f"gcc could not build {target.name}: {_last_line(run.stderr)}")
     return stubs
@@ -170,8 +203,8 @@ def parse_signature(text: str, name: str = "") -> dict[str, Any] | None:
     end = _closing(text, start)
     if end < 0:
         return None
-    params = [_parse_param(p) for p in _split_top(text[start + 1:end])]
-    rest = text[end + 1:].strip()
+    params = [_parse_param(p) for p in _split_top(text[start + 1 : end])]
+    rest = text[end + 1 :].strip()
     returns = _clean_type(rest[2:].strip()) if rest.startswith("->") else "None"
     return {"params": params, "returns": returns}
 
@@ -223,10 +256,9 @@ def _parse_param(text: str) -> dict[str, Any]:
     head = text
     cut = _find_top(text, " = ")
     if cut >= 0:
-        head, default = text[:cut], text[cut + 3:].strip()
+        head, default = text[:cut], text[cut + 3 :].strip()
     name, _, annotation = head.partition(":")
-    return {"name": name.strip(), "type": _clean_type(annotation.strip()) or "object", "default": default,
-            "kind": kind}
+    return {"name": name.strip(), "type": _clean_type(annotation.strip()) or "object", "default": default, "kind": kind}
 
 
 def _find_top(text: str, needle: str) -> int:
@@ -360,8 +392,12 @@ def _names_member(api: dict[str, Any], key: str) -> bool:
         spec = api["classes"].get(seen.pop())
         if spec is None:
             continue
-        if member in spec["methods"] or member in spec["properties"] or member in spec["static_methods"] or (
-                member == "__init__" and spec["init"]):
+        if (
+            member in spec["methods"]
+            or member in spec["properties"]
+            or member in spec["static_methods"]
+            or (member == "__init__" and spec["init"])
+        ):
             return True
         seen.extend(spec["bases"])
     return False
@@ -444,8 +480,10 @@ class _FakeObject:
 
     def __setattr__(self, key: str, value: Any) -> None:
         if type(self)._fake_property(key) is None:
-            raise AttributeError(f"'{type(self).__qualname__}' object has no attribute '{key}' (TensorRT "
-                                 f"{self._fake_module.__version__})")
+            raise AttributeError(
+                f"'{type(self).__qualname__}' object has no attribute '{key}' (TensorRT "
+                f"{self._fake_module.__version__})"
+            )
         object.__setattr__(self, key, value)
 
     def __repr__(self) -> str:
@@ -456,18 +494,28 @@ class _FakeHostMemory(bytes):
     """IHostMemory supports the buffer protocol; in Python < 3.12 only a bytes subclass can."""
 
 
-def _make_class(module: FakeTensorRT, qualname: str, spec: dict[str, Any], types: dict[str, type],
-                behaviour: dict[str, Callable[..., Any]]) -> type:
+def _make_class(
+    module: FakeTensorRT,
+    qualname: str,
+    spec: dict[str, Any],
+    types: dict[str, type],
+    behaviour: dict[str, Callable[..., Any]],
+) -> type:
     bases = tuple(types[b] for b in spec["bases"]) or (_FakeObject,)
-    namespace: dict[str, Any] = {"__qualname__": qualname, "_fake_module": module,
-                                 "_fake_properties": spec["properties"]}
+    namespace: dict[str, Any] = {
+        "__qualname__": qualname,
+        "_fake_module": module,
+        "_fake_properties": spec["properties"],
+    }
     if qualname == "IHostMemory":
         bases = (*bases, _FakeHostMemory)
         namespace["_fake_new"] = classmethod(_host_memory_new)
     if spec["init"]:
-        namespace["__init__"] = _make_callable(module, f"{qualname}.__init__", "__init__", spec["init"],
-                                               behaviour.get(f"{qualname}.__init__"), bound=True)
+        namespace["__init__"] = _make_callable(
+            module, f"{qualname}.__init__", "__init__", spec["init"], behaviour.get(f"{qualname}.__init__"), bound=True
+        )
     else:
+
         def no_constructor(self: Any, *args: Any, **kwargs: Any) -> None:
             raise TypeError(f"tensorrt.{qualname}: No constructor defined!")
 
@@ -475,11 +523,13 @@ def _make_class(module: FakeTensorRT, qualname: str, spec: dict[str, Any], types
     for name, sigs in spec["methods"].items():
         if name.startswith("__") and name not in _INSTALLED_DUNDERS:
             continue
-        namespace[name] = _make_callable(module, f"{qualname}.{name}", name, sigs,
-                                         behaviour.get(f"{qualname}.{name}"), bound=True)
+        namespace[name] = _make_callable(
+            module, f"{qualname}.{name}", name, sigs, behaviour.get(f"{qualname}.{name}"), bound=True
+        )
     for name, sigs in spec["static_methods"].items():
-        namespace[name] = staticmethod(_make_callable(module, f"{qualname}.{name}", name, sigs,
-                                                      behaviour.get(f"{qualname}.{name}"), bound=False))
+        namespace[name] = staticmethod(
+            _make_callable(module, f"{qualname}.{name}", name, sigs, behaviour.get(f"{qualname}.{name}"), bound=False)
+        )
     for name, prop in spec["properties"].items():
         namespace[name] = _make_property(module, qualname, name, prop, behaviour.get(f"{qualname}.{name}"), types)
     short = qualname.rsplit(".", 1)[-1]
@@ -493,8 +543,14 @@ def _host_memory_new(cls: type, data: Any = None) -> Any:
     return obj
 
 
-def _make_property(module: FakeTensorRT, qualname: str, name: str, prop: dict[str, Any],
-                   behave: Callable[..., Any] | None, types: dict[str, type]) -> property:
+def _make_property(
+    module: FakeTensorRT,
+    qualname: str,
+    name: str,
+    prop: dict[str, Any],
+    behave: Callable[..., Any] | None,
+    types: dict[str, type],
+) -> property:
     full = f"{qualname}.{name}"
 
     def fget(self: Any) -> Any:
@@ -521,8 +577,15 @@ def _make_property(module: FakeTensorRT, qualname: str, name: str, prop: dict[st
     return property(fget, fset, doc=f"{full}: {prop['type']}")
 
 
-def _make_callable(module: FakeTensorRT, full: str, name: str, sigs: list[dict[str, Any]],
-                   behave: Callable[..., Any] | None, *, bound: bool) -> Callable[..., Any]:
+def _make_callable(
+    module: FakeTensorRT,
+    full: str,
+    name: str,
+    sigs: list[dict[str, Any]],
+    behave: Callable[..., Any] | None,
+    *,
+    bound: bool,
+) -> Callable[..., Any]:
     types = module._fake_types
 
     def call(*args: Any, **kwargs: Any) -> Any:
@@ -530,7 +593,9 @@ def _make_callable(module: FakeTensorRT, full: str, name: str, sigs: list[dict[s
         given = args[1:] if bound else args
         problems = []
         for sig in sigs:
-            params = sig["params"][1:] if bound and sig["params"] and sig["params"][0]["name"] == "self" else sig["params"]
+            params = (
+                sig["params"][1:] if bound and sig["params"] and sig["params"][0]["name"] == "self" else sig["params"]
+            )
             bound_args = _bind(types, params, given, kwargs)
             if isinstance(bound_args, str):
                 problems.append(f"({_describe(params)}): {bound_args}")
@@ -552,8 +617,9 @@ def _make_callable(module: FakeTensorRT, full: str, name: str, sigs: list[dict[s
             return value
         if not sigs:
             raise TypeError(f"{full}: no signature recorded in TensorRT {module.__version__}")
-        raise TypeError(f"{full}(): incompatible function arguments in TensorRT {module.__version__}; "
-                        + "; ".join(problems))
+        raise TypeError(
+            f"{full}(): incompatible function arguments in TensorRT {module.__version__}; " + "; ".join(problems)
+        )
 
     call.__name__ = name
     call.__qualname__ = full
@@ -561,11 +627,16 @@ def _make_callable(module: FakeTensorRT, full: str, name: str, sigs: list[dict[s
 
 
 def _describe(params: list[dict[str, Any]]) -> str:
-    return ", ".join(f"{'*' if p['kind'] == 'var_positional' else '**' if p['kind'] == 'var_keyword' else ''}"
-                     f"{p['name']}: {p['type']}{' = ' + p['default'] if p['default'] else ''}" for p in params)
+    return ", ".join(
+        f"{'*' if p['kind'] == 'var_positional' else '**' if p['kind'] == 'var_keyword' else ''}"
+        f"{p['name']}: {p['type']}{' = ' + p['default'] if p['default'] else ''}"
+        for p in params
+    )
 
 
-def _bind(types: dict[str, type], params: list[dict[str, Any]], args: tuple, kwargs: dict[str, Any]) -> dict[str, Any] | str:
+def _bind(
+    types: dict[str, type], params: list[dict[str, Any]], args: tuple, kwargs: dict[str, Any]
+) -> dict[str, Any] | str:
     normal = [p for p in params if p["kind"] == "normal"]
     var_args = any(p["kind"] == "var_positional" for p in params)
     var_kwargs = any(p["kind"] == "var_keyword" for p in params)
@@ -643,7 +714,11 @@ def _check(types: dict[str, type], type_text: str, value: Any, returning: bool =
     if short == "str":
         return None if isinstance(value, str) else f"expected str, got {got}"
     if short == "bytes":
-        return None if isinstance(value, bytes) and not isinstance(value, _FakeHostMemory) else f"expected bytes, got {got}"
+        return (
+            None
+            if isinstance(value, bytes) and not isinstance(value, _FakeHostMemory)
+            else f"expected bytes, got {got}"
+        )
     if short in ("buffer", "Buffer", "memoryview"):
         try:
             memoryview(value)
@@ -699,8 +774,16 @@ def _type_name(value: Any) -> str:
 def _default(module: FakeTensorRT, types: dict[str, type], type_text: str) -> Any:
     head, args = _parse_type(type_text)
     short = head.rsplit(".", 1)[-1]
-    simple = {"None": None, "bool": True, "int": 0, "SupportsInt": 0, "float": 0.0, "SupportsFloat": 0.0, "str": "",
-              "bytes": b""}
+    simple = {
+        "None": None,
+        "bool": True,
+        "int": 0,
+        "SupportsInt": 0,
+        "float": 0.0,
+        "SupportsFloat": 0.0,
+        "str": "",
+        "bytes": b"",
+    }
     if short in simple:
         return simple[short]
     if short in ("list", "List", "Sequence", "Iterable", "Iterator"):
@@ -781,8 +864,11 @@ def scripted_tensorrt(
 
     def set_input_shape(self: Any, name: str, shape: Any) -> bool:
         shape = tuple(int(d) for d in shape)
-        ok = name == names[0] and len(shape) == len(profile[0]) and all(
-            lo <= d <= hi for d, lo, hi in zip(shape, profile[0], profile[2]))
+        ok = (
+            name == names[0]
+            and len(shape) == len(profile[0])
+            and all(lo <= d <= hi for d, lo, hi in zip(shape, profile[0], profile[2]))
+        )
         if ok:
             self._fake_data["shape"] = shape
         return ok
@@ -803,19 +889,22 @@ def scripted_tensorrt(
         "INetworkDefinition.get_input": lambda self, index: make(self, "ITensor", props={"name": input_name}),
         "IBuilderConfig.add_optimization_profile": lambda self, profile: 0,
         "IBuilderConfig.create_timing_cache": lambda self, serialized_timing_cache: make(
-            self, "ITimingCache", data=bytes(memoryview(serialized_timing_cache))),
+            self, "ITimingCache", data=bytes(memoryview(serialized_timing_cache))
+        ),
         "IBuilderConfig.set_timing_cache": set_timing_cache,
         "IBuilderConfig.get_timing_cache": lambda self: self._fake_data.get("cache"),
         "ITimingCache.serialize": lambda self: self._fake_module.host_memory(self._fake_data + b"+tuned"),
         "Builder.build_serialized_network": lambda self, network, config, **_: (
-            None if plan is None else self._fake_module.host_memory(plan)),
+            None if plan is None else self._fake_module.host_memory(plan)
+        ),
         "Runtime.deserialize_cuda_engine": lambda self, **_: make(self, "ICudaEngine") if deserializes else None,
         "ICudaEngine.num_io_tensors": lambda self: len(names),
         "ICudaEngine.get_tensor_name": lambda self, index: names[index],
         "ICudaEngine.get_tensor_mode": lambda self, name: getattr(self._fake_module.TensorIOMode, tensors[name][0]),
         "ICudaEngine.get_tensor_dtype": lambda self, name: getattr(self._fake_module.DataType, tensors[name][1]),
         "ICudaEngine.get_tensor_profile_shape": lambda self, name, profile_index: (
-            [self._fake_module.dims(d) for d in profile] if tensors[name][0] == "INPUT" and profile_index == 0 else []),
+            [self._fake_module.dims(d) for d in profile] if tensors[name][0] == "INPUT" and profile_index == 0 else []
+        ),
         "ICudaEngine.create_execution_context": lambda self, **_: make(self, "IExecutionContext"),
         "IExecutionContext.set_input_shape": set_input_shape,
         "IExecutionContext.infer_shapes": lambda self: [] if "shape" in self._fake_data else [names[0]],
@@ -857,7 +946,12 @@ def dump(module: ModuleType) -> dict[str, Any]:
             return
         entry: dict[str, Any] = {
             "bases": [b.__qualname__ for b in cls.__bases__ if local(b)],
-            "init": None, "methods": {}, "static_methods": {}, "properties": {}, "constants": {}, "types": {},
+            "init": None,
+            "methods": {},
+            "static_methods": {},
+            "properties": {},
+            "constants": {},
+            "types": {},
         }
         for base in cls.__bases__:
             if local(base):
@@ -904,10 +998,20 @@ def dump(module: ModuleType) -> dict[str, Any]:
         elif member_ref(value) is not None and attr != "value":  # `value`: a loop variable the package leaks
             constants[attr] = member_ref(value)
         elif inspect.isfunction(value) and value.__module__ == PACKAGE:
-            functions[attr] = [{"params": [{"name": "args", "type": "object", "default": None,
-                                            "kind": "var_positional"}], "returns": "object"}]
-    return {"version": str(module.__version__), "enums": enums, "classes": classes,
-            "functions": functions, "constants": constants, "aliases": aliases}
+            functions[attr] = [
+                {
+                    "params": [{"name": "args", "type": "object", "default": None, "kind": "var_positional"}],
+                    "returns": "object",
+                }
+            ]
+    return {
+        "version": str(module.__version__),
+        "enums": enums,
+        "classes": classes,
+        "functions": functions,
+        "constants": constants,
+        "aliases": aliases,
+    }
 
 
 def _main(argv: list[str]) -> int:

@@ -193,8 +193,9 @@ def run_benchmarks(
             for engine in chosen:
                 if progress:
                     progress(len(records), total, f"{target.name} {engine.value}: preparing")
-                source = _engine_source(target, engine, config, shape, batch_sizes, precision, num_classes,
-                                        cache_dir, opset)
+                source = _engine_source(
+                    target, engine, config, shape, batch_sizes, precision, num_classes, cache_dir, opset
+                )
                 with _open_runner(source, engine, precision, threads) as runner:
                     for batch in batch_sizes:
                         if progress:
@@ -226,7 +227,9 @@ def _check_zoo_shape(name: str, shape: tuple[int, int, int, int]) -> None:
     check_shape(shape, min_size=model_info(name).min_size)
 
 
-def _flops_per_image(target: BenchTarget, config: dict[str, Any], shape: tuple[int, ...], num_classes: int) -> int | None:
+def _flops_per_image(
+    target: BenchTarget, config: dict[str, Any], shape: tuple[int, ...], num_classes: int
+) -> int | None:
     if target.kind != "zoo":
         return None  # a bare ONNX file or engine: no module to count on
     import torch
@@ -255,14 +258,27 @@ def _engine_source(
     if target.kind == "onnx":
         onnx_path = target.path
     else:
-        onnx_path = cache.cached_onnx(target.name, config=config, shape=shape, precision=precision,
-                                      num_classes=num_classes, opset=opset, cache_dir=cache_dir)
+        onnx_path = cache.cached_onnx(
+            target.name,
+            config=config,
+            shape=shape,
+            precision=precision,
+            num_classes=num_classes,
+            opset=opset,
+            cache_dir=cache_dir,
+        )
     if engine is Engine.ORT:
         return onnx_path
     c, h, w = shape[1:]
     lo, hi = min(batch_sizes), max(batch_sizes)
-    return cache.cached_engine(onnx_path, min_shape=(lo, c, h, w), opt_shape=(hi, c, h, w), max_shape=(hi, c, h, w),
-                               precision=precision, cache_dir=cache_dir)
+    return cache.cached_engine(
+        onnx_path,
+        min_shape=(lo, c, h, w),
+        opt_shape=(hi, c, h, w),
+        max_shape=(hi, c, h, w),
+        precision=precision,
+        cache_dir=cache_dir,
+    )
 
 
 def _open_runner(source: Any, engine: Engine, precision: Precision, threads: int) -> Any:

@@ -48,8 +48,9 @@ def latency_stats(samples_ms: Sequence[float]) -> LatencyStats:
         raise ValueError("latency samples must be finite numbers")
     p50, p90, p99 = np.percentile(values, [50, 90, 99], method="linear")
     std = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    return LatencyStats(float(values.mean()), float(values.min()), float(p50), float(p90), float(p99), std,
-                        int(values.size))
+    return LatencyStats(
+        float(values.mean()), float(values.min()), float(p50), float(p90), float(p99), std, int(values.size)
+    )
 
 
 @dataclass

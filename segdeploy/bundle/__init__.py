@@ -16,8 +16,11 @@ if TYPE_CHECKING:
 
 __all__ = ["BundleCheck", "check_bundle", "write_bundle"]
 
-_LAZY = {"write_bundle": "segdeploy.bundle.write", "check_bundle": "segdeploy.bundle.check",
-         "BundleCheck": "segdeploy.bundle.check"}
+_LAZY = {
+    "write_bundle": "segdeploy.bundle.write",
+    "check_bundle": "segdeploy.bundle.check",
+    "BundleCheck": "segdeploy.bundle.check",
+}
 
 
 def __getattr__(name: str) -> Any:

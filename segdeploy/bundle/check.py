@@ -69,9 +69,13 @@ class BundleCheck:
             raise VerificationError(f"bundle {self.path}: {problems[0]}{more}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": str(self.path), "ok": self.ok,
-                "checks": [{"name": r.name, "status": r.status, "detail": r.detail, "problems": r.problems}
-                           for r in self.results]}
+        return {
+            "path": str(self.path),
+            "ok": self.ok,
+            "checks": [
+                {"name": r.name, "status": r.status, "detail": r.detail, "problems": r.problems} for r in self.results
+            ],
+        }
 
 
 def check_bundle(bundle_dir: str | os.PathLike[str]) -> BundleCheck:
@@ -105,10 +109,31 @@ def check_bundle(bundle_dir: str | os.PathLike[str]) -> BundleCheck:
 
 # --------------------------------------------------------------------------- the manifest
 _REQUIRED = {
-    "": {"schema_version": int, "name": str, "num_classes": int, "labels": list, "palette": list, "input": dict,
-         "output": dict, "golden": dict, "files": dict, "precision": str},
-    "input": {"name": str, "dtype": str, "layout": str, "color": str, "mean": list, "std": list,
-              "normalization_fused": bool, "shape": list, "dynamic_axes": list, "size_multiple": int, "min_size": int},
+    "": {
+        "schema_version": int,
+        "name": str,
+        "num_classes": int,
+        "labels": list,
+        "palette": list,
+        "input": dict,
+        "output": dict,
+        "golden": dict,
+        "files": dict,
+        "precision": str,
+    },
+    "input": {
+        "name": str,
+        "dtype": str,
+        "layout": str,
+        "color": str,
+        "mean": list,
+        "std": list,
+        "normalization_fused": bool,
+        "shape": list,
+        "dynamic_axes": list,
+        "size_multiple": int,
+        "min_size": int,
+    },
     "output": {"name": str, "kind": str, "dtype": str, "layout": str},
     "golden": {"input": str, "output": str},
 }
@@ -123,8 +148,10 @@ def _read_manifest(root: Path) -> tuple[dict[str, Any] | None, CheckResult]:
     if not isinstance(manifest, dict):
         return None, _failed(result, f"{MANIFEST} is not a JSON object")
     if manifest.get("schema_version") != SCHEMA_VERSION:
-        return None, _failed(result, f"{MANIFEST} has schema_version {manifest.get('schema_version')!r}; this "
-                                     f"segdeploy reads {SCHEMA_VERSION}")
+        return None, _failed(
+            result,
+            f"{MANIFEST} has schema_version {manifest.get('schema_version')!r}; this segdeploy reads {SCHEMA_VERSION}",
+        )
     for section, keys in _REQUIRED.items():
         obj = manifest if not section else manifest.get(section)
         for key, kind in keys.items():
@@ -139,9 +166,10 @@ def _read_manifest(root: Path) -> tuple[dict[str, Any] | None, CheckResult]:
     if len(manifest["labels"]) != count:
         problems.append(f"{MANIFEST}: {len(manifest['labels'])} labels for {count} classes")
     palette = manifest["palette"]
-    if len(palette) < max(count, 2) or any(not isinstance(c, list) or len(c) != 3 or
-                                           any(not isinstance(v, int) or not 0 <= v <= 255 for v in c)
-                                           for c in palette):
+    if len(palette) < max(count, 2) or any(
+        not isinstance(c, list) or len(c) != 3 or any(not isinstance(v, int) or not 0 <= v <= 255 for v in c)
+        for c in palette
+    ):
         problems.append(f"{MANIFEST}: the palette needs {max(count, 2)} [r, g, b] colors of 0..255")
     for path in [*manifest["files"], manifest["golden"]["input"], manifest["golden"]["output"]]:
         if not _inside(path):
@@ -186,8 +214,9 @@ def _check_model(root: Path, manifest: dict[str, Any]) -> tuple[Any, CheckResult
         check_graph(Path(MODEL), metadata, inputs, outputs)
     except UserInputError as exc:
         return None, _failed(result, str(exc))
-    expected = build_manifest(name=manifest["name"], metadata=metadata, labels=manifest["labels"],
-                              engine=None, files={})
+    expected = build_manifest(
+        name=manifest["name"], metadata=metadata, labels=manifest["labels"], engine=None, files={}
+    )
     for section in ("input", "output"):
         for key, value in expected[section].items():
             if key == "tensorrt_profile":
@@ -231,15 +260,16 @@ def _check_golden(root: Path, manifest: dict[str, Any]) -> CheckResult:
     x, expected = arrays
     spec = manifest["input"]
     if x.dtype.name != spec["dtype"] or x.ndim != len(spec["shape"]):
-        return _failed(result, f"{golden['input']} is {x.dtype} of rank {x.ndim}, the input is {spec['dtype']} "
-                               f"{spec['layout']}")
+        return _failed(
+            result, f"{golden['input']} is {x.dtype} of rank {x.ndim}, the input is {spec['dtype']} {spec['layout']}"
+        )
     try:
         kind = parse_choice(OutputKind, manifest["output"]["kind"], "output kind")
         with OrtRunner(root / MODEL, precision=manifest.get("precision", "fp32")) as runner:
             output = runner.infer(x)
     except SegdeployError as exc:
         return _failed(result, f"ONNX Runtime cannot run {golden['input']}: {exc}")
-    except Exception as exc:  # noqa: BLE001 - onnxruntime's own errors: a broken model or input
+    except Exception as exc:
         return _failed(result, f"ONNX Runtime failed on {golden['input']}: {type(exc).__name__}: {exc}".splitlines()[0])
     difference = compare_golden(output, expected, kind)
     if difference is not None:
@@ -255,8 +285,14 @@ def _check_triton(root: Path, manifest: dict[str, Any], model: Any, hashes: dict
     present = {p.name for p in (root / "triton").iterdir() if p.is_dir()} if (root / "triton").is_dir() else set()
     results = []
     for extra in sorted(present - set(expected)):
-        results.append(CheckResult(f"triton {extra}", "failed", "", [(f"triton/{extra} is not a model of this bundle "
-                                                                       f"({', '.join(expected)})")]))
+        results.append(
+            CheckResult(
+                f"triton {extra}",
+                "failed",
+                "",
+                [(f"triton/{extra} is not a model of this bundle ({', '.join(expected)})")],
+            )
+        )
     classes_axis = None if manifest["output"]["layout"] == "NHW" else 1
     for name, kind in expected.items():
         result = CheckResult(f"triton {name}", "ok", f"triton/{name}/config.pbtxt against Triton's ModelConfig")
@@ -268,8 +304,14 @@ def _check_triton(root: Path, manifest: dict[str, Any], model: Any, hashes: dict
             result.status, result.detail = "skipped", f"{MODEL} did not load"
             continue
         try:
-            problems = triton.check_model(root / "triton" / name, kind, *model, num_classes=manifest["num_classes"],
-                                          classes_axis=classes_axis, profile=manifest["input"].get("tensorrt_profile"))
+            problems = triton.check_model(
+                root / "triton" / name,
+                kind,
+                *model,
+                num_classes=manifest["num_classes"],
+                classes_axis=classes_axis,
+                profile=manifest["input"].get("tensorrt_profile"),
+            )
         except MissingDependencyError as exc:
             if result.status == "ok":
                 result.status = "skipped"
@@ -296,8 +338,9 @@ def _check_deepstream(root: Path, manifest: dict[str, Any], model: Any) -> Check
         result.status, result.detail = "skipped", f"{MODEL} did not load"
         return result
     bundle_files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    for problem in deepstream.check_config(path.read_text(encoding="utf-8", errors="replace"), manifest,
-                                           [t.name for t in model[1]], bundle_files):
+    for problem in deepstream.check_config(
+        path.read_text(encoding="utf-8", errors="replace"), manifest, [t.name for t in model[1]], bundle_files
+    ):
         _failed(result, problem)
     return result
 

@@ -33,16 +33,36 @@ COLOR_FORMATS = {"rgb": 0, "bgr": 1, "gray": 2}
 MAX_BATCH = 1024  # nvinfer's NVDSINFER_MAX_BATCH_SIZE
 MAX_OFFSETS = 4
 
-_INT_KEYS = {"gpu-id", "gie-unique-id", "process-mode", "batch-size", "network-mode", "model-color-format",
-             "network-type", "num-detected-classes", "network-input-order", "segmentation-output-order",
-             "interval", "maintain-aspect-ratio", "symmetric-padding", "output-tensor-meta", "workspace-size",
-             "scaling-filter", "scaling-compute-hw", "cluster-mode"}
+_INT_KEYS = {
+    "gpu-id",
+    "gie-unique-id",
+    "process-mode",
+    "batch-size",
+    "network-mode",
+    "model-color-format",
+    "network-type",
+    "num-detected-classes",
+    "network-input-order",
+    "segmentation-output-order",
+    "interval",
+    "maintain-aspect-ratio",
+    "symmetric-padding",
+    "output-tensor-meta",
+    "workspace-size",
+    "scaling-filter",
+    "scaling-compute-hw",
+    "cluster-mode",
+}
 _FLOAT_KEYS = {"net-scale-factor", "segmentation-threshold"}
-_PATH_KEYS = {"onnx-file", "model-engine-file", "labelfile-path", "int8-calib-file", "custom-lib-path",
-              "mean-file"}
+_PATH_KEYS = {"onnx-file", "model-engine-file", "labelfile-path", "int8-calib-file", "custom-lib-path", "mean-file"}
 _LIST_KEYS = {"infer-dims", "offsets", "output-blob-names"}
-KNOWN_KEYS = _INT_KEYS | _FLOAT_KEYS | _PATH_KEYS | _LIST_KEYS | {"parse-segmentation-func-name",
-                                                                  "layer-device-precision", "output-io-formats"}
+KNOWN_KEYS = (
+    _INT_KEYS
+    | _FLOAT_KEYS
+    | _PATH_KEYS
+    | _LIST_KEYS
+    | {"parse-segmentation-func-name", "layer-device-precision", "output-io-formats"}
+)
 """The Gst-nvinfer ``[property]`` keys a semantic-segmentation config may use."""
 
 
@@ -57,30 +77,42 @@ def fit(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
     spec, output = manifest["input"], manifest["output"]
     channels = _channels(spec)
     if spec["dtype"] != "float32":
-        reasons.append("the model takes raw uint8 frames and nvinfer feeds a float32 tensor it normalizes itself "
-                       "(export with --input-format float32-nchw)")
+        reasons.append(
+            "the model takes raw uint8 frames and nvinfer feeds a float32 tensor it normalizes itself "
+            "(export with --input-format float32-nchw)"
+        )
     elif spec["layout"] != "NCHW":
         reasons.append("nvinfer feeds a float32 input in NCHW")
     if output["kind"] == "logits":
-        reasons.append("nvinfer's segmentation parser needs probabilities: it leaves a pixel unclassified (-1) "
-                       "unless a class score exceeds segmentation-threshold >= 0, and logits are negative where the "
-                       "model is unsure (export with --output probs)")
+        reasons.append(
+            "nvinfer's segmentation parser needs probabilities: it leaves a pixel unclassified (-1) "
+            "unless a class score exceeds segmentation-threshold >= 0, and logits are negative where the "
+            "model is unsure (export with --output probs)"
+        )
     elif output["kind"] == "classmap":
-        reasons.append("nvinfer's segmentation parser reads float scores per class, not an int32 class map "
-                       "(that needs a custom parser library; export with --output probs)")
+        reasons.append(
+            "nvinfer's segmentation parser reads float scores per class, not an int32 class map "
+            "(that needs a custom parser library; export with --output probs)"
+        )
     std = [float(s) for s in spec.get("std") or []]
     if spec["dtype"] == "float32" and std and max(std) - min(std) > 1e-6 * max(std):
-        reasons.append(f"nvinfer normalizes with one scale for all channels and this model's std differs per "
-                       f"channel ({', '.join(f'{s:g}' for s in std)}); approximating it shifts every input "
-                       f"(export with one --std value for all channels)")
+        reasons.append(
+            f"nvinfer normalizes with one scale for all channels and this model's std differs per "
+            f"channel ({', '.join(f'{s:g}' for s in std)}); approximating it shifts every input "
+            f"(export with one --std value for all channels)"
+        )
     if channels not in (1, 3):
         reasons.append(f"nvinfer feeds 1 (gray) or 3 (RGB/BGR) channels, the model takes {channels}")
     if manifest.get("precision", "fp32").startswith("int8") and not manifest.get("engine"):
-        reasons.append("nvinfer cannot build an engine from a Q/DQ INT8 ONNX by itself (its INT8 mode wants a "
-                       "calibration table): bundle a built engine with --engine")
+        reasons.append(
+            "nvinfer cannot build an engine from a Q/DQ INT8 ONNX by itself (its INT8 mode wants a "
+            "calibration table): bundle a built engine with --engine"
+        )
     if not reasons and manifest["num_classes"] == 1:
-        notes.append("one class: nvinfer marks a pixel 0 where the probability exceeds 0.5 "
-                     "(segmentation-threshold) and -1 elsewhere")
+        notes.append(
+            "one class: nvinfer marks a pixel 0 where the probability exceeds 0.5 "
+            "(segmentation-threshold) and -1 elsewhere"
+        )
     return reasons, notes
 
 
@@ -151,16 +183,16 @@ def parse_key_file(text: str) -> dict[str, dict[str, str]]:
         if current is None:
             raise ValueError(f"line {number}: key {key!r} before any [group]")
         if "#" in value:
-            raise ValueError(f"line {number}: {key} has an inline comment ({value!r}); GLib would read it as "
-                             "part of the value")
+            raise ValueError(
+                f"line {number}: {key} has an inline comment ({value!r}); GLib would read it as part of the value"
+            )
         if key in current:
             raise ValueError(f"line {number}: key {key!r} appears twice")
         current[key] = value
     return groups
 
 
-def check_config(text: str, manifest: dict[str, Any], output_names: list[str],
-                 bundle_files: set[str]) -> list[str]:
+def check_config(text: str, manifest: dict[str, Any], output_names: list[str], bundle_files: set[str]) -> list[str]:
     """Problems of a Gst-nvinfer config against the bundle (empty: none).
 
     Args:
@@ -207,9 +239,20 @@ def check_config(text: str, manifest: dict[str, Any], output_names: list[str],
 
     spec, output = manifest["input"], manifest["output"]
     channels = _channels(spec)
-    for key in ("network-type", "onnx-file", "infer-dims", "batch-size", "network-mode", "model-color-format",
-                "net-scale-factor", "offsets", "num-detected-classes", "output-blob-names",
-                "segmentation-threshold", "segmentation-output-order"):
+    for key in (
+        "network-type",
+        "onnx-file",
+        "infer-dims",
+        "batch-size",
+        "network-mode",
+        "model-color-format",
+        "net-scale-factor",
+        "offsets",
+        "num-detected-classes",
+        "output-blob-names",
+        "segmentation-threshold",
+        "segmentation-output-order",
+    ):
         if key not in values:
             bad(f"{key} is missing")
     if problems:
@@ -227,8 +270,10 @@ def check_config(text: str, manifest: dict[str, Any], output_names: list[str],
     if color not in COLOR_FORMATS.values():
         bad(f"model-color-format={color} is not 0 (RGB), 1 (BGR) or 2 (GRAY)")
     elif color != expected_color:
-        bad(f"model-color-format={color} but the model takes {'gray' if channels == 1 else spec['color']} "
-            f"({expected_color})")
+        bad(
+            f"model-color-format={color} but the model takes {'gray' if channels == 1 else spec['color']} "
+            f"({expected_color})"
+        )
     if not 1 <= values["batch-size"] <= MAX_BATCH:
         bad(f"batch-size={values['batch-size']} is outside 1..{MAX_BATCH}")
     elif "batch" not in spec["dynamic_axes"] and values["batch-size"] != spec["shape"][0]:
@@ -243,22 +288,29 @@ def check_config(text: str, manifest: dict[str, Any], output_names: list[str],
         bad("segmentation-output-order=1 (NHWC) but the output is NCHW")
     cut = values["segmentation-threshold"]
     if manifest["num_classes"] == 1 and not 0 < cut < 1:
-        bad(f"segmentation-threshold={cut:g}: with one class nvinfer marks every pixel whose probability exceeds "
-            "it, so it must lie strictly between 0 and 1")
+        bad(
+            f"segmentation-threshold={cut:g}: with one class nvinfer marks every pixel whose probability exceeds "
+            "it, so it must lie strictly between 0 and 1"
+        )
     elif not 0 <= cut < 1:
-        bad(f"segmentation-threshold={cut:g} is outside [0, 1): "
-            + ("nvinfer rejects negative values" if cut < 0 else "no probability would exceed it"))
+        bad(
+            f"segmentation-threshold={cut:g} is outside [0, 1): "
+            + ("nvinfer rejects negative values" if cut < 0 else "no probability would exceed it")
+        )
     if values["num-detected-classes"] != manifest["num_classes"]:
-        bad(f"num-detected-classes={values['num-detected-classes']} but the model has {manifest['num_classes']} "
-            "classes")
+        bad(
+            f"num-detected-classes={values['num-detected-classes']} but the model has {manifest['num_classes']} classes"
+        )
     _check_dims(values["infer-dims"], spec, channels, bad)
     _check_normalization(values["net-scale-factor"], values["offsets"], spec, bad)
     missing = [n for n in values["output-blob-names"] if n not in output_names]
     if missing or not values["output-blob-names"]:
         bad(f"output-blob-names {values['output-blob-names']} are not model outputs ({', '.join(output_names)})")
     elif values["output-blob-names"][0] != output["name"]:
-        bad(f"output-blob-names starts with {values['output-blob-names'][0]!r}, the parser reads the first: "
-            f"expected {output['name']!r}")
+        bad(
+            f"output-blob-names starts with {values['output-blob-names'][0]!r}, the parser reads the first: "
+            f"expected {output['name']!r}"
+        )
     for key in sorted(set(values) & _PATH_KEYS):
         target = _resolve(values[key])
         if target is None or target not in bundle_files:
@@ -284,8 +336,10 @@ def _check_dims(dims: list[int], spec: dict[str, Any], channels: int, bad: Any) 
             if side != shape[letter]:
                 bad(f"infer-dims {axis} {side}, the model's is fixed at {shape[letter]}")
         elif side < spec["min_size"] or side % spec["size_multiple"]:
-            bad(f"infer-dims {axis} {side} is not a size the model takes (multiples of {spec['size_multiple']}, "
-                f">= {spec['min_size']})")
+            bad(
+                f"infer-dims {axis} {side} is not a size the model takes (multiples of {spec['size_multiple']}, "
+                f">= {spec['min_size']})"
+            )
 
 
 def _check_normalization(scale: float, offsets: list[float], spec: dict[str, Any], bad: Any) -> None:

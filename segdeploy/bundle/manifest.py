@@ -177,8 +177,11 @@ def file_hashes(root: Path) -> dict[str, str]:
     """sha256 of every file under ``root`` except the manifest, keyed by relative path with '/', sorted."""
     from segdeploy.fileio import sha256_file
 
-    return {p.relative_to(root).as_posix(): sha256_file(p)
-            for p in sorted(root.rglob("*")) if p.is_file() and p.relative_to(root).as_posix() != MANIFEST}
+    return {
+        p.relative_to(root).as_posix(): sha256_file(p)
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.relative_to(root).as_posix() != MANIFEST
+    }
 
 
 def build_manifest(
@@ -231,7 +234,9 @@ def build_manifest(
             "dtype": metadata.output.dtype,
             "layout": metadata.output.layout,
         },
-        "engine": None if engine is None else {
+        "engine": None
+        if engine is None
+        else {
             "file": PLAN,
             "tensorrt_version": str(engine["tensorrt_version"]),
             "gpu_name": str(engine["gpu_name"]),

@@ -25,8 +25,15 @@ TENSORRT_PLATFORM = "tensorrt_plan"
 TRT_SUFFIX = "_trt"
 
 TRITON_TYPES = {
-    "bool": "TYPE_BOOL", "uint8": "TYPE_UINT8", "int8": "TYPE_INT8", "int16": "TYPE_INT16", "int32": "TYPE_INT32",
-    "int64": "TYPE_INT64", "float16": "TYPE_FP16", "float32": "TYPE_FP32", "float64": "TYPE_FP64",
+    "bool": "TYPE_BOOL",
+    "uint8": "TYPE_UINT8",
+    "int8": "TYPE_INT8",
+    "int16": "TYPE_INT16",
+    "int32": "TYPE_INT32",
+    "int64": "TYPE_INT64",
+    "float16": "TYPE_FP16",
+    "float32": "TYPE_FP32",
+    "float64": "TYPE_FP64",
 }
 """NumPy element type name -> Triton ``DataType``."""
 
@@ -48,8 +55,9 @@ def max_batch_size(dynamic_batch: bool, profile: dict[str, list[int]] | None, de
     return int(profile["max"][0]) if profile else default
 
 
-def config_text(model_name: str, kind: str, inputs: list[TensorInfo], outputs: list[TensorInfo],
-                batch: int, comment: str) -> str:
+def config_text(
+    model_name: str, kind: str, inputs: list[TensorInfo], outputs: list[TensorInfo], batch: int, comment: str
+) -> str:
     """``config.pbtxt`` for one model.
 
     Args:
@@ -67,8 +75,13 @@ def config_text(model_name: str, kind: str, inputs: list[TensorInfo], outputs: l
         for i, tensor in enumerate(tensors):
             dims = tensor.dims[1:] if batch > 0 else tensor.dims
             dims_text = ", ".join(str(d) if isinstance(d, int) else "-1" for d in dims)
-            lines += ["  {", f'    name: "{tensor.name}"', f"    data_type: {TRITON_TYPES[tensor.dtype]}",
-                      f"    dims: [ {dims_text} ]", "  }" + ("," if i < len(tensors) - 1 else "")]
+            lines += [
+                "  {",
+                f'    name: "{tensor.name}"',
+                f"    data_type: {TRITON_TYPES[tensor.dtype]}",
+                f"    dims: [ {dims_text} ]",
+                "  }" + ("," if i < len(tensors) - 1 else ""),
+            ]
         lines.append("]")
     if batch > 0:
         lines.append("dynamic_batching { }")
@@ -84,8 +97,14 @@ def model_config_module() -> ModuleType:
     """
     spec = importlib.util.find_spec("tritonclient")
     locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    path = next((Path(p) / "grpc" / "model_config_pb2.py" for p in locations
-                 if (Path(p) / "grpc" / "model_config_pb2.py").is_file()), None)
+    path = next(
+        (
+            Path(p) / "grpc" / "model_config_pb2.py"
+            for p in locations
+            if (Path(p) / "grpc" / "model_config_pb2.py").is_file()
+        ),
+        None,
+    )
     if path is None:
         raise MissingDependencyError(f"checking Triton configs needs Triton's ModelConfig schema: {INSTALL_HINT}")
     module_spec = importlib.util.spec_from_file_location("segdeploy_triton_model_config_pb2", path)
@@ -93,8 +112,9 @@ def model_config_module() -> ModuleType:
     try:
         module_spec.loader.exec_module(module)  # type: ignore[union-attr]
     except ImportError as exc:
-        raise MissingDependencyError(f"Triton's ModelConfig schema needs protobuf ({first_line(exc)}): "
-                                     f"{INSTALL_HINT}") from None
+        raise MissingDependencyError(
+            f"Triton's ModelConfig schema needs protobuf ({first_line(exc)}): {INSTALL_HINT}"
+        ) from None
     return module
 
 
@@ -114,8 +134,16 @@ def parse_config(text: str) -> Any:
         raise ValueError(first_line(exc)) from None
 
 
-def check_model(model_dir: Path, kind: str, inputs: list[TensorInfo], outputs: list[TensorInfo], *,
-                num_classes: int, classes_axis: int | None, profile: dict[str, list[int]] | None) -> list[str]:
+def check_model(
+    model_dir: Path,
+    kind: str,
+    inputs: list[TensorInfo],
+    outputs: list[TensorInfo],
+    *,
+    num_classes: int,
+    classes_axis: int | None,
+    profile: dict[str, list[int]] | None,
+) -> list[str]:
     """Problems of one Triton model directory against the ONNX it serves (empty: none).
 
     Args:
@@ -140,13 +168,15 @@ def check_model(model_dir: Path, kind: str, inputs: list[TensorInfo], outputs: l
     if config.name != model_dir.name:
         problems.append(f"{where}: name {config.name!r} is not the directory's {model_dir.name!r}")
     if kind == "onnx" and (config.backend != ONNX_BACKEND or config.platform not in ("", "onnxruntime_onnx")):
-        problems.append(f"{where}: backend {config.backend!r} / platform {config.platform!r}, expected backend "
-                        f"{ONNX_BACKEND!r}")
+        problems.append(
+            f"{where}: backend {config.backend!r} / platform {config.platform!r}, expected backend {ONNX_BACKEND!r}"
+        )
     if kind == "plan" and config.platform != TENSORRT_PLATFORM and config.backend != "tensorrt":
         problems.append(f"{where}: platform {config.platform!r}, expected {TENSORRT_PLATFORM!r}")
     if config.default_model_filename not in ("", f"model.{kind}"):
-        problems.append(f"{where}: default_model_filename {config.default_model_filename!r}, the model is "
-                        f"1/model.{kind}")
+        problems.append(
+            f"{where}: default_model_filename {config.default_model_filename!r}, the model is 1/model.{kind}"
+        )
 
     batch = int(config.max_batch_size)
     if batch < 0:
@@ -154,8 +184,9 @@ def check_model(model_dir: Path, kind: str, inputs: list[TensorInfo], outputs: l
     if batch > 0 and inputs and inputs[0].dims and isinstance(inputs[0].dims[0], int):
         problems.append(f"{where}: max_batch_size {batch} > 0 but the model's batch is fixed at {inputs[0].dims[0]}")
     if batch > 0 and profile is not None and kind == "plan" and batch > int(profile["max"][0]):
-        problems.append(f"{where}: max_batch_size {batch} exceeds the engine profile's largest batch "
-                        f"{profile['max'][0]}")
+        problems.append(
+            f"{where}: max_batch_size {batch} exceeds the engine profile's largest batch {profile['max'][0]}"
+        )
     if batch > 0 and config.HasField("sequence_batching"):
         problems.append(f"{where}: sequence batching does not apply to a segmentation model")
     if batch == 0 and config.HasField("dynamic_batching"):
@@ -165,8 +196,7 @@ def check_model(model_dir: Path, kind: str, inputs: list[TensorInfo], outputs: l
     for section, declared, actual in (("input", config.input, inputs), ("output", config.output, outputs)):
         by_name = {t.name: t for t in actual}
         if len(declared) != len(actual):
-            problems.append(f"{where}: {len(declared)} {section}s, the model has {len(actual)} "
-                            f"({', '.join(by_name)})")
+            problems.append(f"{where}: {len(declared)} {section}s, the model has {len(actual)} ({', '.join(by_name)})")
         for entry in declared:
             tensor = by_name.get(entry.name)
             if tensor is None:
@@ -174,21 +204,42 @@ def check_model(model_dir: Path, kind: str, inputs: list[TensorInfo], outputs: l
                 continue
             dtype = type_names.get(entry.data_type, str(entry.data_type))
             if dtype != TRITON_TYPES.get(tensor.dtype):
-                problems.append(f"{where}: {section} {entry.name!r} has data_type {dtype}, the model's is "
-                                f"{tensor.dtype} ({TRITON_TYPES.get(tensor.dtype, 'no Triton type')})")
-            problems += _check_dims(where, section, entry.name, list(entry.dims), tensor, batch,
-                                    num_classes if section == "output" and tensor.name == outputs[0].name else None,
-                                    classes_axis)
+                problems.append(
+                    f"{where}: {section} {entry.name!r} has data_type {dtype}, the model's is "
+                    f"{tensor.dtype} ({TRITON_TYPES.get(tensor.dtype, 'no Triton type')})"
+                )
+            problems += _check_dims(
+                where,
+                section,
+                entry.name,
+                list(entry.dims),
+                tensor,
+                batch,
+                num_classes if section == "output" and tensor.name == outputs[0].name else None,
+                classes_axis,
+            )
     return problems
 
 
-def _check_dims(where: str, section: str, name: str, dims: list[int], tensor: TensorInfo, batch: int,
-                num_classes: int | None, classes_axis: int | None) -> list[str]:
+def _check_dims(
+    where: str,
+    section: str,
+    name: str,
+    dims: list[int],
+    tensor: TensorInfo,
+    batch: int,
+    num_classes: int | None,
+    classes_axis: int | None,
+) -> list[str]:
     full = ([-1] if batch > 0 else []) + dims
     model_dims = "[" + ", ".join(str(d) for d in tensor.dims) + "]"
     if len(full) != tensor.rank:
-        return [(f"{where}: {section} {name!r} has rank {len(full)} with max_batch_size {batch} (dims {dims}), "
-                f"the model's is {tensor.rank} {model_dims}")]
+        return [
+            (
+                f"{where}: {section} {name!r} has rank {len(full)} with max_batch_size {batch} (dims {dims}), "
+                f"the model's is {tensor.rank} {model_dims}"
+            )
+        ]
     problems = []
     if num_classes is not None and classes_axis is not None and full[classes_axis] not in (-1, num_classes):
         problems.append(f"{where}: {section} {name!r} has {full[classes_axis]} classes, the model has {num_classes}")

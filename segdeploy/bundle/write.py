@@ -131,8 +131,15 @@ def plan_bundle(
     check_graph(onnx_path, metadata, inputs, outputs)
     num_classes = int(metadata.num_classes)  # type: ignore[arg-type]
     label_list = read_labels(Path(labels), num_classes) if labels is not None else default_labels(num_classes)
-    plan = BundlePlan(onnx_path, target, check_name(name) if name is not None else default_name(onnx_path),
-                      metadata, inputs, outputs, label_list)
+    plan = BundlePlan(
+        onnx_path,
+        target,
+        check_name(name) if name is not None else default_name(onnx_path),
+        metadata,
+        inputs,
+        outputs,
+        label_list,
+    )
     if engine is not None:
         plan.engine_path, plan.sidecar = Path(engine), _read_engine(Path(engine), onnx_path, metadata)
     return plan
@@ -166,25 +173,34 @@ def check_graph(path: Path, metadata: Metadata, inputs: list[TensorInfo], output
     free = set(dynamic_axes(pre.input_format).values()) & set(metadata.dynamic_axes)
     axis_names = {i: n for i, n in dynamic_axes(pre.input_format).items() if n in free}
     if tensor.dtype != pre.input_format.dtype or tensor.rank != 4:
-        raise UserInputError(f"{path}: input {tensor.name!r} is {tensor.dtype} of rank {tensor.rank}, but its metadata "
-                             f"says {pre.input_format.value}")
+        raise UserInputError(
+            f"{path}: input {tensor.name!r} is {tensor.dtype} of rank {tensor.rank}, but its metadata "
+            f"says {pre.input_format.value}"
+        )
     for axis, (dim, traced) in enumerate(zip(tensor.dims, expected_shape)):
         if isinstance(dim, int) and (axis in axis_names or dim != traced):
-            raise UserInputError(f"{path}: input dims {list(tensor.dims)} disagree with its metadata (traced shape "
-                                 f"{list(expected_shape)}, dynamic {', '.join(metadata.dynamic_axes) or 'none'})")
+            raise UserInputError(
+                f"{path}: input dims {list(tensor.dims)} disagree with its metadata (traced shape "
+                f"{list(expected_shape)}, dynamic {', '.join(metadata.dynamic_axes) or 'none'})"
+            )
         if not isinstance(dim, int) and axis not in axis_names:
             raise UserInputError(f"{path}: input axis {axis} is dynamic but its metadata fixes it")
     wanted = OUTPUT_NAMES[metadata.output]
     main = next((t for t in outputs if t.name == wanted), None)
     if main is None or outputs[0].name != wanted:
-        raise UserInputError(f"{path}: its first output should be {wanted!r} (output {metadata.output.value}), the "
-                             f"graph has {', '.join(t.name for t in outputs)}")
+        raise UserInputError(
+            f"{path}: its first output should be {wanted!r} (output {metadata.output.value}), the "
+            f"graph has {', '.join(t.name for t in outputs)}"
+        )
     if main.dtype != metadata.output.dtype or main.rank != len(metadata.output.layout):
-        raise UserInputError(f"{path}: output {wanted!r} is {main.dtype} of rank {main.rank}, expected "
-                             f"{metadata.output.dtype} {metadata.output.layout}")
+        raise UserInputError(
+            f"{path}: output {wanted!r} is {main.dtype} of rank {main.rank}, expected "
+            f"{metadata.output.dtype} {metadata.output.layout}"
+        )
     if metadata.output.layout == "NCHW" and main.dims[1] != metadata.num_classes:
-        raise UserInputError(f"{path}: output {wanted!r} has {main.dims[1]} channels, its metadata says "
-                             f"{metadata.num_classes} classes")
+        raise UserInputError(
+            f"{path}: output {wanted!r} has {main.dims[1]} channels, its metadata says {metadata.num_classes} classes"
+        )
     if not metadata.num_classes or metadata.num_classes < 1:
         raise UserInputError(f"{path}: bad num_classes {metadata.num_classes} in its metadata")
 
@@ -199,24 +215,34 @@ def _read_engine(engine: Path, onnx_path: Path, metadata: Metadata) -> dict[str,
         raise UserInputError(f"engine {engine} is empty")
     sidecar = read_sidecar(engine)
     if sidecar is None:
-        raise UserInputError(f"engine {engine} has no sidecar {sidecar_path(engine)} (the facts `segdeploy build` "
-                             "writes beside it): build the engine with `segdeploy build`")
+        raise UserInputError(
+            f"engine {engine} has no sidecar {sidecar_path(engine)} (the facts `segdeploy build` "
+            "writes beside it): build the engine with `segdeploy build`"
+        )
     missing = [key for key in _SIDECAR_KEYS if key not in sidecar]
-    if missing or not isinstance(sidecar["profile"], dict) or \
-            any(len(sidecar["profile"].get(k) or ()) != 4 for k in ("min", "opt", "max")):
-        raise UserInputError(f"{sidecar_path(engine)} is not a segdeploy engine sidecar "
-                             f"({', '.join(missing) or 'profile'} missing or malformed)")
+    if (
+        missing
+        or not isinstance(sidecar["profile"], dict)
+        or any(len(sidecar["profile"].get(k) or ()) != 4 for k in ("min", "opt", "max"))
+    ):
+        raise UserInputError(
+            f"{sidecar_path(engine)} is not a segdeploy engine sidecar "
+            f"({', '.join(missing) or 'profile'} missing or malformed)"
+        )
     built_from = (sidecar.get("onnx") or {}).get("sha256")
     if built_from is not None and built_from != sha256_file(onnx_path):
-        raise UserInputError(f"engine {engine} was built from another ONNX file than {onnx_path} "
-                             f"({(sidecar.get('onnx') or {}).get('path', '?')}); bundle the ONNX it was built from")
+        raise UserInputError(
+            f"engine {engine} was built from another ONNX file than {onnx_path} "
+            f"({(sidecar.get('onnx') or {}).get('path', '?')}); bundle the ONNX it was built from"
+        )
     recorded = sidecar.get("engine_sha256")
     if recorded is not None and recorded != sha256_file(engine):
         raise UserInputError(f"engine {engine} is not the file its sidecar describes (sha256 differs): rebuild it")
     fmt = sidecar.get("input_format", "float32-nchw")
     if fmt != metadata.preprocessing.input_format.value:
-        raise UserInputError(f"engine {engine} takes {fmt} input, {onnx_path} takes "
-                             f"{metadata.preprocessing.input_format.value}")
+        raise UserInputError(
+            f"engine {engine} takes {fmt} input, {onnx_path} takes {metadata.preprocessing.input_format.value}"
+        )
     return sidecar
 
 
@@ -229,19 +255,22 @@ def _fill(root: Path, plan: BundlePlan) -> None:
     (root / LABELS).write_text("".join(f"{label}\n" for label in plan.labels), encoding="utf-8")
     _write_golden(root, plan.metadata)
 
-    manifest = build_manifest(name=plan.name, metadata=plan.metadata, labels=plan.labels, engine=plan.sidecar,
-                              files={})
+    manifest = build_manifest(name=plan.name, metadata=plan.metadata, labels=plan.labels, engine=plan.sidecar, files={})
     spec = manifest["input"]
     triton_models = triton.model_dirs(plan.name, plan.engine_path is not None)
     batch = triton.max_batch_size("batch" in spec["dynamic_axes"], spec["tensorrt_profile"], TRITON_DEFAULT_MAX_BATCH)
     for model, kind in triton_models.items():
         directory = root / "triton" / model
         (directory / "1").mkdir(parents=True)
-        comment = (f"{plan.name}: ONNX Runtime backend, written by segdeploy bundle" if kind == "onnx" else
-                   f"{plan.name}: TensorRT plan for TensorRT {manifest['engine']['tensorrt_version']}, compute "
-                   f"capability {manifest['engine']['compute_capability']}, written by segdeploy bundle")
+        comment = (
+            f"{plan.name}: ONNX Runtime backend, written by segdeploy bundle"
+            if kind == "onnx"
+            else f"{plan.name}: TensorRT plan for TensorRT {manifest['engine']['tensorrt_version']}, compute "
+            f"capability {manifest['engine']['compute_capability']}, written by segdeploy bundle"
+        )
         (directory / "config.pbtxt").write_text(
-            triton.config_text(model, kind, plan.inputs, plan.outputs, batch, comment), encoding="utf-8")
+            triton.config_text(model, kind, plan.inputs, plan.outputs, batch, comment), encoding="utf-8"
+        )
         shutil.copyfile(root / (MODEL if kind == "onnx" else PLAN), directory / "1" / f"model.{kind}")
 
     reasons, notes = deepstream.fit(manifest)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 # Importing a command module registers its commands; this order is the order of `segdeploy --help`.
 from segdeploy.cli import (
-    bench,  # noqa: E402, F401
-    convert,  # noqa: E402, F401, I001
-    deploy,  # noqa: E402, F401
+    bench,  # noqa: F401
+    convert,  # noqa: F401
+    deploy,  # noqa: F401
 )
 from segdeploy.cli.common import app
 

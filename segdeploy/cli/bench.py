@@ -33,22 +33,35 @@ def bench_cmd(
         Optional[str], typer.Argument(help="Zoo name, .onnx or .engine file; omit to run every zoo model.")
     ] = None,
     engine: Annotated[
-        Optional[list[Engine]], typer.Option("--engine", "-e", case_sensitive=False, help="Repeat to compare (default torch and ort).")
+        Optional[list[Engine]],
+        typer.Option("--engine", "-e", case_sensitive=False, help="Repeat to compare (default torch and ort)."),
     ] = None,
-    shape: Annotated[str, typer.Option(help="Input shape NxCxHxW; N is the batch unless --batch is given.")] = "1x3x512x512",
+    shape: Annotated[
+        str, typer.Option(help="Input shape NxCxHxW; N is the batch unless --batch is given.")
+    ] = "1x3x512x512",
     batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated, e.g. 1,4,8.")] = None,
-    precision: Annotated[Precision, typer.Option(case_sensitive=False, help="Precision of zoo exports (fp16: ort and trt only).")] = Precision.FP32,
+    precision: Annotated[
+        Precision, typer.Option(case_sensitive=False, help="Precision of zoo exports (fp16: ort and trt only).")
+    ] = Precision.FP32,
     config: ConfigOption = None,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 10,
     iters: Annotated[Optional[int], typer.Option(help="Timed steps (instead of --seconds).")] = None,
-    seconds: Annotated[Optional[float], typer.Option(help="Time budget per measurement, at least 10 steps (default 3).")] = None,
+    seconds: Annotated[
+        Optional[float], typer.Option(help="Time budget per measurement, at least 10 steps (default 3).")
+    ] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch and ONNX Runtime alike.")] = None,
     cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="TensorRT: time CUDA-graph replays.")] = False,
-    small: Annotated[bool, typer.Option("--small", help="Zoo models in their small test configuration (smoke runs).")] = False,
+    small: Annotated[
+        bool, typer.Option("--small", help="Zoo models in their small test configuration (smoke runs).")
+    ] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write records and environment as JSON.")] = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the records as CSV.")] = None,
-    markdown: Annotated[bool, typer.Option("--markdown", help="Print a Markdown table instead of the rich table.")] = False,
-    plot_path: Annotated[Optional[Path], typer.Option("--plot", help="Save a latency bar chart (.png/.svg/.pdf; needs matplotlib).")] = None,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Print a Markdown table instead of the rich table.")
+    ] = False,
+    plot_path: Annotated[
+        Optional[Path], typer.Option("--plot", help="Save a latency bar chart (.png/.svg/.pdf; needs matplotlib).")
+    ] = None,
 ) -> None:
     """Benchmark engines side by side: latency percentiles, images/s, GFLOP/s, speed-up."""
     from segdeploy import report

@@ -99,7 +99,9 @@ def parse_floats(text: str | None, what: str) -> tuple[float, ...] | None:
     try:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
-        raise UserInputError(f"bad {what} {text!r}: expected numbers separated by commas, e.g. 0.485,0.456,0.406") from None
+        raise UserInputError(
+            f"bad {what} {text!r}: expected numbers separated by commas, e.g. 0.485,0.456,0.406"
+        ) from None
 
 
 def write_json(path: Path, data: Any) -> None:

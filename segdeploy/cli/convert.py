@@ -33,7 +33,9 @@ def models_cmd(
     for col in ("name", "paper", "params (M)", "GFLOPs", "rewrites"):
         table.add_column(col, justify="right" if col in ("params (M)", "GFLOPs") else "left")
     for r in rows:
-        table.add_row(r["name"], r["paper"], f"{r['params'] / 1e6:.1f}", f"{r['gflops']:.1f}", ", ".join(r["rewrites"]) or "-")
+        table.add_row(
+            r["name"], r["paper"], f"{r['params'] / 1e6:.1f}", f"{r['gflops']:.1f}", ", ".join(r["rewrites"]) or "-"
+        )
     make_console().print(table)
 
 
@@ -81,16 +83,23 @@ def export_cmd(
         bool, typer.Option("--verify/--no-verify", help="Compare with PyTorch at 3 valid shapes.")
     ] = True,
     precision: Annotated[
-        Precision, typer.Option(case_sensitive=False, help="fp32; fp16 (float32 I/O); int8 or int8-fp16 (Q/DQ, needs --calib).")
+        Precision,
+        typer.Option(case_sensitive=False, help="fp32; fp16 (float32 I/O); int8 or int8-fp16 (Q/DQ, needs --calib)."),
     ] = Precision.FP32,
     input_format: Annotated[
-        InputFormat, typer.Option("--input-format", case_sensitive=False, help="float32-nchw, or raw uint8 frames normalized in the graph.")
+        InputFormat,
+        typer.Option(
+            "--input-format", case_sensitive=False, help="float32-nchw, or raw uint8 frames normalized in the graph."
+        ),
     ] = InputFormat.FLOAT32_NCHW,
     mean: Annotated[Optional[str], typer.Option(help="Per-channel mean, 0..1, R,G,B (default ImageNet's).")] = None,
     std: Annotated[Optional[str], typer.Option(help="Per-channel std, 0..1, R,G,B (default ImageNet's).")] = None,
-    color: Annotated[ColorOrder, typer.Option(case_sensitive=False, help="Channel order of the input frames.")] = ColorOrder.RGB,
+    color: Annotated[
+        ColorOrder, typer.Option(case_sensitive=False, help="Channel order of the input frames.")
+    ] = ColorOrder.RGB,
     output_kind: Annotated[
-        OutputKind, typer.Option("--output", case_sensitive=False, help="logits, probs (softmax) or classmap (int32 argmax).")
+        OutputKind,
+        typer.Option("--output", case_sensitive=False, help="logits, probs (softmax) or classmap (int32 argmax)."),
     ] = OutputKind.LOGITS,
     calib: Annotated[
         Optional[Path], typer.Option("--calib", help="INT8: a directory of images or an .npy of NCHW float32 batches.")
@@ -120,8 +129,13 @@ def export_cmd(
         output = Path(f"{stem}.onnx" if precision is Precision.FP32 else f"{stem}.{precision.value}.onnx")
     if report is not None:
         check_output_path(report)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=make_console(True),
-                  transient=True) as bar:
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=make_console(True),
+        transient=True,
+    ) as bar:
         task = bar.add_task(f"exporting {model}", total=len(STAGES))
 
         def step(stage: str) -> None:
@@ -129,11 +143,27 @@ def export_cmd(
 
         try:
             result = export_onnx(
-                model, output, input_shape=shape, opset=opset, dynamic=dynamic, precision=precision,
-                simplify=simplify, verify=verify, num_classes=num_classes, weights=weights, config=parse_config(config),
-                input_format=input_format, color=color, mean=parse_floats(mean, "--mean"), std=parse_floats(std, "--std"),
-                output=output_kind, calibration=calib, calib_size=calib_size, quantizer=quantizer, progress=step,
-            )  # fmt: skip
+                model,
+                output,
+                input_shape=shape,
+                opset=opset,
+                dynamic=dynamic,
+                precision=precision,
+                simplify=simplify,
+                verify=verify,
+                num_classes=num_classes,
+                weights=weights,
+                config=parse_config(config),
+                input_format=input_format,
+                color=color,
+                mean=parse_floats(mean, "--mean"),
+                std=parse_floats(std, "--std"),
+                output=output_kind,
+                calibration=calib,
+                calib_size=calib_size,
+                quantizer=quantizer,
+                progress=step,
+            )
         except VerificationError as exc:
             bar.stop()
             if getattr(exc, "report", None) is not None:
@@ -158,8 +188,11 @@ def _print_export(result: Any) -> None:
     pre = meta.preprocessing
     table.add_row("file", f"{result.path} ({size_mb:.2f} MB)")
     table.add_row("opset / IR", f"{meta.opset} / {result.ir_version}")
-    table.add_row("input", f"{'x'.join(map(str, meta.trace_shape))} ({dims}), {pre.input_format.value}, {pre.color.value}"
-                           + (", normalized in the graph" if pre.fused else ""))
+    table.add_row(
+        "input",
+        f"{'x'.join(map(str, meta.trace_shape))} ({dims}), {pre.input_format.value}, {pre.color.value}"
+        + (", normalized in the graph" if pre.fused else ""),
+    )
     table.add_row("output", f"{meta.output.value}, {meta.num_classes} classes, precision {meta.precision.value}")
     table.add_row("sizes", result.size_rule.describe() if result.size_rule is not None else "-")
     table.add_row("rewrites", ", ".join(meta.rewrites) or "-")

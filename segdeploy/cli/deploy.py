@@ -18,13 +18,22 @@ from segdeploy.errors import UserInputError
 @guarded
 def build_cmd(
     onnx_path: Annotated[Path, typer.Argument(help="The ONNX file from `segdeploy export`.")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Engine path (default: MODEL.engine).")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="Engine path (default: MODEL.engine).")
+    ] = None,
     min_shape: Annotated[Optional[str], typer.Option("--min-shape", help="Smallest input NxCxHxW.")] = None,
-    opt_shape: Annotated[Optional[str], typer.Option("--opt-shape", help="Shape to tune for (default: the export's).")] = None,
+    opt_shape: Annotated[
+        Optional[str], typer.Option("--opt-shape", help="Shape to tune for (default: the export's).")
+    ] = None,
     max_shape: Annotated[Optional[str], typer.Option("--max-shape", help="Largest input NxCxHxW.")] = None,
     workspace: Annotated[float, typer.Option("--workspace", help="Workspace memory limit in GiB.")] = 4.0,
-    timing_cache: Annotated[Optional[Path], typer.Option("--timing-cache", help="Timing cache file to reuse and update.")] = None,
-    precision: Annotated[Optional[Precision], typer.Option("--precision", case_sensitive=False, help="Engine precision (default: the ONNX's).")] = None,
+    timing_cache: Annotated[
+        Optional[Path], typer.Option("--timing-cache", help="Timing cache file to reuse and update.")
+    ] = None,
+    precision: Annotated[
+        Optional[Precision],
+        typer.Option("--precision", case_sensitive=False, help="Engine precision (default: the ONNX's)."),
+    ] = None,
 ) -> None:
     """Build a TensorRT engine (TensorRT 10.x or 11.x) plus a JSON sidecar describing it.
 
@@ -39,12 +48,20 @@ def build_cmd(
             progress=lambda message: status.update(message),
         )  # fmt: skip
     side = result.sidecar
-    typing_note = "strongly typed" if result.plan.strongly_typed else "weakly typed + FP16 flag" if result.plan.fp16_flag else "weakly typed"
+    typing_note = (
+        "strongly typed"
+        if result.plan.strongly_typed
+        else "weakly typed + FP16 flag"
+        if result.plan.fp16_flag
+        else "weakly typed"
+    )
     if result.plan.explicit_quantization:
         typing_note += ", Q/DQ"
     console = make_console()
-    console.print(f"[bold]{result.engine_path}[/bold]: {result.engine_bytes / 2**20:.1f} MiB, {side['precision']} "
-                  f"({typing_note}), built in {result.build_seconds:.1f} s")
+    console.print(
+        f"[bold]{result.engine_path}[/bold]: {result.engine_bytes / 2**20:.1f} MiB, {side['precision']} "
+        f"({typing_note}), built in {result.build_seconds:.1f} s"
+    )
     console.print(f"  TensorRT {side['tensorrt_version']} on {side['gpu_name']} (compute {side['compute_capability']})")
     console.print(f"  profile: {result.profile}")
     console.print(f"  sidecar: {result.sidecar_path}")
@@ -69,8 +86,12 @@ def doctor_cmd(
     from rich.table import Table
 
     cuda = env["cuda"]
-    gpu = (f"{cuda['gpu']} (compute {cuda['compute_capability']}, {cuda['memory_gb']} GiB, driver {cuda.get('driver') or '?'})"
-           if cuda["available"] else cuda.get("reason", "none"))
+    gpu = (
+        f"{cuda['gpu']} (compute {cuda['compute_capability']}, {cuda['memory_gb']} GiB, "
+        f"driver {cuda.get('driver') or '?'})"
+        if cuda["available"]
+        else cuda.get("reason", "none")
+    )
     rows = [
         ("segdeploy", env["segdeploy"]), ("python", env["python"]), ("platform", env["platform"]),
         ("cpu", f"{env['cpu']['model']} ({env['cpu']['cores']} cores)"),
@@ -87,7 +108,10 @@ def doctor_cmd(
     usable.add_column("engine")
     usable.add_column("usable here")
     for name, status in engines.items():
-        usable.add_row(name, f"[green]{escape(status)}[/green]" if status.startswith("yes") else f"[yellow]{escape(status)}[/yellow]")
+        usable.add_row(
+            name,
+            f"[green]{escape(status)}[/green]" if status.startswith("yes") else f"[yellow]{escape(status)}[/yellow]",
+        )
     console = make_console()
     console.print(versions)
     console.print(usable)
@@ -105,7 +129,9 @@ def bundle_cmd(
     labels: Annotated[
         Optional[Path], typer.Option("--labels", help="Text file, one label per class (default class_0, class_1...).")
     ] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Model name, e.g. for Triton (default: the file's).")] = None,
+    name: Annotated[
+        Optional[str], typer.Option("--name", help="Model name, e.g. for Triton (default: the file's).")
+    ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing non-empty output directory.")] = False,
     check: Annotated[
         Optional[Path], typer.Option("--check", metavar="DIR", help="Check an existing bundle; exit 4 on a problem.")
@@ -119,9 +145,18 @@ def bundle_cmd(
     `segdeploy bundle --check DIR` proves a bundle consistent without a server or GPU.
     """
     if check is not None:
-        extra = [flag for flag, value in (("MODEL", model_file), ("-o", output), ("--engine", engine),
-                                          ("--labels", labels), ("--name", name), ("--force", force or None))
-                 if value is not None]
+        extra = [
+            flag
+            for flag, value in (
+                ("MODEL", model_file),
+                ("-o", output),
+                ("--engine", engine),
+                ("--labels", labels),
+                ("--name", name),
+                ("--force", force or None),
+            )
+            if value is not None
+        ]
         if extra:
             raise UserInputError(f"--check DIR checks an existing bundle; drop {', '.join(extra)}")
         _check_bundle(check)
@@ -148,14 +183,22 @@ def _print_bundle(path: Path, seconds: float) -> None:
     spec, out = manifest["input"], manifest["output"]
     size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
     console = make_console()
-    console.print(f"[bold]{escape(str(path))}[/bold]: {len(manifest['files']) + 1} files, {size / 1e6:.2f} MB, "
-                  f"written in {seconds:.1f} s")
-    console.print(f"  model: {manifest['precision']}, {spec['dtype']} {spec['layout']} {spec['color']} -> "
-                  f"{out['kind']} ({out['dtype']} {out['layout']}), {manifest['num_classes']} classes", markup=False)
+    console.print(
+        f"[bold]{escape(str(path))}[/bold]: {len(manifest['files']) + 1} files, {size / 1e6:.2f} MB, "
+        f"written in {seconds:.1f} s"
+    )
+    console.print(
+        f"  model: {manifest['precision']}, {spec['dtype']} {spec['layout']} {spec['color']} -> "
+        f"{out['kind']} ({out['dtype']} {out['layout']}), {manifest['num_classes']} classes",
+        markup=False,
+    )
     engine = manifest.get("engine")
     if engine:
-        console.print(f"  engine: {engine['file']}, TensorRT {engine['tensorrt_version']} on {engine['gpu_name']} "
-                      f"(compute {engine['compute_capability']})", markup=False)
+        console.print(
+            f"  engine: {engine['file']}, TensorRT {engine['tensorrt_version']} on {engine['gpu_name']} "
+            f"(compute {engine['compute_capability']})",
+            markup=False,
+        )
     models = ", ".join(f"triton/{d.name}" for d in sorted((path / "triton").iterdir()))
     console.print(f"  triton: {models}", markup=False)
     reasons, notes = deepstream.fit(manifest)

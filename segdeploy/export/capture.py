@@ -69,8 +69,15 @@ def check_runs(module: nn.Module, shape: Shape) -> None:
         raise ModelRaised(f"the model's output at {format_shape(shape)} is not an NxCxHxW tensor (got {out})")
 
 
-def size_rule(program: Any, module: nn.Module, shape: Shape, *, spatial_axes: Sequence[int], out_axes: Sequence[int],
-              min_size_hint: int = 1) -> SizeRule:
+def size_rule(
+    program: Any,
+    module: nn.Module,
+    shape: Shape,
+    *,
+    spatial_axes: Sequence[int],
+    out_axes: Sequence[int],
+    min_size_hint: int = 1,
+) -> SizeRule:
     """The sizes ``module`` accepts, from the captured ``program`` and one real run at the smallest of them.
 
     Args:
@@ -133,7 +140,10 @@ def _symbolic_side(program: Any, axis: int, out_axis: int) -> tuple[int, int]:
         bounds = program.range_constraints.get(symbol)
         if bounds is not None and bounds.lower.is_finite:
             lower = max(lower, int(bounds.lower) * coefficient)
-    hints = (getattr(side.node, "hint", None), None if isinstance(out_side, int) else getattr(out_side.node, "hint", None))
+    hints = (
+        getattr(side.node, "hint", None),
+        None if isinstance(out_side, int) else getattr(out_side.node, "hint", None),
+    )
     if len(expr.free_symbols) != 1 or None in hints:
         return coefficient, lower
     (symbol,) = expr.free_symbols
@@ -176,7 +186,7 @@ def _output_shape(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...] 
         with torch.inference_mode():
             out = main_output(module(torch.zeros(shape)))
         return tuple(int(d) for d in out.shape) if isinstance(out, torch.Tensor) else None
-    except Exception as exc:  # noqa: BLE001 - any failure of the model at this size is an answer
+    except Exception as exc:
         return exc
 
 
@@ -207,8 +217,9 @@ def capture(module: nn.Module, example: torch.Tensor, dynamic_axes: dict[int, st
     except Exception as exc:
         raise ExportError(f"torch.export could not capture the model: {describe_exception(exc)}") from exc
     if dynamic_axes:
-        placeholder = next(n for n in program.graph.nodes if n.op == "placeholder"
-                           and n.name == program.graph_signature.user_inputs[0])
+        placeholder = next(
+            n for n in program.graph.nodes if n.op == "placeholder" and n.name == program.graph_signature.user_inputs[0]
+        )
         dims = placeholder.meta["val"].shape
         fixed = [name for axis, name in dynamic_axes.items() if isinstance(dims[axis], int)]
         if fixed:
@@ -266,8 +277,13 @@ def _user_frame(chain: list[BaseException]) -> str | None:
     """``file.py:line (code)`` of the deepest traceback frame in user code."""
     import torch
 
-    ignored = (os.path.dirname(torch.__file__), os.path.dirname(__file__), os.sep + "site-packages" + os.sep,
-               "<frozen", os.sep + "lib" + os.sep + "python")
+    ignored = (
+        os.path.dirname(torch.__file__),
+        os.path.dirname(__file__),
+        os.sep + "site-packages" + os.sep,
+        "<frozen",
+        os.sep + "lib" + os.sep + "python",
+    )
     best = None
     for exc in chain:
         for frame in traceback.extract_tb(exc.__traceback__):

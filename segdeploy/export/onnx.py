@@ -165,8 +165,10 @@ def export_onnx(
     precision = parse_precision(precision)
     quantized = precision in (Precision.INT8, Precision.INT8_FP16)
     if quantized and calibration is None:
-        raise UserInputError(f"--precision {precision.value} needs calibration data: pass --calib DIR_OF_IMAGES or "
-                             "--calib BATCHES.npy (preprocessed NCHW float32)")
+        raise UserInputError(
+            f"--precision {precision.value} needs calibration data: pass --calib DIR_OF_IMAGES or "
+            "--calib BATCHES.npy (preprocessed NCHW float32)"
+        )
     if calibration is not None and not quantized:
         raise UserInputError(f"calibration data is for --precision int8 or int8-fp16, not {precision.value}")
     shape = check_shape(tuple(input_shape))  # type: ignore[arg-type]
@@ -175,8 +177,10 @@ def export_onnx(
     preprocessing = _preprocessing(input_format, color, mean, std, shape[1])
     output = parse_choice(OutputKind, output, "output")
     if quantized and preprocessing.fused:
-        raise UserInputError("INT8 export takes float32-nchw input: quantize the float file, and normalize frames "
-                             "before it (or export fp16 with --input-format uint8-...)")
+        raise UserInputError(
+            "INT8 export takes float32-nchw input: quantize the float file, and normalize frames "
+            "before it (or export fp16 with --input-format uint8-...)"
+        )
     check_output_path(path)  # before minutes of export work, not after
     calib = _calibration(calibration, shape, preprocessing, calib_size, quantizer) if quantized else None
     clock = _StageClock(progress, timings)
@@ -200,8 +204,9 @@ def export_onnx(
     if dynamic:
         spatial = [axis for axis, name in axes.items() if name in ("height", "width")]  # type: ignore[union-attr]
         out_axes = (1, 2) if output is OutputKind.CLASSMAP else (2, 3)
-        rule = size_rule(program, loaded.module, shape, spatial_axes=spatial, out_axes=out_axes,
-                         min_size_hint=loaded.min_size)
+        rule = size_rule(
+            program, loaded.module, shape, spatial_axes=spatial, out_axes=out_axes, min_size_hint=loaded.min_size
+        )
     else:
         rule = SizeRule(1, max(loaded.min_size, 1), network_channels(loaded.module, program, shape))
     notes: list[str] = []
@@ -255,8 +260,9 @@ def export_onnx(
     clock("check")
     translate.check(proto, opset)
 
-    result = ExportResult(Path(path), metadata, int(proto.ir_version), rule, fp32_nodes=fp32_nodes, warnings=notes,
-                          stage_seconds=timings)
+    result = ExportResult(
+        Path(path), metadata, int(proto.ir_version), rule, fp32_nodes=fp32_nodes, warnings=notes, stage_seconds=timings
+    )
     from segdeploy.fileio import atomic_output
 
     with atomic_output(path) as tmp:
@@ -276,7 +282,9 @@ def export_onnx(
             clock(None)
             result.seconds = time.perf_counter() - started
             if not report.passed:
-                error = VerificationError(f"the exported file disagrees with PyTorch, {path} not written: {report.worst()}")
+                error = VerificationError(
+                    f"the exported file disagrees with PyTorch, {path} not written: {report.worst()}"
+                )
                 error.report = report  # type: ignore[attr-defined]
                 error.result = result  # type: ignore[attr-defined]
                 raise error
@@ -303,8 +311,9 @@ class _StageClock:
 
 
 # --------------------------------------------------------------------------- stages
-def _preprocessing(input_format: Any, color: Any, mean: Sequence[float] | None, std: Sequence[float] | None,
-                   channels: int) -> Preprocessing:
+def _preprocessing(
+    input_format: Any, color: Any, mean: Sequence[float] | None, std: Sequence[float] | None, channels: int
+) -> Preprocessing:
     fmt = parse_choice(InputFormat, input_format, "input format")
     order = parse_choice(ColorOrder, color, "color order")
     if mean is None and std is None and channels != 3:
@@ -314,7 +323,9 @@ def _preprocessing(input_format: Any, color: Any, mean: Sequence[float] | None, 
     mean = tuple(float(v) for v in (mean if mean is not None else IMAGENET_MEAN))
     std = tuple(float(v) for v in (std if std is not None else IMAGENET_STD))
     if len(mean) != channels or len(std) != channels:
-        raise UserInputError(f"--mean and --std need {channels} values (one per input channel), got {len(mean)} and {len(std)}")
+        raise UserInputError(
+            f"--mean and --std need {channels} values (one per input channel), got {len(mean)} and {len(std)}"
+        )
     if any(not s > 0 for s in std):
         raise UserInputError(f"--std values must be positive, got {','.join(f'{s:g}' for s in std)}")
     if order is ColorOrder.BGR and channels != 3:
@@ -336,12 +347,19 @@ def _calibration(source: Any, shape: Shape, preprocessing: Preprocessing, calib_
         raise MissingDependencyError("--quantizer modelopt needs NVIDIA ModelOpt: pip install 'segdeploy[modelopt]'")
     if isinstance(source, np.ndarray):
         return source
-    return load_calibration(source, shape=shape[2:], in_channels=shape[1], calib_size=calib_size,
-                            mean=preprocessing.mean, std=preprocessing.std)
+    return load_calibration(
+        source,
+        shape=shape[2:],
+        in_channels=shape[1],
+        calib_size=calib_size,
+        mean=preprocessing.mean,
+        std=preprocessing.std,
+    )
 
 
-def _load(model_or_name: Any, num_classes: int | None, in_channels: int, weights: Any,
-          config: dict[str, Any] | None) -> Any:
+def _load(
+    model_or_name: Any, num_classes: int | None, in_channels: int, weights: Any, config: dict[str, Any] | None
+) -> Any:
     from torch import nn
 
     from segdeploy.models.loading import LoadedModel, load_model
@@ -351,12 +369,22 @@ def _load(model_or_name: Any, num_classes: int | None, in_channels: int, weights
             from segdeploy.checkpoints import load_weights
 
             load_weights(model_or_name, weights)
-        return LoadedModel(module=model_or_name.eval(), name=type(model_or_name).__name__, info=None,
-                           num_classes=num_classes or 0, in_channels=in_channels, min_size=1, source="object")
+        return LoadedModel(
+            module=model_or_name.eval(),
+            name=type(model_or_name).__name__,
+            info=None,
+            num_classes=num_classes or 0,
+            in_channels=in_channels,
+            min_size=1,
+            source="object",
+        )
     if not isinstance(model_or_name, str):
-        raise UserInputError(f"expected an nn.Module, a zoo name or file.py:factory, got {type(model_or_name).__name__}")
-    return load_model(model_or_name, num_classes=num_classes or 21, in_channels=in_channels, weights=weights,
-                      **(config or {}))
+        raise UserInputError(
+            f"expected an nn.Module, a zoo name or file.py:factory, got {type(model_or_name).__name__}"
+        )
+    return load_model(
+        model_or_name, num_classes=num_classes or 21, in_channels=in_channels, weights=weights, **(config or {})
+    )
 
 
 def _example(shape: Sequence[int], preprocessing: Preprocessing) -> torch.Tensor:
@@ -369,14 +397,17 @@ def _example(shape: Sequence[int], preprocessing: Preprocessing) -> torch.Tensor
 
 def _check_shape(shape: Shape, rule: Any) -> Shape:
     """A small valid shape (batch 2, sides near 64) to check the rewritten program at: cheap, and not the traced one."""
+
     def side(s: int) -> int:
         target = max(rule.min_size, min(s, 64) + 1)
         return -(-target // rule.multiple) * rule.multiple
+
     return (2, shape[1], side(shape[2]), side(shape[3] + 2))
 
 
-def _check_rewritten(wrapper: nn.Module, program: Any, shape: Shape, preprocessing: Preprocessing,
-                     rewrites: list[str]) -> None:
+def _check_rewritten(
+    wrapper: nn.Module, program: Any, shape: Shape, preprocessing: Preprocessing, rewrites: list[str]
+) -> None:
     """The edited program against the model in PyTorch, before anything is translated."""
     import torch
 

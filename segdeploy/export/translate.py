@@ -28,8 +28,14 @@ if TYPE_CHECKING:
 _EXPORTER_OPSET = 18  # the opset torch's exporter writes natively
 
 
-def to_onnx(program: Any, example: torch.Tensor, output_name: str, axes: dict[int, str] | None,
-            track: Sequence[str] = (), optimize: bool = True) -> tuple[onnx.ModelProto, dict[str, str]]:
+def to_onnx(
+    program: Any,
+    example: torch.Tensor,
+    output_name: str,
+    axes: dict[int, str] | None,
+    track: Sequence[str] = (),
+    optimize: bool = True,
+) -> tuple[onnx.ModelProto, dict[str, str]]:
     """The ONNX model at the exporter's opset, and the ONNX value names of the program's nodes named in ``track``."""
     from segdeploy.export.capture import describe_exception
 
@@ -99,12 +105,28 @@ def _run_torch_exporter(program: Any, example: torch.Tensor, output_name: str, o
 
     cached = _cached_exporter()
     if cached is None:
-        return torch.onnx.export(program, (example,), dynamo=True, opset_version=_EXPORTER_OPSET,
-                                 input_names=[INPUT_NAME], output_names=[output_name], external_data=False,
-                                 verbose=False, optimize=optimize)
+        return torch.onnx.export(
+            program,
+            (example,),
+            dynamo=True,
+            opset_version=_EXPORTER_OPSET,
+            input_names=[INPUT_NAME],
+            output_names=[output_name],
+            external_data=False,
+            verbose=False,
+            optimize=optimize,
+        )
     core, registry = cached
-    return core.export(program, (example,), registry=registry, opset_version=_EXPORTER_OPSET,
-                       input_names=[INPUT_NAME], output_names=[output_name], verbose=False, optimize=optimize)
+    return core.export(
+        program,
+        (example,),
+        registry=registry,
+        opset_version=_EXPORTER_OPSET,
+        input_names=[INPUT_NAME],
+        output_names=[output_name],
+        verbose=False,
+        optimize=optimize,
+    )
 
 
 def _name_dynamic_axes(proto: onnx.ModelProto, axes: dict[int, str]) -> None:

@@ -37,5 +37,11 @@ from segdeploy.quantize.common import DEFAULT_CALIB_SIZE, QUANTIZERS, Quantizati
 from segdeploy.quantize.int8 import quantize_int8
 from segdeploy.quantize.modelopt import modelopt_available
 
-__all__ = ["DEFAULT_CALIB_SIZE", "QUANTIZERS", "QuantizationReport", "load_calibration", "modelopt_available",
-           "quantize_int8"]
+__all__ = [
+    "DEFAULT_CALIB_SIZE",
+    "QUANTIZERS",
+    "QuantizationReport",
+    "load_calibration",
+    "modelopt_available",
+    "quantize_int8",
+]

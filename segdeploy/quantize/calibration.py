@@ -111,9 +111,7 @@ def _load_image_dir(
     except OSError as exc:
         raise UserInputError(f"cannot read calibration directory {directory}: {exc.strerror or exc}") from None
     if not files:
-        raise UserInputError(
-            f"calibration directory {directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})"
-        )
+        raise UserInputError(f"calibration directory {directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     try:
         from PIL import Image
     except ImportError:

@@ -101,9 +101,7 @@ def _check_calibration(proto: onnx.ModelProto, calibration: Any) -> np.ndarray:
         )
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     if len(dims) == 4 and dims[1].HasField("dim_value") and dims[1].dim_value != data.shape[1]:
-        raise UserInputError(
-            f"calibration data has {data.shape[1]} channels; the model takes {dims[1].dim_value}"
-        )
+        raise UserInputError(f"calibration data has {data.shape[1]} channels; the model takes {dims[1].dim_value}")
     if not np.isfinite(data).all():
         raise UserInputError("calibration data holds NaN or infinite values")
     return np.ascontiguousarray(data)

@@ -220,16 +220,28 @@ def _insert_qdq(graph: onnx.GraphProto, name: str, scale: float) -> str:
     from onnx import numpy_helper
 
     base = f"{name}_residual"
-    graph.initializer.extend([
-        numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"),
-        numpy_helper.from_array(np.array(0, np.int8), f"{base}_zero_point"),
-    ])
-    graph.node.extend([
-        onnx.helper.make_node("QuantizeLinear", [name, f"{base}_scale", f"{base}_zero_point"], [f"{base}_q"],
-                              name=f"{base}_QuantizeLinear"),
-        onnx.helper.make_node("DequantizeLinear", [f"{base}_q", f"{base}_scale", f"{base}_zero_point"],
-                              [f"{base}_dq"], name=f"{base}_DequantizeLinear"),
-    ])
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.array(scale, np.float32), f"{base}_scale"),
+            numpy_helper.from_array(np.array(0, np.int8), f"{base}_zero_point"),
+        ]
+    )
+    graph.node.extend(
+        [
+            onnx.helper.make_node(
+                "QuantizeLinear",
+                [name, f"{base}_scale", f"{base}_zero_point"],
+                [f"{base}_q"],
+                name=f"{base}_QuantizeLinear",
+            ),
+            onnx.helper.make_node(
+                "DequantizeLinear",
+                [f"{base}_q", f"{base}_scale", f"{base}_zero_point"],
+                [f"{base}_dq"],
+                name=f"{base}_DequantizeLinear",
+            ),
+        ]
+    )
     return f"{base}_dq"
 
 

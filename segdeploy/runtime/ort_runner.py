@@ -106,7 +106,9 @@ class OrtRunner(Runner):
             )
         dtype = _NUMPY_TYPES.get(chosen.type)
         if dtype is None:
-            raise UserInputError(f"{self.name}: input {chosen.name!r} is {chosen.type}; expected float, float16 or uint8")
+            raise UserInputError(
+                f"{self.name}: input {chosen.name!r} is {chosen.type}; expected float, float16 or uint8"
+            )
         self.input_name = chosen.name
         layout = self._layout(dtype)
         fixed = {axis: int(d) for axis, d in enumerate(chosen.shape) if isinstance(d, int) and d > 0}

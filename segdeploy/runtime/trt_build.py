@@ -33,7 +33,7 @@ from segdeploy._version import __version__
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError
 from segdeploy.fileio import atomic_output, check_output_path, sha256_file, write_bytes_atomic, write_text_atomic
 from segdeploy.runtime.sidecar import read_sidecar, sidecar_path  # noqa: F401  (read beside the build)
-from segdeploy.runtime.trt_plan import (  # noqa: F401  (the build's decisions, part of this module's API)
+from segdeploy.runtime.trt_plan import (
     QUANTIZED,
     BuildPlan,
     Profile,
@@ -268,11 +268,19 @@ def build_engine(
 
     say(f"writing {engine_path}")
     sidecar = make_sidecar(
-        plan=plan, profile=profile, input_name=input_name, trt_version=str(trt.__version__),
+        plan=plan,
+        profile=profile,
+        input_name=input_name,
+        trt_version=str(trt.__version__),
         input_format=facts.metadata.get("input_format", "float32-nchw"),
-        gpu_name=gpu.name, compute_capability=gpu.compute_capability, onnx_path=onnx_path,
-        onnx_sha256=sha256_file(onnx_path), engine_sha256=hashlib.sha256(serialized).hexdigest(),
-        workspace_gb=workspace_gb, timing_cache=cache_path, build_seconds=build_seconds,
+        gpu_name=gpu.name,
+        compute_capability=gpu.compute_capability,
+        onnx_path=onnx_path,
+        onnx_sha256=sha256_file(onnx_path),
+        engine_sha256=hashlib.sha256(serialized).hexdigest(),
+        workspace_gb=workspace_gb,
+        timing_cache=cache_path,
+        build_seconds=build_seconds,
     )
     side = sidecar_path(engine_path)
     # Both files appear together: the sidecar is renamed into place just before the engine.
@@ -281,8 +289,9 @@ def build_engine(
         write_text_atomic(side, json.dumps(sidecar, indent=2) + "\n")
     if cache_path is not None and cache_out:
         write_bytes_atomic(cache_path, cache_out)
-    return BuildResult(engine_path, side, sidecar, plan, profile, len(serialized), build_seconds,
-                       cache_path if cache_out else None)
+    return BuildResult(
+        engine_path, side, sidecar, plan, profile, len(serialized), build_seconds, cache_path if cache_out else None
+    )
 
 
 def _check_lint(onnx_path: Path) -> None:
@@ -292,8 +301,9 @@ def _check_lint(onnx_path: Path) -> None:
     report = lint_onnx(onnx_path)
     if not report.ok:
         first = report.errors[0]
-        raise UserInputError(f"{onnx_path} is not TensorRT-ready ({report.summary()}): {first.node} "
-                             f"({first.op_type}): {first.message}")
+        raise UserInputError(
+            f"{onnx_path} is not TensorRT-ready ({report.summary()}): {first.node} ({first.op_type}): {first.message}"
+        )
 
 
 def _check_outputs(onnx_path: Path, engine_path: Path, cache_path: Path | None) -> None:
@@ -306,7 +316,9 @@ def _check_outputs(onnx_path: Path, engine_path: Path, cache_path: Path | None) 
         if path.resolve() == onnx_path.resolve():
             raise UserInputError(f"the {what} path {path} would overwrite the ONNX file: pick another path")
     if cache_path is not None and cache_path.resolve() in (engine_path.resolve(), sidecar_path(engine_path).resolve()):
-        raise UserInputError(f"the timing cache {cache_path} would overwrite the engine or its sidecar: pick another path")
+        raise UserInputError(
+            f"the timing cache {cache_path} would overwrite the engine or its sidecar: pick another path"
+        )
 
 
 def _run_builder(

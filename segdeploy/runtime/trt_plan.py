@@ -134,21 +134,41 @@ def plan_build(trt_major: int, onnx_precision: str, requested_precision: str | N
         raise MissingDependencyError(f"TensorRT {trt_major}.x is too old: segdeploy needs TensorRT 10.3 or newer")
     wanted = check_precision(onnx_precision, requested_precision)
     if wanted in QUANTIZED:
-        return BuildPlan(trt_major, wanted, strongly_typed=True, strongly_typed_flag=trt_major < 11,
-                         fp16_flag=False, strict_fp32=False, explicit_quantization=True)
+        return BuildPlan(
+            trt_major,
+            wanted,
+            strongly_typed=True,
+            strongly_typed_flag=trt_major < 11,
+            fp16_flag=False,
+            strict_fp32=False,
+            explicit_quantization=True,
+        )
     if trt_major >= 11:
         if wanted == "fp16" and onnx_precision == "fp32":
             raise UserInputError(
                 f"TensorRT {trt_major} takes precision from the ONNX types (its FP16 builder flag was removed): "
                 "export an FP16 ONNX with `segdeploy export MODEL --precision fp16` and build that"
             )
-        return BuildPlan(trt_major, wanted, strongly_typed=True, strongly_typed_flag=False,
-                         fp16_flag=False, strict_fp32=wanted == "fp32")
+        return BuildPlan(
+            trt_major,
+            wanted,
+            strongly_typed=True,
+            strongly_typed_flag=False,
+            fp16_flag=False,
+            strict_fp32=wanted == "fp32",
+        )
     if onnx_precision == "fp16":
-        return BuildPlan(trt_major, "fp16", strongly_typed=True, strongly_typed_flag=True,
-                         fp16_flag=False, strict_fp32=False)
-    return BuildPlan(trt_major, wanted, strongly_typed=False, strongly_typed_flag=False,
-                     fp16_flag=wanted == "fp16", strict_fp32=wanted == "fp32")
+        return BuildPlan(
+            trt_major, "fp16", strongly_typed=True, strongly_typed_flag=True, fp16_flag=False, strict_fp32=False
+        )
+    return BuildPlan(
+        trt_major,
+        wanted,
+        strongly_typed=False,
+        strongly_typed_flag=False,
+        fp16_flag=wanted == "fp16",
+        strict_fp32=wanted == "fp32",
+    )
 
 
 def network_flags(trt: Any, plan: BuildPlan) -> int:
@@ -161,8 +181,6 @@ def network_flags(trt: Any, plan: BuildPlan) -> int:
     if plan.strongly_typed_flag:
         return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     return 0
-
-
 
 
 @dataclass(frozen=True)
@@ -204,13 +222,20 @@ def derive_profile(
     def to_file(shape: Shape) -> Shape:
         return (shape[0], shape[2], shape[3], shape[1]) if nhwc else shape
 
-    nchw = _derive_nchw(metadata, to_nchw(min_shape), to_nchw(opt_shape), to_nchw(max_shape),
-                        graph_shape=to_nchw(graph_shape) if graph_shape is not None else None)
+    nchw = _derive_nchw(
+        metadata,
+        to_nchw(min_shape),
+        to_nchw(opt_shape),
+        to_nchw(max_shape),
+        graph_shape=to_nchw(graph_shape) if graph_shape is not None else None,
+    )
     multiple = int(metadata.get("size_multiple") or 1)
     for which, shape in (("min", nchw.min), ("opt", nchw.opt), ("max", nchw.max)):
         if shape[2] % multiple or shape[3] % multiple:
-            raise UserInputError(f"bad {which} shape {format_shape(to_file(shape))}: this model takes only heights "
-                                 f"and widths that are multiples of {multiple}")
+            raise UserInputError(
+                f"bad {which} shape {format_shape(to_file(shape))}: this model takes only heights "
+                f"and widths that are multiples of {multiple}"
+            )
     return Profile(to_file(nchw.min), to_file(nchw.opt), to_file(nchw.max))
 
 

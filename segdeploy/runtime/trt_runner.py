@@ -59,21 +59,28 @@ def check_engine_compatible(
     side = sidecar_path(engine_path)
     recorded_sha = sidecar.get("engine_sha256")
     if recorded_sha and recorded_sha != engine_sha256:
-        raise UserInputError(f"{side} describes a different engine than {engine_path} (sha256 differs): "
-                             f"delete the stale sidecar or {REBUILD_HINT}")
+        raise UserInputError(
+            f"{side} describes a different engine than {engine_path} (sha256 differs): "
+            f"delete the stale sidecar or {REBUILD_HINT}"
+        )
     built_trt = sidecar.get("tensorrt_version")
     if built_trt and str(built_trt) != str(trt_version):
-        raise UserInputError(f"{engine_path} was built with TensorRT {built_trt} but this machine has TensorRT "
-                             f"{trt_version}; engines only load on the version that built them: {REBUILD_HINT}")
+        raise UserInputError(
+            f"{engine_path} was built with TensorRT {built_trt} but this machine has TensorRT "
+            f"{trt_version}; engines only load on the version that built them: {REBUILD_HINT}"
+        )
     built_cc = sidecar.get("compute_capability")
     if built_cc and str(built_cc) != str(compute_capability):
-        raise UserInputError(f"{engine_path} was built for compute capability {built_cc} "
-                             f"({sidecar.get('gpu_name', 'another GPU')}) but this GPU is compute "
-                             f"{compute_capability}: {REBUILD_HINT}")
+        raise UserInputError(
+            f"{engine_path} was built for compute capability {built_cc} "
+            f"({sidecar.get('gpu_name', 'another GPU')}) but this GPU is compute "
+            f"{compute_capability}: {REBUILD_HINT}"
+        )
 
 
-def check_in_profile(shape: Sequence[int], profile_min: Sequence[int], profile_max: Sequence[int],
-                     input_name: str = "input") -> None:
+def check_in_profile(
+    shape: Sequence[int], profile_min: Sequence[int], profile_max: Sequence[int], input_name: str = "input"
+) -> None:
     """Reject a shape outside the engine's optimization profile, naming the allowed range.
 
     Raises:
@@ -145,8 +152,11 @@ class TrtRunner(Runner):
         plan = self.engine_path.read_bytes()
         if self.sidecar is not None:
             check_engine_compatible(
-                self.sidecar, engine_path=self.engine_path, engine_sha256=hashlib.sha256(plan).hexdigest(),
-                trt_version=str(trt.__version__), compute_capability=gpu.compute_capability,
+                self.sidecar,
+                engine_path=self.engine_path,
+                engine_sha256=hashlib.sha256(plan).hexdigest(),
+                trt_version=str(trt.__version__),
+                compute_capability=gpu.compute_capability,
             )
         loaded = load_engine(trt, plan, self.engine_path, has_sidecar=self.sidecar is not None)
         import torch
@@ -218,8 +228,9 @@ class TrtRunner(Runner):
         end_to_end = self.end_to_end_ms(batch, warmup=warmup, iters=iters)  # copies included, no graph
         return Measurement(compute, "cuda_events", gpu_compute_ms=compute, end_to_end_ms=end_to_end)
 
-    def gpu_compute_ms(self, batch: np.ndarray, *, warmup: int = 10, iters: int = 100,
-                       cuda_graph: bool = False) -> list[float]:
+    def gpu_compute_ms(
+        self, batch: np.ndarray, *, warmup: int = 10, iters: int = 100, cuda_graph: bool = False
+    ) -> list[float]:
         """Per-iteration GPU time of the enqueue alone, like trtexec's "GPU Compute Time".
 
         CUDA events are recorded on the compute stream right before and after the enqueue (or the CUDA
@@ -252,8 +263,9 @@ class TrtRunner(Runner):
                 with torch.cuda.graph(graph, stream=stream):
                     self._execute()
             except RuntimeError as exc:
-                raise SegdeployError(f"this engine cannot be captured in a CUDA graph ({exc}); "
-                                     "time it without CUDA graphs") from None
+                raise SegdeployError(
+                    f"this engine cannot be captured in a CUDA graph ({exc}); time it without CUDA graphs"
+                ) from None
             launch = graph.replay
             with torch.cuda.stream(stream):
                 launch()  # the first launch of a fresh graph uploads it; keep it out of the timings
@@ -301,8 +313,9 @@ class TrtRunner(Runner):
         check_in_profile(batch.shape, self.io.profile.min, self.io.profile.max, self.io.input_name)
         x = torch.from_numpy(batch).to("cuda").to(self.io.input_dtype).contiguous()
         output_shapes = set_shapes(self._context, self.io, tuple(x.shape))
-        outputs = [torch.empty(shape, dtype=dtype, device="cuda")
-                   for shape, (_, dtype) in zip(output_shapes, self.io.outputs)]
+        outputs = [
+            torch.empty(shape, dtype=dtype, device="cuda") for shape, (_, dtype) in zip(output_shapes, self.io.outputs)
+        ]
         bind_tensors(self._context, self.io, x.data_ptr(), [out.data_ptr() for out in outputs])
         return _Binding(tuple(x.shape), x, outputs)
 
@@ -332,12 +345,13 @@ def load_engine(trt: Any, plan: bytes, engine_path: Path, *, has_sidecar: bool) 
     engine = runtime.deserialize_cuda_engine(plan)  # [RT]: ICudaEngine, or None on failure
     if engine is None:
         why = "the file may be truncated or corrupt" if has_sidecar else "no sidecar says how it was built"
-        raise UserInputError(f"TensorRT {trt.__version__} could not load {engine_path} ({why}; see "
-                             f"TensorRT's messages above): {REBUILD_HINT}")
+        raise UserInputError(
+            f"TensorRT {trt.__version__} could not load {engine_path} ({why}; see "
+            f"TensorRT's messages above): {REBUILD_HINT}"
+        )
     context = engine.create_execution_context()  # [ENG]
     if context is None:
-        raise SegdeployError(f"TensorRT could not create an execution context for {engine_path} "
-                             "(out of GPU memory?)")
+        raise SegdeployError(f"TensorRT could not create an execution context for {engine_path} (out of GPU memory?)")
     return LoadedEngine(runtime, engine, context, _describe_io(trt, engine, engine_path))
 
 
@@ -390,8 +404,10 @@ def _describe_io(trt: Any, engine: Any, engine_path: Path) -> EngineIO:
         entry = (name, _torch_dtype(trt, engine.get_tensor_dtype(name), name))
         (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(entry)
     if len(inputs) != 1 or not outputs:
-        raise UserInputError(f"{engine_path} has {len(inputs)} inputs and {len(outputs)} outputs; "
-                             "segdeploy runs engines with one input and at least one output")
+        raise UserInputError(
+            f"{engine_path} has {len(inputs)} inputs and {len(outputs)} outputs; "
+            "segdeploy runs engines with one input and at least one output"
+        )
     input_name, input_dtype = inputs[0]
     # infer() returns outputs[0]: the segmentation output when the export named it, like the ORT runner.
     main = main_output_index([name for name, _ in outputs])
@@ -415,8 +431,16 @@ def _torch_dtype(trt: Any, trt_dtype: Any, name: str) -> Any:
     import torch
 
     # hasattr on TensorRT enums is a safe feature check; members differ between versions.
-    pairs = [("FLOAT", torch.float32), ("HALF", torch.float16), ("BF16", torch.bfloat16), ("INT32", torch.int32),
-             ("INT64", torch.int64), ("INT8", torch.int8), ("UINT8", torch.uint8), ("BOOL", torch.bool)]
+    pairs = [
+        ("FLOAT", torch.float32),
+        ("HALF", torch.float16),
+        ("BF16", torch.bfloat16),
+        ("INT32", torch.int32),
+        ("INT64", torch.int64),
+        ("INT8", torch.int8),
+        ("UINT8", torch.uint8),
+        ("BOOL", torch.bool),
+    ]
     for member, torch_dtype in pairs:
         if hasattr(trt.DataType, member) and trt_dtype == getattr(trt.DataType, member):
             return torch_dtype

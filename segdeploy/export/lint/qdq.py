@@ -18,7 +18,7 @@ QDQ_RULES = {
     "qdq-activation-scale": "activation scales must be one positive constant (per-tensor)",
     "qdq-weight-axis": "per-channel weight scales on the output-channel axis: 0 for Conv, 1 for ConvTranspose",
     "qdq-float-conv": "in a quantized model, a Conv/ConvTranspose whose input or weights do not come from "
-                      "DequantizeLinear runs in float",
+    "DequantizeLinear runs in float",
     "qdq-unpool": "no Q/DQ upstream of the unpooling comparisons (Equal/Where): quantized slots flip window choices",
 }
 """The Q/DQ rules ``check_qdq`` applies, by rule name."""
@@ -26,11 +26,32 @@ QDQ_RULES = {
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 # Ops a quantized value passes through unchanged in resolution: a DequantizeLinear found upstream of a
 # comparison through these means the comparison sees int8-rounded values.
-_QDQ_TRANSPARENT_OPS = frozenset({
-    "Slice", "Max", "Min", "MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split",
-    "Identity", "Pad", "Gather", "Flatten", "Expand", "Relu", "Clip", "Cast", "DepthToSpace", "SpaceToDepth",
-    "QuantizeLinear", "DequantizeLinear",
-})
+_QDQ_TRANSPARENT_OPS = frozenset(
+    {
+        "Slice",
+        "Max",
+        "Min",
+        "MaxPool",
+        "Reshape",
+        "Transpose",
+        "Squeeze",
+        "Unsqueeze",
+        "Concat",
+        "Split",
+        "Identity",
+        "Pad",
+        "Gather",
+        "Flatten",
+        "Expand",
+        "Relu",
+        "Clip",
+        "Cast",
+        "DepthToSpace",
+        "SpaceToDepth",
+        "QuantizeLinear",
+        "DequantizeLinear",
+    }
+)
 _DEQUANTIZE_INPUT_TYPES = ("INT8", "FLOAT8E4M3FN", "INT4")
 
 
@@ -73,9 +94,13 @@ def check_qdq(model: str | os.PathLike[str] | onnx.ModelProto) -> list[LintIssue
             inputs = node.input[:2] if node.op_type == "Equal" else node.input[:1]
             source = next((s for s in (_dequantized_upstream(name, producers) for name in inputs) if s), None)
             if source:
-                add("error", node, "qdq-unpool",
+                add(
+                    "error",
+                    node,
+                    "qdq-unpool",
                     f"{node.op_type} compares values that passed through Q/DQ ({source}): int8-rounded values "
-                    "tie and flip the unpooling's window choices; keep the comparison chain in float")
+                    "tie and flip the unpooling's window choices; keep the comparison chain in float",
+                )
     return issues
 
 
@@ -91,13 +116,20 @@ def _qdq_node_problems(
     if zero_name and zero_point is None:
         problems.append(("error", "qdq-zero-point", "the zero point is computed, not a constant; TensorRT needs zeros"))
     elif zero_point is not None and zero_point.size and (zero_point != 0).any():
-        problems.append(("error", "qdq-zero-point",
-                         f"zero point {_preview(zero_point)} is not 0: TensorRT supports symmetric quantization only"))
+        problems.append(
+            (
+                "error",
+                "qdq-zero-point",
+                f"zero point {_preview(zero_point)} is not 0: TensorRT supports symmetric quantization only",
+            )
+        )
     if node.op_type == "QuantizeLinear":
         quantized_type = _quantized_type(node, zero_name, values, types)
         if quantized_type != onnx.TensorProto.INT8:
-            message = (f"QuantizeLinear produces {_type_name(quantized_type)}; TensorRT's INT8 path needs INT8 "
-                       "(an INT8 zero point of 0)")
+            message = (
+                f"QuantizeLinear produces {_type_name(quantized_type)}; TensorRT's INT8 path needs INT8 "
+                "(an INT8 zero point of 0)"
+            )
             problems.append(("error", "qdq-int8", message))
     else:
         source = node.input[0]
@@ -111,26 +143,42 @@ def _qdq_node_problems(
             input_type = types.get(source, onnx.TensorProto.UNDEFINED)
         if input_type != onnx.TensorProto.UNDEFINED and _type_name(input_type) not in _DEQUANTIZE_INPUT_TYPES:
             what = " (an INT32 bias: keep biases float)" if input_type == onnx.TensorProto.INT32 else ""
-            message = (f"DequantizeLinear input {source} is {_type_name(input_type)}{what}; TensorRT's parser "
-                       f"takes {', '.join(_DEQUANTIZE_INPUT_TYPES)} only")
+            message = (
+                f"DequantizeLinear input {source} is {_type_name(input_type)}{what}; TensorRT's parser "
+                f"takes {', '.join(_DEQUANTIZE_INPUT_TYPES)} only"
+            )
             problems.append(("error", "qdq-dequantize-input", message))
     scale = values.get(scale_name) if scale_name else None
     # Weights are stored int8 (DQ of a constant) or float (Q of a constant, then DQ, as ModelOpt writes them).
     source_node = producers.get(node.input[0])
     is_weight = node.input[0] in values or (
-        node.op_type == "DequantizeLinear" and source_node is not None
-        and source_node.op_type == "QuantizeLinear" and source_node.input[0] in values
+        node.op_type == "DequantizeLinear"
+        and source_node is not None
+        and source_node.op_type == "QuantizeLinear"
+        and source_node.input[0] in values
     )
     if scale is None:
-        problems.append(("error", "qdq-activation-scale" if not is_weight else "qdq-weight-axis",
-                         "the scale is computed in the graph; TensorRT needs a constant scale"))
+        problems.append(
+            (
+                "error",
+                "qdq-activation-scale" if not is_weight else "qdq-weight-axis",
+                "the scale is computed in the graph; TensorRT needs a constant scale",
+            )
+        )
     else:
         if not (scale > 0).all() or not _finite(scale):
-            problems.append(("error", "qdq-activation-scale" if not is_weight else "qdq-weight-axis",
-                             f"scale {_preview(scale)} is not positive and finite"))
+            problems.append(
+                (
+                    "error",
+                    "qdq-activation-scale" if not is_weight else "qdq-weight-axis",
+                    f"scale {_preview(scale)} is not positive and finite",
+                )
+            )
         if not is_weight and scale.size != 1:
-            message = (f"activation scale has {scale.size} values (axis {_attr(node, 'axis', 1)}); "
-                       "TensorRT quantizes activations per tensor")
+            message = (
+                f"activation scale has {scale.size} values (axis {_attr(node, 'axis', 1)}); "
+                "TensorRT quantizes activations per tensor"
+            )
             problems.append(("error", "qdq-activation-scale", message))
     return problems
 
@@ -140,8 +188,11 @@ def _conv_qdq_problems(
 ) -> list[tuple[str, str, str]]:
     problems = []
     sources = [producers.get(name) for name in node.input[:2]]
-    float_inputs = [what for what, source in zip(("input", "weights"), sources, strict=False)
-                    if source is None or source.op_type != "DequantizeLinear"]
+    float_inputs = [
+        what
+        for what, source in zip(("input", "weights"), sources, strict=False)
+        if source is None or source.op_type != "DequantizeLinear"
+    ]
     if float_inputs:
         message = f"{' and '.join(float_inputs)} not fed by DequantizeLinear: this {node.op_type} runs in float"
         problems.append(("warning", "qdq-float-conv", message))
@@ -159,12 +210,15 @@ def _conv_qdq_problems(
             axis = int(_attr(weight_dq, "axis", 1))
             axis = axis + weight.ndim if axis < 0 else axis
             if axis != expected:
-                message = (f"per-channel weight scales on axis {axis}; {node.op_type} needs axis {expected} "
-                           "(its output channels)")
+                message = (
+                    f"per-channel weight scales on axis {axis}; {node.op_type} needs axis {expected} "
+                    "(its output channels)"
+                )
                 problems.append(("error", "qdq-weight-axis", message))
             elif weight.ndim > axis and weight.shape[axis] != scale.size:
-                problems.append(("error", "qdq-weight-axis",
-                                 f"{scale.size} weight scales for {weight.shape[axis]} output channels"))
+                problems.append(
+                    ("error", "qdq-weight-axis", f"{scale.size} weight scales for {weight.shape[axis]} output channels")
+                )
     return problems
 
 
@@ -214,8 +268,11 @@ def _inferred_types(proto: onnx.ModelProto) -> dict[str, int]:
         graph = onnx.shape_inference.infer_shapes(proto).graph
     except Exception:  # best effort: declared types still count
         pass
-    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.output, *graph.value_info)
-             if v.type.HasField("tensor_type")}
+    types = {
+        v.name: v.type.tensor_type.elem_type
+        for v in (*graph.input, *graph.output, *graph.value_info)
+        if v.type.HasField("tensor_type")
+    }
     types.update({t.name: t.data_type for t in graph.initializer})
     return types
 

@@ -62,7 +62,9 @@ TRT_PLUGIN_DOMAINS = frozenset({"trt.plugins", "trt"})
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 
 RESIZE_MODES = frozenset({"nearest", "linear", "cubic"})
-RESIZE_COORDINATE_MODES = frozenset({"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"})
+RESIZE_COORDINATE_MODES = frozenset(
+    {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+)
 RESIZE_NEAREST_MODES = frozenset({"floor", "ceil", "round_prefer_floor", "round_prefer_ceil"})
 
 # Inputs the matrix says "must be an initializer" (index -> what), for ops segmentation graphs use.
@@ -73,10 +75,21 @@ _CONSTANT_INPUTS = {
     "Pad": {3: "axes"},
     "CumSum": {1: "axis"},
     "TopK": {1: "K"},
-    **{op: {1: "axes"} for op in (
-        "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax",
-        "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare",
-    )},
+    **{
+        op: {1: "axes"}
+        for op in (
+            "ReduceL1",
+            "ReduceL2",
+            "ReduceLogSum",
+            "ReduceLogSumExp",
+            "ReduceMax",
+            "ReduceMean",
+            "ReduceMin",
+            "ReduceProd",
+            "ReduceSum",
+            "ReduceSumSquare",
+        )
+    },
 }
 
 _UNPOOL_HINT = "export with `segdeploy export`, which rewrites max-pool indices and unpooling into plain ops"
@@ -104,11 +117,15 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
     if opset is None:
         issues.append(LintIssue("error", "-", "-", "the model imports no default-domain (ai.onnx) opset"))
     elif opset not in SUPPORTED_OPSETS:
-        issues.append(LintIssue(
-            "error", "-", "-",
-            f"opset {opset} is outside the range segdeploy supports "
-            f"({SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}); re-export with --opset 17",
-        ))
+        issues.append(
+            LintIssue(
+                "error",
+                "-",
+                "-",
+                f"opset {opset} is outside the range segdeploy supports "
+                f"({SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1}); re-export with --opset 17",
+            )
+        )
 
     try:
         onnx.checker.check_model(proto)
@@ -129,7 +146,7 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto) -> LintReport:
 
 
 def _check_uint8_inputs(proto: onnx.ModelProto) -> list[LintIssue]:
-    """TensorRT takes a UINT8 network input only when every consumer is a Cast (to float): cast first, then transpose."""
+    """TensorRT takes a UINT8 network input only when every consumer is a Cast: cast first, then transpose."""
     import onnx
 
     initializers = {t.name for t in proto.graph.initializer}
@@ -192,9 +209,19 @@ def _check_node(
         if (node.domain, op) in functions:
             return []  # a local function: its body is walked and checked
         if node.domain in TRT_PLUGIN_DOMAINS:
-            return [issue("warning", f"plugin op {node.domain}::{op}: the plugin must be registered with TensorRT at build time")]
-        return [issue("error", f"custom op {node.domain}::{op} is not standard ONNX and not a TensorRT plugin domain "
-                               f"({', '.join(sorted(TRT_PLUGIN_DOMAINS))}); TensorRT's parser cannot import it")]
+            return [
+                issue(
+                    "warning",
+                    f"plugin op {node.domain}::{op}: the plugin must be registered with TensorRT at build time",
+                )
+            ]
+        return [
+            issue(
+                "error",
+                f"custom op {node.domain}::{op} is not standard ONNX and not a TensorRT plugin domain "
+                f"({', '.join(sorted(TRT_PLUGIN_DOMAINS))}); TensorRT's parser cannot import it",
+            )
+        ]
     if op == "MaxUnpool":
         return [issue("error", f"MaxUnpool is not supported by TensorRT 10's ONNX parser; {_UNPOOL_HINT}")]
     if op in TRT10_UNSUPPORTED_OPS:
@@ -204,23 +231,37 @@ def _check_node(
 
     found: list[LintIssue] = []
     if op == "MaxPool" and len(node.output) > 1:
-        found.append(issue("error", f"MaxPool with an Indices output (max_pool2d(return_indices=True)) is not supported "
-                                    f"by TensorRT; {_UNPOOL_HINT}"))
+        found.append(
+            issue(
+                "error",
+                f"MaxPool with an Indices output (max_pool2d(return_indices=True)) is not supported "
+                f"by TensorRT; {_UNPOOL_HINT}",
+            )
+        )
     if op in ("MaxPool", "AveragePool", "LpPool"):
         kernel = _attr(node, "kernel_shape", [])
         if len(kernel) not in (2, 3):
             found.append(issue("error", f"{op} over {len(kernel)} spatial dims: TensorRT pools 2D or 3D only"))
         if any(d != 1 for d in _attr(node, "dilations", [])):
-            found.append(issue("error", f"{op} with dilations {list(_attr(node, 'dilations'))}: TensorRT needs all ones"))
+            found.append(
+                issue("error", f"{op} with dilations {list(_attr(node, 'dilations'))}: TensorRT needs all ones")
+            )
     if op == "ScatterND":
         reduction = _attr(node, "reduction")
         if reduction is not None and reduction != "none":
             found.append(issue("error", f"ScatterND with reduction={reduction!r} is not supported by TensorRT"))
         elif reduction == "none":
-            found.append(issue("warning", "ScatterND carries an explicit reduction='none' attribute, which TensorRT "
-                                          "10.0/10.1 parsers refuse; drop the attribute"))
+            found.append(
+                issue(
+                    "warning",
+                    "ScatterND carries an explicit reduction='none' attribute, which TensorRT "
+                    "10.0/10.1 parsers refuse; drop the attribute",
+                )
+            )
         if len(node.input) > 1 and _comes_from_maxpool_indices(node.input[1], producers):
-            found.append(issue("error", f"ScatterND writes through MaxPool indices (a stock max_unpool export); {_UNPOOL_HINT}"))
+            found.append(
+                issue("error", f"ScatterND writes through MaxPool indices (a stock max_unpool export); {_UNPOOL_HINT}")
+            )
     if op == "Resize":
         found.extend(issue(sev, msg) for sev, msg in _resize_problems(node))
     if op == "Upsample" and _attr(node, "mode", "nearest") not in ("nearest", "linear", "bilinear"):
@@ -241,8 +282,12 @@ def _check_node(
         found.append(issue("error", "LpNormalization: TensorRT supports p=1 and p=2 only"))
     for index, what in _CONSTANT_INPUTS.get(op, {}).items():
         if len(node.input) > index and node.input[index] and node.input[index] not in constants:
-            found.append(issue("error", f"{op}: input {what!r} must be an initializer or constant for TensorRT "
-                                        f"(run onnxsim to fold it)"))
+            found.append(
+                issue(
+                    "error",
+                    f"{op}: input {what!r} must be an initializer or constant for TensorRT (run onnxsim to fold it)",
+                )
+            )
     return found
 
 
@@ -256,15 +301,27 @@ def _resize_problems(node: onnx.NodeProto) -> list[tuple[str, str]]:
     elif mode == "cubic":
         # The parser maps cubic to IResizeLayer's bicubic mode, which resizes only the two innermost axes and
         # is absent from the documented matrix: build it, but check parity.
-        problems.append(("warning", "Resize mode 'cubic': TensorRT resizes only the two innermost axes bicubically "
-                                    "and documents nearest/linear; verify parity"))
+        problems.append(
+            (
+                "warning",
+                "Resize mode 'cubic': TensorRT resizes only the two innermost axes bicubically "
+                "and documents nearest/linear; verify parity",
+            )
+        )
     if ctm not in RESIZE_COORDINATE_MODES:
-        problems.append(("error", f"Resize coordinate_transformation_mode {ctm!r} is not supported by TensorRT "
-                                  f"(supported: {', '.join(sorted(RESIZE_COORDINATE_MODES))})"))
+        problems.append(
+            (
+                "error",
+                f"Resize coordinate_transformation_mode {ctm!r} is not supported by TensorRT "
+                f"(supported: {', '.join(sorted(RESIZE_COORDINATE_MODES))})",
+            )
+        )
     if mode == "nearest" and nearest not in RESIZE_NEAREST_MODES:
         problems.append(("error", f"Resize nearest_mode {nearest!r} is not supported by TensorRT"))
     if ctm == "tf_half_pixel_for_nn" and nearest != "round_prefer_floor":
-        problems.append(("error", "Resize tf_half_pixel_for_nn works in TensorRT only with nearest_mode round_prefer_floor"))
+        problems.append(
+            ("error", "Resize tf_half_pixel_for_nn works in TensorRT only with nearest_mode round_prefer_floor")
+        )
     if _attr(node, "antialias", 0):
         problems.append(("error", "Resize with antialias=1 is not supported by TensorRT"))
     if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
@@ -296,8 +353,19 @@ def _type_problem(elem_type: int) -> str | None:
     import onnx
 
     T = onnx.TensorProto
-    if elem_type in (T.UNDEFINED, T.FLOAT, T.FLOAT16, T.BFLOAT16, T.INT32, T.INT64, T.INT8, T.UINT8, T.BOOL,
-                     T.FLOAT8E4M3FN, T.INT4):
+    if elem_type in (
+        T.UNDEFINED,
+        T.FLOAT,
+        T.FLOAT16,
+        T.BFLOAT16,
+        T.INT32,
+        T.INT64,
+        T.INT8,
+        T.UINT8,
+        T.BOOL,
+        T.FLOAT8E4M3FN,
+        T.INT4,
+    ):
         return None
     return "warning" if elem_type == T.DOUBLE else "error"
 
@@ -311,8 +379,11 @@ def _check_types(proto: onnx.ModelProto) -> list[LintIssue]:
         graph = onnx.shape_inference.infer_shapes(proto).graph
     except Exception:  # inference is best effort; declared types are still checked
         pass
-    typed = [(v.name, v.type.tensor_type.elem_type) for v in (*graph.input, *graph.output, *graph.value_info)
-             if v.type.HasField("tensor_type")]
+    typed = [
+        (v.name, v.type.tensor_type.elem_type)
+        for v in (*graph.input, *graph.output, *graph.value_info)
+        if v.type.HasField("tensor_type")
+    ]
     typed += [(t.name, t.data_type) for t in graph.initializer]
     by_type: dict[int, list[str]] = {}
     for name, elem_type in typed:
@@ -322,6 +393,10 @@ def _check_types(proto: onnx.ModelProto) -> list[LintIssue]:
     for elem_type, names in by_type.items():
         severity = _type_problem(elem_type)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-        what = "TensorRT casts DOUBLE down to FLOAT (clamped)" if severity == "warning" else "TensorRT does not support it"
-        issues.append(LintIssue(severity, shown, "-", f"{len(names)} tensor(s) of type {_type_name(elem_type)}: {what}"))
+        what = (
+            "TensorRT casts DOUBLE down to FLOAT (clamped)" if severity == "warning" else "TensorRT does not support it"
+        )
+        issues.append(
+            LintIssue(severity, shown, "-", f"{len(names)} tensor(s) of type {_type_name(elem_type)}: {what}")
+        )
     return issues
