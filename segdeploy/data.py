@@ -1,7 +1,7 @@
 """A synthetic shapes segmentation dataset, tiny CPU training and mIoU.
 
 Random weights say little about accuracy: they overflow or sit on near-ties
-(see DESIGN.md). These helpers give models weights that behave like trained
+(see docs/verification.md). These helpers give models weights that behave like trained
 ones within seconds, so FP16 and export checks can be judged by mIoU on
 held-out images. Nothing is downloaded; everything is deterministic per seed.
 """

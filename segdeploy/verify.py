@@ -157,8 +157,10 @@ def verify(
     ref = Reference(reference, metadata.preprocessing, windows)
     rng = np.random.default_rng(seed)
     results, notes = [], []
+    forced = bool(names) and runner.engine.value == "ort" and metadata.precision is Precision.FP32
+    if forced:
+        runner.expose(names)  # type: ignore[attr-defined]  # one session that also returns the pooling inputs
     with runner:
-        forced = bool(names) and runner.engine.value == "ort" and metadata.precision is Precision.FP32
         thresholds = thresholds_for(metadata.precision, index_unpooling=metadata.index_unpooling and not forced)
         for shape in checked:
             if progress:

@@ -58,15 +58,21 @@ class OrtRunner(Runner):
         self.session: Any = None
         self.input_name = ""
         self.output_name = ""
-        self._sessions: dict[tuple[str, ...], Any] = {}
+        self._exposed: tuple[str, ...] = ()
+
+    def expose(self, names: Sequence[str]) -> None:
+        """Make intermediate values ``names`` readable with ``infer_outputs`` (before activation: one session)."""
+        names = tuple(names)
+        if names != self._exposed:
+            self.deactivate()
+            self._exposed = names
 
     def _activate(self) -> None:
-        self.session = self._open(())
+        self.session = self._open(self._exposed)
         self._inspect_io()
 
     def _deactivate(self) -> None:
         self.session = None
-        self._sessions.clear()
 
     def _open(self, extra_outputs: tuple[str, ...]) -> Any:
         """A session of the model, with ``extra_outputs`` (intermediate value names) added as graph outputs."""
@@ -131,14 +137,11 @@ class OrtRunner(Runner):
         return list(self.session.get_inputs()[0].shape)
 
     def _run(self, batch: np.ndarray, names: Sequence[str] | None) -> list[np.ndarray]:
-        wanted = (self.output_name, *(names or ()))
-        session = self.session
-        if names:
-            key = tuple(names)
-            if key not in self._sessions:
-                self._sessions[key] = self._open(key)
-            session = self._sessions[key]
-        outs = session.run(list(wanted), {self.input_name: batch})
+        missing = [name for name in names or () if name not in self._exposed]
+        if missing:  # reopen once with them: every later run reads them from the same session
+            self.expose((*self._exposed, *missing))
+            self.activate()
+        outs = self.session.run([self.output_name, *(names or ())], {self.input_name: batch})
         return [np.asarray(o, dtype=np.float32) if o.dtype == np.float16 else np.asarray(o) for o in outs]
 
     def _prepare(self, batch: np.ndarray) -> Callable[[], None]:
