@@ -218,7 +218,7 @@ def train_tiny(
             target = labels_t[batch]
             loss = F.cross_entropy(main, target, weight=weight)
             for extra in auxiliary:
-                loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(extra, target, weight=weight)
+                loss = loss + AUX_LOSS_WEIGHT * _auxiliary_loss(extra, target, weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -265,6 +265,17 @@ def _num_outputs(model: nn.Module, images: torch.Tensor) -> int:
             return int(_training_outputs(model(images[:2]))[0].shape[1])
     finally:
         model.train(was_training)
+
+
+def _auxiliary_loss(extra: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Per-pixel auxiliary logits: cross-entropy; per-image class scores (GINet's semantic context): presence BCE."""
+    import torch
+    import torch.nn.functional as F
+
+    if extra.ndim == 2:  # [N, K]: whether each class appears in the image
+        present = torch.zeros_like(extra).scatter_(1, target.flatten(1), 1.0)
+        return F.binary_cross_entropy_with_logits(extra, present)
+    return F.cross_entropy(extra, target, weight=weight)
 
 
 def _training_outputs(output: Any) -> list[torch.Tensor]:

@@ -72,3 +72,13 @@ def test_zoo_small_config_learns_within_seconds(name, steps):
     background = mean_iou(np.zeros_like(truth), truth, NUM_CLASSES)
     assert history["steps"] == steps, history["seconds"]
     assert miou > background + 0.05, (miou, background)
+
+
+def test_training_handles_per_image_class_scores_beside_the_logits():
+    import segdeploy
+
+    torch.manual_seed(0)
+    model = segdeploy.create_model("ginet", num_classes=4, **segdeploy.model_info("ginet").test_config)
+    images, labels = make_shapes(8, size=(64, 64), num_classes=4, seed=0)
+    history = train_tiny(model, images, labels, steps=3)
+    assert history["steps"] == 3 and all(np.isfinite(history["losses"]))
