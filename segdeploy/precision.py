@@ -137,7 +137,7 @@ def convert_to_fp16(
     _collapse_cast_round_trips(graph)
     _tidy_casts(graph)
     _remove_dead_nodes(graph)
-    _topological_sort(graph)
+    topological_sort(graph)
     del graph.value_info[:]
     try:
         converted = onnx.shape_inference.infer_shapes(converted, strict_mode=True)
@@ -446,8 +446,12 @@ def _remove_dead_nodes(graph: onnx.GraphProto) -> None:
     graph.node.extend(keep)
 
 
-def _topological_sort(graph: onnx.GraphProto) -> None:
-    """Order nodes so every input is produced before use (stable for already sorted graphs)."""
+def topological_sort(graph: onnx.GraphProto, what: str = "FP16 conversion") -> None:
+    """Order nodes so every input is produced before use (stable for already sorted graphs).
+
+    Raises:
+        ExportError: an input nothing produces (``what`` names the step that left it).
+    """
     available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
     pending = list(graph.node)
     ordered = []
@@ -461,7 +465,7 @@ def _topological_sort(graph: onnx.GraphProto) -> None:
                 still_pending.append(node)
         if len(still_pending) == len(pending):
             missing = sorted({n for node in pending for n in node.input if n not in available})[:3]
-            raise ExportError(f"FP16 conversion left a graph with undefined inputs: {', '.join(missing)}")
+            raise ExportError(f"{what} left a graph with undefined inputs: {', '.join(missing)}")
         pending = still_pending
     del graph.node[:]
     graph.node.extend(ordered)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import textwrap
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from segdeploy.export.rewrites import adaptive_avg_pool2d_exact, unpool_first_max
 
 
 def calibrate_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int = 3, seed: int = 0) -> nn.Module:
@@ -110,3 +113,33 @@ DIVISIBLE_BY_32 = textwrap.dedent(
             return F.interpolate(self.head(self.encode(x)), size=(h, w), mode="bilinear", align_corners=False)
     """
 )
+
+
+def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+
+class TinySegNet(nn.Module):
+    """One max-pool/unpool stage with a pyramid-pooling context (bins 1 and 3) in between.
+
+    It calls the export rewrites' plain-PyTorch functions itself, so its ONNX has the graph segdeploy's
+    export writes without depending on that pipeline.
+    """
+
+    def __init__(self, width: int = 16, num_classes: int = 4) -> None:
+        super().__init__()
+        self.stem = conv_bn_relu(3, width)
+        self.middle = conv_bn_relu(width, 2 * width)
+        self.context = nn.Conv2d(6 * width, width, 1)
+        self.decoder = nn.Sequential(conv_bn_relu(width, width), nn.Conv2d(width, num_classes, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.stem(x)
+        y = self.middle(F.max_pool2d(skip, 2, 2))
+        size = y.shape[-2:]
+        pooled = [
+            F.interpolate(adaptive_avg_pool2d_exact(y, [bins, bins]), size=size, mode="bilinear", align_corners=False)
+            for bins in (1, 3)
+        ]
+        y = self.context(torch.cat([y, *pooled], dim=1))
+        return self.decoder(unpool_first_max(skip, y, 2, list(skip.shape[-2:])))

@@ -16,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import TinySegNet
 from torch import nn
 
 import segdeploy
@@ -24,7 +25,6 @@ from segdeploy.criteria import compare, thresholds_for
 from segdeploy.data import evaluate, make_shapes, train_tiny
 from segdeploy.errors import MissingDependencyError, UserInputError
 from segdeploy.export.lint import check_qdq, lint_onnx
-from segdeploy.export.rewrites import adaptive_avg_pool2d_exact, unpool_first_max
 from segdeploy.quantize import load_calibration, modelopt_available, quantize_int8
 from segdeploy.verify import verification_shapes, verify
 
@@ -56,28 +56,6 @@ class ResidualNet(nn.Module):
         y = F.relu(self.block(y) + y)
         y = self.classifier(F.relu(self.up(F.max_pool2d(y, 2))))
         return F.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
-
-
-class TinySegNet(nn.Module):
-    """One max-pool/unpool stage with a pyramid-pooling context (bins 1 and 3) in between."""
-
-    def __init__(self, width: int = 16) -> None:
-        super().__init__()
-        self.stem = _conv_bn_relu(3, width)
-        self.middle = _conv_bn_relu(width, 2 * width)
-        self.context = nn.Conv2d(6 * width, width, 1)
-        self.decoder = nn.Sequential(_conv_bn_relu(width, width), nn.Conv2d(width, NUM_CLASSES, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        skip = self.stem(x)
-        y = self.middle(F.max_pool2d(skip, 2, 2))
-        size = y.shape[-2:]
-        pooled = [
-            F.interpolate(adaptive_avg_pool2d_exact(y, [bins, bins]), size=size, mode="bilinear", align_corners=False)
-            for bins in (1, 3)
-        ]
-        y = self.context(torch.cat([y, *pooled], dim=1))
-        return self.decoder(unpool_first_max(skip, y, 2, list(skip.shape[-2:])))
 
 
 def _export(model: nn.Module, path, opset: int = 17) -> onnx.ModelProto:

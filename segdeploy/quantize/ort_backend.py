@@ -176,7 +176,9 @@ def _quantize_residual_adds(model: onnx.ModelProto, fp32: onnx.ModelProto, calib
             dequantized[name] = _insert_qdq(graph, name, scale)
         node.input[skip] = dequantized[name]
         changed.append(node.name)
-    _topological_sort(graph)
+    from segdeploy.precision import topological_sort
+
+    topological_sort(graph, "quantization")
     return changed
 
 
@@ -243,24 +245,6 @@ def _insert_qdq(graph: onnx.GraphProto, name: str, scale: float) -> str:
         ]
     )
     return f"{base}_dq"
-
-
-def _topological_sort(graph: onnx.GraphProto) -> None:
-    available = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
-    while pending:
-        still = []
-        for node in pending:
-            if all(name in available for name in node.input):
-                ordered.append(node)
-                available.update(node.output)
-            else:
-                still.append(node)
-        if len(still) == len(pending):
-            raise ExportError(f"quantization left undefined inputs: {sorted({n for x in still for n in x.input})[:3]}")
-        pending = still
-    del graph.node[:]
-    graph.node.extend(ordered)
 
 
 def _session(model: onnx.ModelProto, *, optimize: bool = True) -> Any:
