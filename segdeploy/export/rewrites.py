@@ -289,7 +289,9 @@ class MaxUnpool(Rewrite):
             graph.erase_node(unpool)
             found.unpool_inputs.append((pool_input.name, k))
             found._unpool_nodes.append(new)
-        pooled = splice_call(graph, node, F.max_pool2d, (pool_input, k, k))
+        with graph.inserting_before(node):  # one op whose value is the pooling's own: no tracing needed
+            pooled = graph.call_function(aten.max_pool2d.default, (pool_input, [k, k], [k, k]))
+        pooled.meta = {**node.meta, "val": node.meta["val"][0]} if "val" in node.meta else dict(node.meta)
         for getter in list(node.users):
             if getter.args[1] == 0:
                 getter.replace_all_uses_with(pooled)
