@@ -45,6 +45,24 @@ class ModuleUnpoolDefaultSize(nn.Module):
         return self.unpool(pooled + 1.0, indices)
 
 
+class UnpoolAveragedValues(nn.Module):
+    """Max-pool indices placing values that are not the max-pool's own.
+
+    ONNX Runtime's MaxPool drops NaN (window [5, nan, 2, 1] pools to 5; PyTorch: nan), a
+    difference of the runtime's pooling, not of the unpooling: averaged values keep NaN in
+    both, so the window choices are what a comparison sees.
+    """
+
+    def __init__(self, kernel: int) -> None:
+        super().__init__()
+        self.kernel = kernel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, indices = F.max_pool2d(x, self.kernel, self.kernel, return_indices=True)
+        values = F.avg_pool2d(x, self.kernel, self.kernel) * 1.5 - 0.25
+        return F.max_unpool2d(values, indices, self.kernel, self.kernel, output_size=x.shape[-2:])
+
+
 class AdaptivePools(nn.Module):
     def __init__(self, avg_size: int | tuple[int, int] = 6, max_size: tuple[int, int] = (3, 4)) -> None:
         super().__init__()
@@ -167,8 +185,14 @@ def test_rewritten_onnx_has_only_tensorrt_ops_and_is_exact_at_other_sizes(tmp_pa
     program = torch.export.export(module, (example,), dynamic_shapes=({0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},))
     assert apply_rewrites(program).applied == list(REWRITE_NAMES)
     path = tmp_path / "rewritten.onnx"
-    # the edited program itself is translated: torch does not trace the model a second time
-    torch.onnx.export(program, (example,), str(path), dynamo=True, external_data=False, verbose=False)
+    # the edited program itself is translated (torch does not trace the model a second time), with
+    # segdeploy's translations of the ops the rewrites insert
+    from segdeploy.export.onnx_ops import TRANSLATIONS
+
+    torch.onnx.export(
+        program, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+        custom_translation_table=TRANSLATIONS,
+    )  # fmt: skip
     proto = onnx.load(str(path))
     op_types = {node.op_type for node in proto.graph.node}
     assert not op_types & FORBIDDEN_OPS
@@ -181,6 +205,34 @@ def test_rewritten_onnx_has_only_tensorrt_ops_and_is_exact_at_other_sizes(tmp_pa
             got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
             for g, expected in zip(got, module(x)):
                 np.testing.assert_allclose(g, expected.numpy(), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(("kernel", "dynamic"), [(2, True), (3, True), (2, False)])
+def test_unpool_onnx_translation_equals_pytorch_bit_for_bit_with_ties_nan_and_inf(tmp_path, kernel, dynamic):
+    # The unpooling is one op in the rewritten program, written to ONNX by its own translation:
+    # that translation, not only the PyTorch replacement, must follow max_unpool2d exactly.
+    ort = pytest.importorskip("onnxruntime")
+    from segdeploy.export.onnx_ops import TRANSLATIONS
+
+    module = UnpoolAveragedValues(kernel)
+    example = torch.randn(2, 2, 13, 17)
+    program = torch.export.export(module, (example,), dynamic_shapes=DYNAMIC if dynamic else None)
+    apply_rewrites(program)
+    path = tmp_path / "unpool.onnx"
+    torch.onnx.export(
+        program, (example,), str(path), dynamo=True, external_data=False, verbose=False,
+        custom_translation_table=TRANSLATIONS,
+    )  # fmt: skip
+    session = ort.InferenceSession(str(path))
+    generator = torch.Generator().manual_seed(7)
+    shapes = [(1, 3, 7, 5), (3, 2, 25, 9), (2, 1, 12, 12)] if dynamic else [tuple(example.shape)]
+    for shape in shapes:
+        special = torch.randn(shape, generator=generator)
+        for value, share in ((float("nan"), 0.1), (float("inf"), 0.1), (float("-inf"), 0.1)):
+            special[torch.rand(shape, generator=generator) < share] = value
+        for x in [*_inputs(shape, generator), special]:
+            (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+            torch.testing.assert_close(torch.from_numpy(got), module(x), rtol=0, atol=0, equal_nan=True)
 
 
 def test_unpool_inputs_are_recorded_in_the_order_the_model_unpools():

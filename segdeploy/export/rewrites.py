@@ -3,7 +3,9 @@
 The exporter captures a model once with ``torch.export`` and gets an
 ``ExportedProgram`` in ATen ops. Each rewrite here matches nodes of its graph
 and splices in, in place, the ATen ops of a plain-PyTorch function of this
-module (traced on the program's own symbolic sizes); the edited program is
+module (traced on the program's own symbolic sizes), or, for unpooling, one
+custom op whose PyTorch implementation is such a function and whose ONNX
+translation lives in ``segdeploy.export.onnx_ops``. The edited program is
 checked against the original model in PyTorch and then translated to ONNX,
 where those ops become ones TensorRT 10's ONNX parser accepts.
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +77,7 @@ def unpool_first_max(
     window_max = slots[0]
     for slot in slots[1:]:
         window_max = torch.maximum(window_max, slot)
-    chosen = _first_max_slots(slots, window_max)
+    chosen = first_max_slots(slots, window_max)
     zero = torch.zeros((), dtype=values.dtype, device=values.device)
     # One Where on the stacked masks ([N, C, k*k, h, w]) against values broadcast over
     # the slot axis: in ONNX Runtime this is cheaper than k*k Wheres and a Concat of floats.
@@ -94,26 +96,57 @@ def unpool_first_max(
     return flat.reshape(plane.shape[0], plane.shape[1], out_h, out_w)
 
 
-def _first_max_slots(slots: list[torch.Tensor], window_max: torch.Tensor) -> list[torch.Tensor]:
+@torch.library.custom_op("segdeploy::unpool_first_max", mutates_args=())
+def unpool_op(pool_input: torch.Tensor, values: torch.Tensor, kernel: int, out_h: int, out_w: int) -> torch.Tensor:
+    """``unpool_first_max`` to the pooling input's own size, as one op of the captured program.
+
+    The exporter translates it straight to ONNX (``segdeploy.export.onnx_ops``); spliced as
+    ~60 ATen ops on symbolic sizes instead, each unpooling cost SegNet's export about 2 s of
+    decomposition and type promotion (measured).
+    """
+    return unpool_first_max(pool_input, values, kernel, (out_h, out_w))
+
+
+@unpool_op.register_fake
+def _unpool_op_shape(
+    pool_input: torch.Tensor, values: torch.Tensor, kernel: int, out_h: int, out_w: int
+) -> torch.Tensor:
+    return values.new_empty((values.shape[0], values.shape[1], out_h, out_w))
+
+
+class BoolOps(NamedTuple):
+    """The five elementwise ops the window choice needs, so PyTorch and ONNX share one algorithm."""
+
+    isnan: Callable[[Any], Any]
+    equal: Callable[[Any, Any], Any]
+    and_: Callable[[Any, Any], Any]
+    or_: Callable[[Any, Any], Any]
+    not_: Callable[[Any], Any]
+
+
+TORCH_OPS = BoolOps(torch.isnan, torch.eq, torch.logical_and, torch.logical_or, torch.logical_not)
+
+
+def first_max_slots(slots: Sequence[Any], window_max: Any, ops: BoolOps = TORCH_OPS) -> list[Any]:
     """One boolean mask per slot, true where that slot holds PyTorch's max-pool index."""
     # Boolean logic only: ONNX Runtime has no Where for bool, TensorRT's
     # ArgMax/TopK tie-breaking is undocumented, and this needs no int64 math.
     # Last NaN first, scanning backwards; the NaNs seen by the end say whether the
     # window holds one, and then start the forward scan for the first maximum as
     # already "seen", so no maximum is chosen even if a runtime's Max dropped the NaN.
-    nans = [torch.isnan(slot) for slot in slots]
+    nans = [ops.isnan(slot) for slot in slots]
     at_nan = list(nans)
     later_nan = nans[-1]
     for i in range(len(slots) - 2, -1, -1):
-        at_nan[i] = nans[i] & ~later_nan
-        later_nan = later_nan | nans[i]
+        at_nan[i] = ops.and_(nans[i], ops.not_(later_nan))
+        later_nan = ops.or_(later_nan, nans[i])
     chosen = []
     seen = later_nan
     for i, slot in enumerate(slots):
-        at_max = slot == window_max
-        chosen.append((at_max & ~seen) | at_nan[i])
+        at_max = ops.equal(slot, window_max)
+        chosen.append(ops.or_(ops.and_(at_max, ops.not_(seen)), at_nan[i]))
         if i < len(slots) - 1:
-            seen = seen | at_max
+            seen = ops.or_(seen, at_max)
     return chosen
 
 
@@ -175,7 +208,6 @@ def splice_call(graph: fx.Graph, anchor: fx.Node, fn: Callable[..., torch.Tensor
     mode, so its symbolic sizes are the program's (the exported graph stays dynamic) and the
     program is never traced a second time.
     """
-    from torch._dispatch.python import enable_python_dispatcher
     from torch._guards import detect_fake_mode
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -203,9 +235,9 @@ def splice_call(graph: fx.Graph, anchor: fx.Node, fn: Callable[..., torch.Tensor
 
     fake_values = [leaf.meta["val"] for leaf in leaves]
     fake_mode = detect_fake_mode(fake_values)
-    # The python dispatcher lets ops with symbolic sizes (pad by out - in) use their symbolic meta
-    # kernels; pre_dispatch keeps the op level torch.export itself captures at.
-    with fake_mode or contextlib.nullcontext(), enable_python_dispatcher():
+    # pre_dispatch keeps the op level torch.export itself captures at: aten.pad stays one op whose
+    # symbolic amounts need no decomposition (and no python dispatcher, which made tracing 3x slower).
+    with fake_mode or contextlib.nullcontext():
         sub = make_fx(traced, tracing_mode="real", pre_dispatch=True)(*fake_values)
     placeholders = [n for n in sub.graph.nodes if n.op == "placeholder"]
     env: dict[fx.Node, fx.Node] = dict(zip(placeholders, leaves))
@@ -220,6 +252,18 @@ def splice_call(graph: fx.Graph, anchor: fx.Node, fn: Callable[..., torch.Tensor
             env[node] = graph.node_copy(node, lambda n: env[n])
     assert result is not None
     return result
+
+
+def _insert_call(graph: fx.Graph, anchor: fx.Node, target: Any, args: Sequence[Any]) -> fx.Node:
+    """Insert one call of the op ``target`` before ``anchor``, with the fake value the exporter reads."""
+    from torch._guards import detect_fake_mode
+
+    with graph.inserting_before(anchor):
+        node = graph.call_function(target, tuple(args))
+    values = [arg.meta["val"] if isinstance(arg, fx.Node) else arg for arg in args]
+    with detect_fake_mode([v for v in values if isinstance(v, torch.Tensor)]) or contextlib.nullcontext():
+        node.meta = {**anchor.meta, "val": target(*values)}
+    return node
 
 
 # --------------------------------------------------------------------------- the rewrites
@@ -283,8 +327,10 @@ class MaxUnpool(Rewrite):
                 )
         for unpool in unpools:
             values, _, output_size = unpool.args[:3]
-            same = _same_sizes(output_size, pool_input.meta["val"].shape[-2:])
-            new = splice_call(graph, unpool, unpool_first_max, (pool_input, values, k, list(output_size), same))
+            if _same_sizes(output_size, pool_input.meta["val"].shape[-2:]):
+                new = _insert_call(graph, unpool, unpool_op._opoverload, (pool_input, values, k, *output_size))
+            else:  # unpooling into another plane: PyTorch's flat-index layout, spliced as ATen ops
+                new = splice_call(graph, unpool, unpool_first_max, (pool_input, values, k, list(output_size), False))
             unpool.replace_all_uses_with(new)
             graph.erase_node(unpool)
             found.unpool_inputs.append((pool_input.name, k))

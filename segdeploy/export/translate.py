@@ -115,6 +115,7 @@ def _run_torch_exporter(program: Any, example: torch.Tensor, output_name: str, o
             external_data=False,
             verbose=False,
             optimize=optimize,
+            custom_translation_table=_translations(),
         )
     core, registry = cached
     return core.export(
@@ -167,9 +168,18 @@ def _cached_exporter() -> tuple[Any, Any] | None:
 
         if "registry" not in inspect.signature(_core.export).parameters:
             return None
-        return _core, _registration.ONNXRegistry.from_torchlib(opset_version=_EXPORTER_OPSET)
+        registry = _registration.ONNXRegistry.from_torchlib(opset_version=_EXPORTER_OPSET)
+        for target, function in _translations().items():
+            registry.register_op(target, function)
+        return _core, registry
     except Exception:  # internals moved: the public call still works
         return None
+
+
+def _translations() -> dict[Any, Any]:
+    from segdeploy.export.onnx_ops import TRANSLATIONS
+
+    return TRANSLATIONS
 
 
 def simplify(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
