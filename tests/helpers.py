@@ -30,13 +30,13 @@ def calibrate_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int =
 
 
 # SegNet as learners write it: functional unpooling WITHOUT output_size, so it works only at multiples of 32.
-SEED_SEGNET = textwrap.dedent(
+TEXTBOOK_SEGNET = textwrap.dedent(
     """
     import torch
     import torch.nn.functional as F
     from torch import nn
 
-    class SeedSegNet(nn.Module):
+    class TextbookSegNet(nn.Module):
         def __init__(self, num_classes=4, in_channels=3):
             super().__init__()
             enc = [(in_channels, 8), (8, 8), (8, 12), (12, 12), (12, 16)]
@@ -56,7 +56,7 @@ SEED_SEGNET = textwrap.dedent(
             return self.classifier(x)
 
     def build(num_classes=4, in_channels=3):
-        return SeedSegNet(num_classes, in_channels)
+        return TextbookSegNet(num_classes, in_channels)
     """
 )
 

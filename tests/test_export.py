@@ -10,7 +10,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import DIVISIBLE_BY_32, SEED_SEGNET, STRICT_UNET, calibrate_batchnorm
+from helpers import DIVISIBLE_BY_32, STRICT_UNET, TEXTBOOK_SEGNET, calibrate_batchnorm
 from torch import nn
 from typer.testing import CliRunner
 
@@ -351,9 +351,9 @@ def _user_file(tmp_path, name: str, source: str) -> str:
     return str(tmp_path / f"{name}.py")
 
 
-def test_seed_style_segnet_exports_at_multiples_of_32_with_a_clear_note(tmp_path):
-    file = _user_file(tmp_path, "seed_segnet", SEED_SEGNET)
-    path = tmp_path / "seed.onnx"
+def test_textbook_segnet_exports_at_multiples_of_32_with_a_clear_note(tmp_path):
+    file = _user_file(tmp_path, "textbook_segnet", TEXTBOOK_SEGNET)
+    path = tmp_path / "textbook.onnx"
     result = export_onnx(f"{file}:build", path, input_shape=(1, 3, 64, 64), num_classes=4)
     assert result.size_rule.multiple == 32 and "accepts only multiples of 32" in " ".join(result.warnings)
     meta = read_metadata(path)
@@ -364,15 +364,15 @@ def test_seed_style_segnet_exports_at_multiples_of_32_with_a_clear_note(tmp_path
     assert len({r.shape for r in report.results}) == 3 and any(r.shape[0] == 2 for r in report.results)
 
 
-def test_seed_style_segnet_exports_through_the_cli_with_default_options(tmp_path):
+def test_textbook_segnet_exports_through_the_cli_with_default_options(tmp_path):
     from segdeploy.cli import app
 
-    file = _user_file(tmp_path, "seed_segnet", SEED_SEGNET)
+    file = _user_file(tmp_path, "textbook_segnet", TEXTBOOK_SEGNET)
     namespace: dict = {}
-    exec(SEED_SEGNET, namespace)
-    weights = tmp_path / "seed.pt"
+    exec(TEXTBOOK_SEGNET, namespace)
+    weights = tmp_path / "textbook.pt"
     torch.save(calibrate_batchnorm(namespace["build"](), (4, 3, 64, 64)).state_dict(), weights)  # "trained" weights
-    out = tmp_path / "seed.onnx"
+    out = tmp_path / "textbook.onnx"
     result = CliRunner().invoke(
         app,
         [

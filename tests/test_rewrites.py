@@ -33,7 +33,7 @@ class FunctionalUnpool(nn.Module):
 
 
 class ModuleUnpoolDefaultSize(nn.Module):
-    """nn.MaxPool2d/nn.MaxUnpool2d without output_size (the seed SegNet's call)."""
+    """nn.MaxPool2d/nn.MaxUnpool2d without output_size (the call of the usual textbook SegNet)."""
 
     def __init__(self) -> None:
         super().__init__()
