@@ -102,38 +102,39 @@ def thresholds_for(precision: Precision | str = Precision.FP32, index_unpooling:
             note="FP16: relative error <= 1e-2 (measured <= 5e-3 on trained tiny models), agreement >= 99%",
         )
     if precision is Precision.FP16:
-        # Trained zoo SegNet (benchmarks/precision.py): FP16 moves 0.05-0.2% of its window choices, and where one
-        # flips the decoder puts a value elsewhere: p99 2.0e-2 on the inputs verify feeds, 6.9e-2 on 71x97 images,
-        # agreement >= 0.996. A broken tie rule scores agreement 0.34-0.52.
+        # Trained zoo SegNet (benchmarks/precision.py): FP16 moves 0.01-0.2% of its window choices, and where one
+        # flips the decoder puts a value elsewhere: p99 1.8e-2 on the inputs verify feeds, 6.9e-2 on 71x97 images,
+        # agreement >= 0.990. A broken tie rule scores agreement 0.34-0.52.
         return Thresholds(
             "agreement+p99",
             p99_rel_error=0.1,
             min_agreement=0.98,
             note="FP16 with index unpooling: agreement >= 98% and p99 error <= 0.1 "
-            "(trained SegNet measured >= 0.996 and <= 6.9e-2)",
+            "(trained SegNet measured >= 0.990 and <= 6.9e-2)",
         )
     if precision in (Precision.INT8, Precision.INT8_FP16) and not index_unpooling:
         # benchmarks/precision.py, every zoo model trained past all-background, ONNX Runtime CPU, on the noise inputs
-        # verify feeds, worst over the verification shapes: good INT8 files reach agreement >= 0.886 and p99
-        # relative error <= 0.19 (DeepLab v2); the same quantizer calibrated on unnormalised pixels scores p99 >= 0.33
-        # on every model. 0.25 splits the two (1.3x from each); INT8's max error says nothing a p99 does not.
+        # verify feeds, worst over the verification shapes: good INT8 files reach p99 relative error <= 0.19
+        # (DeepLab v3) and agreement >= 0.874 (DeepLab v2: noise leaves the calibrated ranges); the same quantizer
+        # calibrated on unnormalised pixels scores p99 >= 0.265 on every model. The p99 separates them; agreement
+        # does not (a badly calibrated DeepLab v1 keeps 0.915), so its floor only guards good files' margin.
         return Thresholds(
             "agreement+p99",
             p99_rel_error=0.25,
-            min_agreement=0.85,
-            note="INT8: agreement >= 85% and p99 error <= 0.25 (good files measured >= 0.886 and "
-            "<= 0.19, badly calibrated ones >= 0.33)",
+            min_agreement=0.8,
+            note="INT8: agreement >= 80% and p99 error <= 0.25 (good files measured >= 0.874 and "
+            "<= 0.19, badly calibrated ones >= 0.265)",
         )
     if precision in (Precision.INT8, Precision.INT8_FP16):
-        # The zoo SegNet: INT8 moves 1.6-2.5% of its unpooling window choices and agreement with FP32 falls to
-        # 0.90-0.92. Bad placements and calibrations score alike, so this is a floor against broken files only; a bad
-        # placement is lint's job (rule qdq-unpool).
+        # The zoo SegNet: INT8 moves 1.7-2.5% of its unpooling window choices; agreement with FP32 0.90-0.95 and
+        # p99 up to 0.58 on the inputs verify feeds. Bad placements and calibrations score alike, so this is a floor
+        # against broken files only (1.4x over the worst good file); a bad placement is lint's job (qdq-unpool).
         return Thresholds(
             "agreement+p99",
-            p99_rel_error=0.6,
+            p99_rel_error=0.8,
             min_agreement=0.8,
-            note="INT8 with index unpooling: agreement >= 80% and p99 error <= 0.6, a floor against "
-            "broken files (good ones measured 0.90-0.92 and <= 0.38)",
+            note="INT8 with index unpooling: agreement >= 80% and p99 error <= 0.8, a floor against "
+            "broken files (good ones measured 0.90-0.95 and <= 0.58)",
         )
     raise UserInputError(f"no verification criteria for precision {precision.value}")
 

@@ -470,8 +470,11 @@ def test_int8_thresholds_judge_agreement_and_p99_and_cover_int8_fp16():
     plain, unpool = thresholds_for("int8"), thresholds_for("int8", index_unpooling=True)
     assert plain.criterion == unpool.criterion == "agreement+p99"
     assert plain.max_rel_error is None and unpool.max_rel_error is None
-    # The plain bound sits between the worst good file (p99 0.19) and the best badly calibrated one (0.33).
-    assert 0.19 < plain.p99_rel_error < 0.33 and plain.min_agreement <= 0.886
+    # The plain bound sits between the worst good file (p99 0.19) and the best badly calibrated one (0.265);
+    # the agreement floor below the worst good file (0.874, benchmarks/results/precision.md).
+    assert 0.19 < plain.p99_rel_error < 0.265 and plain.min_agreement < 0.874
+    # SegNet's floor keeps the worst good file (p99 0.58) with margin.
+    assert unpool.p99_rel_error >= 1.3 * 0.58
     assert unpool.min_agreement <= plain.min_agreement and unpool.p99_rel_error >= plain.p99_rel_error
     assert thresholds_for("int8-fp16") == plain
 
