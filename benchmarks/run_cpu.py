@@ -82,7 +82,8 @@ def compare_segnet_unpooling(
         round in ms, and ``ratio`` / ``ratio_dynamic`` = median over rounds of
         rewritten / stock.
     """
-    from segdeploy.bench import benchmark, export_cached
+    from segdeploy.bench import benchmark
+    from segdeploy.cache import cached_onnx
     from segdeploy.export.onnx import export_onnx
     from segdeploy.runtime.ort_runner import OrtRunner
 
@@ -98,7 +99,7 @@ def compare_segnet_unpooling(
                 verify=False,
                 config=config,
             ).path,
-            "rewritten_dynamic": export_cached("segnet", config, shape),
+            "rewritten_dynamic": cached_onnx("segnet", config=config, shape=shape),
         }
         runners = {label: OrtRunner(path, threads=threads) for label, path in files.items()}
         p50 = {label: [] for label in files}
