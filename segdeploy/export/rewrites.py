@@ -335,9 +335,7 @@ class MaxUnpool(Rewrite):
             graph.erase_node(unpool)
             found.unpool_inputs.append((pool_input.name, k))
             found._unpool_nodes.append(new)
-        with graph.inserting_before(node):  # one op whose value is the pooling's own: no tracing needed
-            pooled = graph.call_function(aten.max_pool2d.default, (pool_input, [k, k], [k, k]))
-        pooled.meta = {**node.meta, "val": node.meta["val"][0]} if "val" in node.meta else dict(node.meta)
+        pooled = _insert_call(graph, node, aten.max_pool2d.default, (pool_input, [k, k], [k, k]))
         for getter in list(node.users):
             if getter.args[1] == 0:
                 getter.replace_all_uses_with(pooled)
