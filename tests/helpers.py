@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,36 @@ def calibrate_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int =
         for _ in range(batches):
             model(torch.randn(shape, generator=generator))
     return model.eval()
+
+
+def export_stock_onnx(model: nn.Module, path: Any, example_shape: tuple[int, ...], opset: int = 17) -> Any:
+    """``model`` through the stock dynamo exporter, dynamic N/H/W: an FP32 file for the FP16 and INT8 passes."""
+    import onnx
+
+    dim = torch.export.Dim
+    axes = {0: dim("batch", min=1, max=64), 2: dim("height", min=8, max=8192), 3: dim("width", min=8, max=8192)}
+    torch.onnx.export(
+        model.eval(),
+        (torch.randn(*example_shape),),
+        path,
+        dynamo=True,
+        opset_version=opset,
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_shapes=(axes,),
+        verbose=False,
+    )
+    return onnx.load(path)
+
+
+def run_onnx(model: Any, x: Any) -> Any:
+    """One single-threaded ONNX Runtime run of an in-memory model on its ``input``."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"input": x})[0]
 
 
 # SegNet as learners write it: functional unpooling WITHOUT output_size, so it works only at multiples of 32.

@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TinySegNet
+from helpers import TinySegNet, export_stock_onnx, run_onnx
 from torch import nn
 
 import segdeploy
@@ -59,27 +59,7 @@ class TinyConvNet(nn.Module):
 
 
 def _export(model: nn.Module, path, example_shape=TRACE_SHAPE) -> onnx.ModelProto:
-    dim = torch.export.Dim
-    axes = {0: dim("batch", min=1, max=64), 2: dim("height", min=8, max=8192), 3: dim("width", min=8, max=8192)}
-    torch.onnx.export(
-        model.eval(),
-        (torch.randn(*example_shape),),
-        path,
-        dynamo=True,
-        opset_version=17,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_shapes=(axes,),
-        verbose=False,
-    )
-    return onnx.load(path)
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x})[0]
+    return export_stock_onnx(model, path, example_shape)
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +144,7 @@ def test_fp16_drift_on_trained_model_is_within_thresholds(trained, shapes_data, 
     _, (images, labels) = shapes_data
     _, fp32, fp16, _, _ = trained[name]
     x = images[: TEST_SHAPE[0]]
-    reference, candidate = _run(fp32, x), _run(fp16, x)
+    reference, candidate = run_onnx(fp32, x), run_onnx(fp16, x)
     assert candidate.dtype == np.float32 and candidate.shape == (TEST_SHAPE[0], NUM_CLASSES, *TEST_SHAPE[2:])
     comparison = compare(candidate, reference, None, thresholds_for("fp16", index_unpooling=name == "segnet"))
     assert comparison.passed, comparison.failed
@@ -224,7 +204,7 @@ def test_fp16_unpooling_after_conv_relu_keeps_one_value_per_window(tmp_path):
     x = np.random.default_rng(2).normal(size=TEST_SHAPE).astype(np.float32)
     height, width = TEST_SHAPE[2] // 2 * 2, TEST_SHAPE[3] // 2 * 2
     for model in (fp32, fp16):
-        out = _run(model, x)
+        out = run_onnx(model, x)
         windows = out[..., :height, :width].reshape(*out.shape[:2], height // 2, 2, width // 2, 2)
         assert np.all(np.count_nonzero(windows, axis=(3, 5)) == 1)
         assert not out[..., height:, :].any() and not out[..., width:].any()
@@ -254,7 +234,7 @@ def test_float_shape_arithmetic_stays_fp32(tmp_path):
     x = np.zeros((1, 1, 2, 6155), np.float32)
     x[..., 4103] = 1.0
     expected = F.adaptive_avg_pool2d(torch.from_numpy(x), (2, 3)).numpy()
-    np.testing.assert_allclose(_run(fp16, x), expected, rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(run_onnx(fp16, x), expected, rtol=2e-3, atol=1e-6)
 
 
 def _resize_model(scales_as: str) -> onnx.ModelProto:
@@ -289,8 +269,8 @@ def test_resize_scales_stay_float32(scales_as):
     assert scales_types[resize.input[2]] == onnx.TensorProto.FLOAT
     assert "resize" in kept
     x = np.random.default_rng(1).normal(size=(2, 3, 5, 7)).astype(np.float32)
-    np.testing.assert_allclose(_run(fp16, x), _run(model, x), rtol=0, atol=5e-3)
-    assert _run(fp16, x).shape == (2, 4, 10, 14)
+    np.testing.assert_allclose(run_onnx(fp16, x), run_onnx(model, x), rtol=0, atol=5e-3)
+    assert run_onnx(fp16, x).shape == (2, 4, 10, 14)
 
 
 def test_input_model_is_left_unchanged_and_fp16_model_is_refused():

@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import TinySegNet
+from helpers import TinySegNet, export_stock_onnx, run_onnx
 from torch import nn
 
 import segdeploy
@@ -59,27 +59,7 @@ class ResidualNet(nn.Module):
 
 
 def _export(model: nn.Module, path, opset: int = 17) -> onnx.ModelProto:
-    dim = torch.export.Dim
-    axes = {0: dim("batch", min=1, max=64), 2: dim("height", min=8, max=8192), 3: dim("width", min=8, max=8192)}
-    torch.onnx.export(
-        model.eval(),
-        (torch.randn(*TRACE_SHAPE),),
-        path,
-        dynamo=True,
-        opset_version=opset,
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_shapes=(axes,),
-        verbose=False,
-    )
-    return onnx.load(path)
-
-
-def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"input": x})[0]
+    return export_stock_onnx(model, path, TRACE_SHAPE, opset)
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +95,7 @@ def _initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 def test_int8_model_runs_at_odd_size_and_batch_2_and_lints_clean(quantized, data, name):
     _, int8, report = quantized[name]
     *_, (images, _) = data
-    out = _run(int8, images[: ODD_BATCH2[0]])
+    out = run_onnx(int8, images[: ODD_BATCH2[0]])
     assert out.dtype == np.float32 and out.shape == (ODD_BATCH2[0], NUM_CLASSES, *ODD_BATCH2[2:])
     assert np.isfinite(out).all()
     lint = lint_onnx(int8)
@@ -130,7 +110,7 @@ def test_int8_agreement_and_miou_are_within_thresholds(quantized, data, name):
     fp32, int8, _ = quantized[name]
     *_, (images, labels) = data
     x, y = images[: ODD_BATCH2[0]], labels[: ODD_BATCH2[0]]
-    reference, candidate = _run(fp32, x), _run(int8, x)
+    reference, candidate = run_onnx(fp32, x), run_onnx(int8, x)
     comparison = compare(candidate, reference, None, thresholds_for("int8", index_unpooling=name == "segnet"))
     assert comparison.passed, comparison.failed
     assert evaluate(candidate, y, NUM_CLASSES) >= evaluate(reference, y, NUM_CLASSES) - MAX_MIOU_DROP
@@ -193,10 +173,10 @@ def test_join_of_two_conv_outputs_gets_a_new_qdq_pair_calibrated_on_fp32():
     join = next(node for node in int8.graph.node if node.name == "join")
     assert [producer[name].op_type for name in join.input] == ["Conv", "DequantizeLinear"]
     scale = values[producer[join.input[1]].input[1]]
-    reference = _run(fp32, calibration)  # c1's range is measured on the FP32 graph
-    c1 = reference - _run(_conv_only(fp32, "c0"), calibration)
+    reference = run_onnx(fp32, calibration)  # c1's range is measured on the FP32 graph
+    c1 = reference - run_onnx(_conv_only(fp32, "c0"), calibration)
     assert float(scale) == pytest.approx(float(np.abs(c1).max()) / 127, rel=1e-5)
-    assert not check_qdq(int8) and _run(int8, calibration[:2, :, :11, :13]).shape == (2, 4, 11, 13)
+    assert not check_qdq(int8) and run_onnx(int8, calibration[:2, :, :11, :13]).shape == (2, 4, 11, 13)
 
 
 def _conv_only(model: onnx.ModelProto, output: str) -> onnx.ModelProto:
@@ -292,7 +272,7 @@ def test_int8_fp16_has_float32_io_and_fp16_qdq_at_opset_19(data, tmp_path):
     assert {t.data_type for t in mixed.graph.initializer if t.name in scales} == {onnx.TensorProto.FLOAT16}
     assert lint_onnx(mixed).ok and not check_qdq(mixed)
     x = held_out[: ODD_BATCH2[0]]
-    comparison = compare(_run(mixed, x), _run(fp32, x), None, thresholds_for("int8"))
+    comparison = compare(run_onnx(mixed, x), run_onnx(fp32, x), None, thresholds_for("int8"))
     assert comparison.passed, comparison.failed
 
 
