@@ -31,7 +31,7 @@ class Precision(str, Enum):
     INT8_FP16 = "int8-fp16"
 
 
-class Engine(str, Enum):
+class Runtime(str, Enum):
     """The runtimes segdeploy runs and compares."""
 
     TORCH = "torch"
@@ -157,14 +157,6 @@ def file_input_shape(nchw: Shape, input_format: InputFormat) -> tuple[int, ...]:
     return (n, h, w, c) if input_format.layout == "NHWC" else (n, c, h, w)
 
 
-def model_input_shape(shape: tuple[int, ...], input_format: InputFormat) -> Shape:
-    """Inverse of :func:`file_input_shape`: the NCHW shape of a file input shape."""
-    if len(shape) != 4:
-        raise UserInputError(f"bad input shape {tuple(shape)}: expected rank 4")
-    n, a, b, c = (int(d) for d in shape)
-    return (n, c, a, b) if input_format.layout == "NHWC" else (n, a, b, c)
-
-
 @dataclass(frozen=True)
 class Preprocessing:
     """How pixels become the network's input: ``(pixel / 255 - mean[c]) / std[c]`` in ``color`` order."""
@@ -201,6 +193,7 @@ class Metadata:
         trace_shape: the NCHW shape the export was traced and checked at.
         dynamic_axes: names of the dynamic input axes (empty when static).
         min_size, size_multiple: valid heights and widths are multiples of ``size_multiple`` and >= ``min_size``.
+        max_size: the largest valid height or width, when the file's sizes are bounded (None: unbounded).
         rewrites: the graph rewrites applied.
         precision, opset: how the file computes.
         preprocessing: input format, color order, mean and std.
@@ -219,6 +212,7 @@ class Metadata:
     dynamic_axes: tuple[str, ...] = DYNAMIC_AXIS_NAMES
     min_size: int = 1
     size_multiple: int = 1
+    max_size: int | None = None
     rewrites: tuple[str, ...] = ()
     precision: Precision = Precision.FP32
     opset: int | None = None
@@ -264,6 +258,7 @@ class Metadata:
             "dynamic_axes": ",".join(self.dynamic_axes),
             "min_size": str(self.min_size),
             "size_multiple": str(self.size_multiple),
+            "max_size": _str(self.max_size),
             "rewrites": ",".join(self.rewrites),
             "precision": self.precision.value,
             "opset": _str(self.opset),
@@ -307,6 +302,7 @@ class Metadata:
                 dynamic_axes=tuple(a for a in props.get("dynamic_axes", ",".join(DYNAMIC_AXIS_NAMES)).split(",") if a),
                 min_size=_int(get("min_size")) or 1,
                 size_multiple=_int(get("size_multiple")) or 1,
+                max_size=_int(get("max_size")),
                 rewrites=tuple(r for r in (get("rewrites") or "").split(",") if r),
                 precision=parse_precision(get("precision") or "fp32", "precision metadata"),
                 opset=_int(get("opset")),
@@ -340,6 +336,7 @@ METADATA_KEYS = {
     "dynamic_axes": "comma-separated dynamic input axes, e.g. 'batch,height,width' ('' when static)",
     "min_size": "smallest height/width the model accepts",
     "size_multiple": "height and width must be multiples of this",
+    "max_size": "largest height/width the file was proven at when its sizes are bounded ('' when unbounded)",
     "rewrites": "comma-separated segdeploy rewrites applied ('' when none)",
     "precision": "fp32, fp16, int8 or int8-fp16",
     "opset": "default-domain ONNX opset",
@@ -469,11 +466,6 @@ def read_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> Metadata:
     model = load_onnx(source)
     where = str(source) if isinstance(source, (str, os.PathLike)) else "the model"
     return Metadata.from_props({p.key: p.value for p in model.metadata_props}, where=where)
-
-
-def raw_metadata(source: str | os.PathLike[str] | onnx.ModelProto) -> dict[str, str]:
-    """The ``metadata_props`` of an ONNX model as strings."""
-    return {p.key: p.value for p in load_onnx(source).metadata_props}
 
 
 def is_engine_path(path: str | os.PathLike[str]) -> bool:

@@ -157,7 +157,7 @@ def verify(
     ref = Reference(reference, metadata.preprocessing, windows)
     rng = np.random.default_rng(seed)
     results, notes = [], []
-    forced = bool(names) and runner.engine.value == "ort" and metadata.precision is Precision.FP32
+    forced = bool(names) and runner.runtime.value == "ort" and metadata.precision is Precision.FP32
     if forced:
         runner.expose(names)  # type: ignore[attr-defined]  # one session that also returns the pooling inputs
     with runner:

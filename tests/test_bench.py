@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from segdeploy import bench, cache
-from segdeploy.artifact import Engine
+from segdeploy.artifact import Runtime
 from segdeploy.bench import BenchRecord, BenchSuite, benchmark, latency_stats
 from segdeploy.errors import MissingDependencyError, UserInputError
 from segdeploy.runtime import base
@@ -65,7 +65,7 @@ class FakeClock:
 class SteppingRunner(Runner):
     """A runner whose steps take known durations on a fake clock."""
 
-    engine = Engine.ORT
+    runtime = Runtime.ORT
 
     def __init__(self, clock: FakeClock, durations_ms: list[float]) -> None:
         super().__init__("fp32")
@@ -137,7 +137,7 @@ def test_benchmark_refuses_nonsense_loop_options(clock, options):
 class FakeTrtRunner(Runner):
     """Measures itself with CUDA events, like TrtRunner, without a GPU."""
 
-    engine = Engine.TRT
+    runtime = Runtime.TRT
     timing = "cuda_events"
 
     def measure(self, batch, *, warmup=10, iters=None, seconds=None, min_iters=10, cuda_graph=False):
@@ -161,7 +161,7 @@ def test_gpu_runner_reports_compute_and_end_to_end_separately():
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="peak RSS reset is Linux-only")
 def test_peak_memory_sees_native_allocations_during_the_run():
     class Allocating(Runner):
-        engine = Engine.ORT
+        runtime = Runtime.ORT
 
         def _prepare(self, batch):
             def step():
@@ -223,7 +223,7 @@ def test_onnx_file_with_torch_engine_is_refused(tmp_path):
     assert targets[0].kind == "onnx"
     with pytest.raises(UserInputError, match="torch engine needs a zoo model"):
         bench.check_request(targets, ["torch", "ort"], "fp32")
-    assert bench.default_engines(targets) == [Engine.ORT]
+    assert bench.default_engines(targets) == [Runtime.ORT]
 
 
 def test_unknown_engine_is_refused():

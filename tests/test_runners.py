@@ -162,7 +162,7 @@ def test_open_runner_chooses_by_suffix_and_type(tiny_model, tiny_onnx, tmp_path,
     with pytest.raises(UserInputError, match="expected .onnx, .engine or .plan"):
         open_runner(tmp_path / "model.pt")
     with pytest.raises(UserInputError, match="build a TensorRT engine"):
-        open_runner(tiny_onnx, engine="trt")
+        open_runner(tiny_onnx, runtime="trt")
 
 
 def test_importing_the_runtime_package_imports_no_backend():

@@ -77,7 +77,7 @@ def benchmark(
             measured = runner.measure(batch, **options)
     return BenchRecord(
         model=model,
-        engine=runner.engine.value,
+        engine=runner.runtime.value,
         precision=runner.precision.value,
         batch=int(batch.shape[0]),
         shape=tuple(int(d) for d in batch.shape),

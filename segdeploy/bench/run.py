@@ -14,8 +14,8 @@ import numpy as np
 from segdeploy.artifact import (
     DEFAULT_OPSET,
     ONNX_SUFFIX,
-    Engine,
     Precision,
+    Runtime,
     is_engine_path,
     parse_choice,
     parse_precision,
@@ -65,17 +65,17 @@ def resolve_targets(models: Sequence[str]) -> list[BenchTarget]:
     return targets
 
 
-def default_engines(targets: Sequence[BenchTarget]) -> list[Engine]:
+def default_engines(targets: Sequence[BenchTarget]) -> list[Runtime]:
     """The engines to compare when none are named: torch and ort, ort for ONNX files, trt for engines."""
     kinds = {t.kind for t in targets}
     if kinds == {"engine"}:
-        return [Engine.TRT]
+        return [Runtime.TRT]
     if "onnx" in kinds:
-        return [Engine.ORT]
-    return [Engine.TORCH, Engine.ORT]
+        return [Runtime.ORT]
+    return [Runtime.TORCH, Runtime.ORT]
 
 
-def check_request(targets: Sequence[BenchTarget], engines: Sequence[Engine | str], precision: Precision | str) -> None:
+def check_request(targets: Sequence[BenchTarget], engines: Sequence[Runtime | str], precision: Precision | str) -> None:
     """Refuse impossible combinations before any work starts.
 
     Raises:
@@ -84,20 +84,20 @@ def check_request(targets: Sequence[BenchTarget], engines: Sequence[Engine | str
         MissingDependencyError: trt requested without TensorRT or a CUDA GPU.
     """
     if not engines:
-        raise UserInputError(f"name at least one engine ({', '.join(e.value for e in Engine)})")
-    chosen = [parse_choice(Engine, e, "engine") for e in engines]
+        raise UserInputError(f"name at least one engine ({', '.join(e.value for e in Runtime)})")
+    chosen = [parse_choice(Runtime, e, "engine") for e in engines]
     precision = parse_precision(precision)
-    if Engine.TORCH in chosen and precision is not Precision.FP32:
+    if Runtime.TORCH in chosen and precision is not Precision.FP32:
         raise UserInputError(
             f"{precision.value} is not benchmarked on the torch CPU engine (CPU half precision is not what "
             "deployments run); use --engine ort or --engine trt"
         )
     for target in targets:
-        if target.kind == "onnx" and Engine.TORCH in chosen:
+        if target.kind == "onnx" and Runtime.TORCH in chosen:
             raise UserInputError(f"{target.spec} is an ONNX file: the torch engine needs a zoo model name")
-        if target.kind == "engine" and set(chosen) != {Engine.TRT}:
+        if target.kind == "engine" and set(chosen) != {Runtime.TRT}:
             raise UserInputError(f"{target.spec} is a TensorRT engine: it runs only with --engine trt")
-    if Engine.TRT in chosen:
+    if Runtime.TRT in chosen:
         from segdeploy.runtime.trt_build import require_tensorrt
 
         require_tensorrt()
@@ -118,7 +118,7 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 def run_benchmarks(
     models: Sequence[str] = (),
-    engines: Sequence[Engine | str] | None = None,
+    engines: Sequence[Runtime | str] | None = None,
     *,
     shape: tuple[int, int, int, int] = (1, 3, 512, 512),
     batches: Sequence[int] | None = None,
@@ -169,7 +169,7 @@ def run_benchmarks(
         raise UserInputError(f"batch sizes must be positive, got {batch_sizes}")
     check_loop_options(warmup, iters, seconds, MIN_ITERATIONS)
     targets = resolve_targets(models)
-    chosen = [parse_choice(Engine, e, "engine") for e in engines] if engines else default_engines(targets)
+    chosen = [parse_choice(Runtime, e, "engine") for e in engines] if engines else default_engines(targets)
     check_request(targets, chosen, precision)
 
     import torch
@@ -243,13 +243,13 @@ def _flops_per_image(
 
 
 def _engine_source(
-    target: BenchTarget, engine: Engine, config: dict[str, Any], shape: tuple[int, int, int, int],
+    target: BenchTarget, engine: Runtime, config: dict[str, Any], shape: tuple[int, int, int, int],
     batch_sizes: Sequence[int], precision: Precision, num_classes: int, cache_dir: Any, opset: int,
 ) -> Any:  # fmt: skip
     """What the runner loads: an ``nn.Module`` for torch, an ONNX path for ort, an engine path for trt."""
     from segdeploy import cache
 
-    if engine is Engine.TORCH:
+    if engine is Runtime.TORCH:
         from segdeploy.models.loading import load_model
 
         return load_model(target.name, num_classes=num_classes, in_channels=shape[1], **config).module
@@ -267,7 +267,7 @@ def _engine_source(
             opset=opset,
             cache_dir=cache_dir,
         )
-    if engine is Engine.ORT:
+    if engine is Runtime.ORT:
         return onnx_path
     c, h, w = shape[1:]
     lo, hi = min(batch_sizes), max(batch_sizes)
@@ -281,10 +281,10 @@ def _engine_source(
     )
 
 
-def _open_runner(source: Any, engine: Engine, precision: Precision, threads: int) -> Any:
+def _open_runner(source: Any, engine: Runtime, precision: Precision, threads: int) -> Any:
     from segdeploy.runtime import open_runner
 
-    return open_runner(source, engine=engine, precision=precision, threads=threads)
+    return open_runner(source, runtime=engine, precision=precision, threads=threads)
 
 
 def _environment(threads: int) -> dict[str, Any]:

@@ -87,12 +87,12 @@ def fit(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
         reasons.append(
             "nvinfer's segmentation parser needs probabilities: it leaves a pixel unclassified (-1) "
             "unless a class score exceeds segmentation-threshold >= 0, and logits are negative where the "
-            "model is unsure (export with --output probs)"
+            "model is unsure (export with --output-kind probs)"
         )
     elif output["kind"] == "classmap":
         reasons.append(
             "nvinfer's segmentation parser reads float scores per class, not an int32 class map "
-            "(that needs a custom parser library; export with --output probs)"
+            "(that needs a custom parser library; export with --output-kind probs)"
         )
     std = [float(s) for s in spec.get("std") or []]
     if spec["dtype"] == "float32" and std and max(std) - min(std) > 1e-6 * max(std):

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from segdeploy.artifact import Engine, Precision
+from segdeploy.artifact import Precision, Runtime
 from segdeploy.cli.common import ConfigOption, app, guarded, make_console, parse_config
 from segdeploy.errors import UserInputError
 
@@ -33,7 +33,7 @@ def bench_cmd(
         Optional[str], typer.Argument(help="Zoo name, .onnx or .engine file; omit to run every zoo model.")
     ] = None,
     engine: Annotated[
-        Optional[list[Engine]],
+        Optional[list[Runtime]],
         typer.Option("--engine", "-e", case_sensitive=False, help="Repeat to compare (default torch and ort)."),
     ] = None,
     shape: Annotated[

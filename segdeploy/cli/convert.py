@@ -99,7 +99,7 @@ def export_cmd(
     ] = ColorOrder.RGB,
     output_kind: Annotated[
         OutputKind,
-        typer.Option("--output", case_sensitive=False, help="logits, probs (softmax) or classmap (int32 argmax)."),
+        typer.Option("--output-kind", case_sensitive=False, help="logits, probs (softmax) or classmap (int32 argmax)."),
     ] = OutputKind.LOGITS,
     calib: Annotated[
         Optional[Path], typer.Option("--calib", help="INT8: a directory of images or an .npy of NCHW float32 batches.")

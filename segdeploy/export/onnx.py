@@ -278,7 +278,7 @@ def export_onnx(
             from segdeploy.verify import verification_shapes, verify
 
             shapes = verification_shapes(shape, rule.min_size, rule.multiple, static=not dynamic)
-            candidate = open_runner(tmp, engine="ort", precision=precision)  # the temporary file: name the engine
+            candidate = open_runner(tmp, runtime="ort", precision=precision)  # the temporary file: name the runtime
             result.verification = report = verify(candidate, loaded.module, shapes=shapes, metadata=metadata)
             clock(None)
             result.seconds = time.perf_counter() - started

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from segdeploy.artifact import Engine, Precision, parse_precision
+from segdeploy.artifact import Precision, Runtime, parse_precision
 from segdeploy.errors import UserInputError
 from segdeploy.shapes import format_shape
 
@@ -104,7 +104,7 @@ class Runner:
         precision: the model's precision (selects verification criteria).
     """
 
-    engine: ClassVar[Engine]
+    runtime: ClassVar[Runtime]
     timing: ClassVar[str] = "wall"
 
     def __init__(self, precision: Precision | str = Precision.FP32) -> None:
@@ -180,7 +180,7 @@ class Runner:
         so that the harness's own allocations add no pauses.
         """
         if cuda_graph:
-            raise UserInputError(f"CUDA graphs apply to TensorRT only, not to the {self.engine.value} engine")
+            raise UserInputError(f"CUDA graphs apply to TensorRT only, not to the {self.runtime.value} engine")
         step = self.prepare(batch)
         for _ in range(warmup):
             step()
@@ -188,7 +188,7 @@ class Runner:
 
     @property
     def label(self) -> str:
-        return f"{self.engine.value}-{self.precision.value}"
+        return f"{self.runtime.value}-{self.precision.value}"
 
 
 def timed_loop(step: Callable[[], Any], iters: int | None, seconds: float | None, min_iters: int) -> list[float]:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from segdeploy.artifact import Engine, InputFormat, Precision, parse_choice
+from segdeploy.artifact import InputFormat, Precision, Runtime, parse_choice
 from segdeploy.errors import MissingDependencyError, UserInputError, first_line
 from segdeploy.runtime.base import InputSpec, Runner, main_output_index
 
@@ -30,7 +30,7 @@ class OrtRunner(Runner):
         UserInputError: (on activation) not an ONNX model ONNX Runtime loads, or no single rank-4 image input.
     """
 
-    engine = Engine.ORT
+    runtime = Runtime.ORT
 
     def __init__(
         self,

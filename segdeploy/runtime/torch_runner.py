@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segdeploy.artifact import Engine, Precision
+from segdeploy.artifact import Precision, Runtime
 from segdeploy.errors import UserInputError
 from segdeploy.runtime.base import InputSpec, Runner
 
@@ -30,7 +30,7 @@ class TorchRunner(Runner):
         device: ``"cpu"``, ``"cuda"``...; None uses the device of the module's parameters.
     """
 
-    engine = Engine.TORCH
+    runtime = Runtime.TORCH
 
     def __init__(
         self, module: nn.Module, precision: Precision | str = Precision.FP32, threads: int | None = None,

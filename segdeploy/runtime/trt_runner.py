@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from segdeploy.artifact import Engine, Precision
+from segdeploy.artifact import Precision, Runtime
 from segdeploy.errors import SegdeployError, UserInputError
 from segdeploy.runtime.base import InputSpec, Measurement, Runner, main_output_index
 from segdeploy.runtime.sidecar import read_sidecar, sidecar_path
@@ -124,7 +124,7 @@ class TrtRunner(Runner):
             verification thresholds, since an engine without a sidecar says nothing about its precision).
     """
 
-    engine = Engine.TRT
+    runtime = Runtime.TRT
     timing = "cuda_events"
 
     def __init__(self, engine_path: str | Path, precision: Precision | str | None = None) -> None:
