@@ -200,6 +200,10 @@ class Metadata:
         output: the output kind.
         unpool_inputs: for index unpooling, the value name of each unpooling's pooling input and its window,
             in graph order (verification reads the window choices through them).
+        weights: the checkpoint the model was built with, as given (None: the builder's initial weights).
+        weights_sha256: that checkpoint's sha256, so a moved or changed file is noticed.
+        init_seed: the torch seed the model's initial weights were drawn with (rebuilds them identically).
+        torch_version: the torch that captured the model.
         segdeploy_version: the writer's version.
     """
 
@@ -219,6 +223,10 @@ class Metadata:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     output: OutputKind = OutputKind.LOGITS
     unpool_inputs: tuple[tuple[str, int], ...] = ()
+    weights: str | None = None
+    weights_sha256: str | None = None
+    init_seed: int | None = None
+    torch_version: str | None = None
     segdeploy_version: str | None = None
 
     @property
@@ -268,6 +276,10 @@ class Metadata:
             "std": ",".join(f"{v:g}" for v in self.preprocessing.std),
             "output": self.output.value,
             "unpool_inputs": ",".join(f"{name}:{k}" for name, k in self.unpool_inputs),
+            "weights": self.weights or "",
+            "weights_sha256": self.weights_sha256 or "",
+            "init_seed": _str(self.init_seed),
+            "torch_version": self.torch_version or "",
             "segdeploy_version": self.segdeploy_version or __version__,
         }
         return props
@@ -309,6 +321,10 @@ class Metadata:
                 preprocessing=pre,
                 output=parse_choice(OutputKind, get("output") or "logits", "output"),
                 unpool_inputs=tuple(_unpool_entry(e) for e in (get("unpool_inputs") or "").split(",") if e),
+                weights=get("weights"),
+                weights_sha256=get("weights_sha256"),
+                init_seed=_int(get("init_seed")),
+                torch_version=get("torch_version"),
                 segdeploy_version=get("segdeploy_version"),
             )
         except (ValueError, TypeError, json.JSONDecodeError) as exc:
@@ -346,6 +362,10 @@ METADATA_KEYS = {
     "std": "per-channel std in 0..1 units (fused into the graph for uint8 input)",
     "output": "logits, probs or classmap",
     "unpool_inputs": "name:window of each index unpooling's pooling input, in graph order",
+    "weights": "the checkpoint the model was built with, as given ('' when none)",
+    "weights_sha256": "sha256 of that checkpoint",
+    "init_seed": "torch seed the initial weights were drawn with ('' when unknown)",
+    "torch_version": "torch version that captured the model",
     "segdeploy_version": "version of segdeploy that wrote the file",
 }
 """The ``metadata_props`` segdeploy writes, all strings."""
@@ -362,43 +382,6 @@ REQUIRED_KEYS = (
     "opset",
 )
 """The metadata a file needs before a bundle (or anything run without the PyTorch model) can describe it."""
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """A graph input or output: name, NumPy element type name and dims (an int, or the axis name when dynamic)."""
-
-    name: str
-    dtype: str
-    dims: tuple[int | str, ...]
-
-    @property
-    def rank(self) -> int:
-        return len(self.dims)
-
-
-def graph_io(model: onnx.ModelProto) -> tuple[list[TensorInfo], list[TensorInfo]]:
-    """The graph's inputs (initializers excluded) and outputs.
-
-    A dimension without a fixed size is its ``dim_param`` name, or ``"?"`` when it has none.
-    """
-    import onnx.helper
-
-    def info(value: Any) -> TensorInfo:
-        tensor_type = value.type.tensor_type
-        try:
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name
-        except (KeyError, TypeError, ValueError):
-            dtype = f"onnx-type-{tensor_type.elem_type}"
-        dims = tuple(
-            d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (d.dim_param or "?")
-            for d in tensor_type.shape.dim
-        )
-        return TensorInfo(value.name, dtype, dims)
-
-    initializers = {t.name for t in model.graph.initializer}
-    inputs = [info(v) for v in model.graph.input if v.name not in initializers]
-    return inputs, [info(v) for v in model.graph.output]
 
 
 def require_metadata(source: str | os.PathLike[str] | onnx.ModelProto, *, where: str | None = None) -> Metadata:

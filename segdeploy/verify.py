@@ -267,7 +267,7 @@ def verify_file(
     from pathlib import Path
 
     from segdeploy.artifact import is_engine_path, read_metadata
-    from segdeploy.models.loading import load_model
+    from segdeploy.models.loading import rebuild_model
 
     file = Path(path)
     suffix = file.suffix.lower()
@@ -279,21 +279,10 @@ def verify_file(
         raise UserInputError(f"{file} does not exist or is empty; expected a TensorRT engine")
     else:
         metadata = _engine_metadata(file)
-    if model is None and metadata.source == "object":
-        raise UserInputError(
-            f"{file} was exported from a Python object ({metadata.architecture}): verify it from Python with "
-            "segdeploy.verify.verify(path, module, shapes=...), or pass --model file.py:factory"
-        )
-    spec = model or metadata.architecture
-    if not spec:
-        raise UserInputError(f"{file} names no architecture in its metadata: pass --model NAME or file.py:factory")
-    loaded = load_model(
-        spec,
-        num_classes=num_classes or metadata.num_classes or 21,
-        in_channels=in_channels or metadata.in_channels or 3,
-        weights=weights,
-        **(config if config is not None else metadata.config if model is None else {}),
-    )
+    loaded = rebuild_model(
+        metadata, where=str(file), model=model, weights=weights, num_classes=num_classes,
+        in_channels=in_channels, config=config,
+    )  # fmt: skip
     if not shapes:
         if metadata.trace_shape is None:
             raise UserInputError(f"{file} has no trace_shape metadata: pass --shape NxCxHxW (repeatable)")

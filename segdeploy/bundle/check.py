@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from segdeploy.artifact import OutputKind, graph_io, load_onnx, parse_choice, require_metadata
+from segdeploy.artifact import OutputKind, load_onnx, parse_choice, require_metadata
 from segdeploy.bundle import deepstream, triton
 from segdeploy.bundle.manifest import (
     DEEPSTREAM_CONFIG,
@@ -28,6 +28,7 @@ from segdeploy.bundle.manifest import (
     build_manifest,
     compare_golden,
 )
+from segdeploy.bundle.tensors import graph_io
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError, VerificationError
 
 

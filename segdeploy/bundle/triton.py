@@ -17,7 +17,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from segdeploy.artifact import TensorInfo
+from segdeploy.bundle.tensors import TensorInfo
 from segdeploy.errors import MissingDependencyError, first_line
 
 ONNX_BACKEND = "onnxruntime"

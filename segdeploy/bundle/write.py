@@ -20,10 +20,8 @@ from segdeploy.artifact import (
     INPUT_NAME,
     OUTPUT_NAMES,
     Metadata,
-    TensorInfo,
     dynamic_axes,
     file_input_shape,
-    graph_io,
     load_onnx,
     require_metadata,
 )
@@ -48,6 +46,7 @@ from segdeploy.bundle.manifest import (
     read_labels,
 )
 from segdeploy.bundle.readme import readme_text
+from segdeploy.bundle.tensors import TensorInfo, graph_io
 from segdeploy.errors import UserInputError
 
 _SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "profile")

@@ -15,6 +15,7 @@ from segdeploy.errors import UserInputError
 if TYPE_CHECKING:
     from torch import nn
 
+    from segdeploy.artifact import Metadata
     from segdeploy.models._registry import ModelInfo
 
 
@@ -101,6 +102,46 @@ def load_model(
         min_size=min_size,
         rewrites_hint=info.rewrites if info else (),
         source="zoo" if info else "file",
+    )
+
+
+def rebuild_model(
+    metadata: Metadata,
+    *,
+    where: str,
+    model: str | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    config: dict[str, Any] | None = None,
+) -> LoadedModel:
+    """The PyTorch model a segdeploy file was exported from, rebuilt from its metadata.
+
+    ``verify`` and ``eval``'s ``pytorch`` candidate use it. What is given overrides the metadata.
+
+    Args:
+        metadata: the file's metadata.
+        where: how messages name the file.
+        model, weights, num_classes, in_channels, config: overrides (``model`` is a zoo name or file.py:factory).
+
+    Raises:
+        UserInputError: the file was exported from a Python object or names no architecture.
+        CheckpointError: the checkpoint is unreadable or does not fit.
+    """
+    if model is None and metadata.source == "object":
+        raise UserInputError(
+            f"{where} was exported from a Python object ({metadata.architecture}): verify it from Python with "
+            "segdeploy.verify.verify(path, module, shapes=...), or pass --model file.py:factory"
+        )
+    spec = model or metadata.architecture
+    if not spec:
+        raise UserInputError(f"{where} names no architecture in its metadata: pass --model NAME or file.py:factory")
+    return load_model(
+        spec,
+        num_classes=num_classes or metadata.num_classes or 21,
+        in_channels=in_channels or metadata.in_channels or 3,
+        weights=weights,
+        **(config if config is not None else metadata.config if model is None else {}),
     )
 
 
