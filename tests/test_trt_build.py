@@ -524,7 +524,7 @@ def test_sidecar_records_versions_gpu_profile_and_hashes(tmp_path, fake_trt):
     onnx_path = write_onnx(tmp_path / "m.onnx")
     result = build_engine(onnx_path, tmp_path / "out.engine", opt_shape="1x3x64x64")
     side = json.loads(sidecar_path(tmp_path / "out.engine").read_text())
-    assert side == result.sidecar
+    assert side == result.sidecar.to_dict()
     assert side["tensorrt_version"] == "10.3.0.26"
     assert (side["gpu_name"], side["compute_capability"]) == ("Fake GPU", "8.6")
     assert side["precision"] == "fp32" and side["strongly_typed"] is False and side["tf32"] is False
@@ -547,7 +547,7 @@ def test_tensorrt10_fp16_onnx_builds_strongly_typed_without_fp16_flag(tmp_path, 
     assert fake.find("create_network") == [("create_network", 1 << 1)]
     assert fake.find("set_flag") == []
     assert ("enum", "BuilderFlag", "FP16") not in fake.calls
-    assert result.sidecar["precision"] == "fp16" and result.sidecar["strongly_typed"] is True
+    assert result.sidecar.precision.value == "fp16" and result.sidecar.strongly_typed is True
 
 
 def test_tensorrt11_fp16_onnx_builds_fp16_and_never_touches_the_removed_flag(tmp_path, fake_trt):
@@ -556,7 +556,7 @@ def test_tensorrt11_fp16_onnx_builds_fp16_and_never_touches_the_removed_flag(tmp
     assert ("enum", "BuilderFlag", "FP16") not in fake.calls  # not even a hasattr probe
     assert fake.find("set_flag") == []
     assert fake.find("create_network") == [("create_network", 0)]
-    assert result.sidecar["precision"] == "fp16" and result.sidecar["strongly_typed"] is True
+    assert result.sidecar.precision.value == "fp16" and result.sidecar.strongly_typed is True
 
 
 def test_tensorrt11_fp32_onnx_with_fp16_request_is_an_error_not_a_silent_fp32_engine(tmp_path, fake_trt):

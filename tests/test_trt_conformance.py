@@ -164,9 +164,9 @@ def test_build_engine_makes_only_calls_the_real_bindings_accept(
     )
     assert fake.calls_to("OnnxParser.parse_from_file") == [{"model": str(onnx_path)}]
     assert result.engine_path.read_bytes() == b"PLAN"
-    assert result.sidecar["tensorrt_version"] == trt_api["version"]
-    assert result.sidecar["precision"] == engine_precision and result.sidecar["strongly_typed"] is strongly_typed
-    assert result.sidecar["explicit_quantization"] is onnx_precision.startswith("int8")
+    assert result.sidecar.tensorrt_version == trt_api["version"]
+    assert result.sidecar.precision.value == engine_precision and result.sidecar.strongly_typed is strongly_typed
+    assert result.sidecar.explicit_quantization is onnx_precision.startswith("int8")
     if with_cache:
         assert [bytes(a["serialized_timing_cache"]) for a in fake.calls_to("IBuilderConfig.create_timing_cache")] == [
             b"OLD"

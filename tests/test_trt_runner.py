@@ -253,7 +253,7 @@ def test_fp16_engine_matches_pytorch_at_several_shapes(tiny_onnx, tmp_path):
 
     model, _, fp16_path = tiny_onnx
     result = build_engine(fp16_path, tmp_path / "fp16.engine", **PROFILE)
-    assert result.sidecar["precision"] == "fp16" and result.sidecar["strongly_typed"] is True
+    assert result.sidecar.precision.value == "fp16" and result.sidecar.strongly_typed is True
     with TrtRunner(result.engine_path) as runner:
         for shape, ref, out in _compare(runner, model, SHAPES):
             relative = np.abs(out - ref).max() / np.abs(ref).max()
@@ -267,7 +267,7 @@ def test_fp32_engine_matches_pytorch_tightly_and_times_like_trtexec(tiny_onnx, t
 
     model, fp32_path, _ = tiny_onnx
     result = build_engine(fp32_path, tmp_path / "fp32.engine", timing_cache=tmp_path / "t.cache", **PROFILE)
-    assert result.sidecar["tf32"] is False and (tmp_path / "t.cache").stat().st_size > 0
+    assert result.sidecar.tf32 is False and (tmp_path / "t.cache").stat().st_size > 0
     with TrtRunner(result.engine_path) as runner:
         for shape, ref, out in _compare(runner, model, SHAPES):
             assert np.abs(out - ref).max() <= 1e-4 * max(1.0, np.abs(ref).max()), shape
@@ -287,7 +287,7 @@ def test_tensorrt10_builds_fp16_from_fp32_onnx_with_the_builder_flag(trt_module,
 
     model, fp32_path, _ = tiny_onnx
     result = build_engine(fp32_path, tmp_path / "flag.engine", precision="fp16", **PROFILE)
-    assert result.sidecar["fp16_builder_flag"] is True and result.sidecar["strongly_typed"] is False
+    assert result.sidecar.fp16_builder_flag is True and result.sidecar.strongly_typed is False
     with TrtRunner(result.engine_path) as runner:
         for shape, ref, out in _compare(runner, model, SHAPES[:2]):
             assert np.abs(out - ref).max() / np.abs(ref).max() < 1e-2, shape
@@ -331,7 +331,7 @@ def test_int8_qdq_engine_agrees_with_onnx_runtime_on_the_same_quantized_file(tin
     )
     onnx.save(model, str(qdq_path))
     result = build_engine(qdq_path, tmp_path / "int8.engine", **PROFILE)
-    assert result.sidecar["precision"] == "int8" and result.sidecar["explicit_quantization"] is True
+    assert result.sidecar.precision.value == "int8" and result.sidecar.explicit_quantization is True
     session = ort.InferenceSession(str(qdq_path), providers=["CPUExecutionProvider"])
     with TrtRunner(result.engine_path) as runner:
         for shape in SHAPES:

@@ -59,10 +59,10 @@ def build_cmd(
         typing_note += ", Q/DQ"
     console = make_console()
     console.print(
-        f"[bold]{result.engine_path}[/bold]: {result.engine_bytes / 2**20:.1f} MiB, {side['precision']} "
+        f"[bold]{result.engine_path}[/bold]: {result.engine_bytes / 2**20:.1f} MiB, {side.precision.value} "
         f"({typing_note}), built in {result.build_seconds:.1f} s"
     )
-    console.print(f"  TensorRT {side['tensorrt_version']} on {side['gpu_name']} (compute {side['compute_capability']})")
+    console.print(f"  TensorRT {side.tensorrt_version} on {side.gpu_name} (compute {side.compute_capability})")
     console.print(f"  profile: {result.profile}")
     console.print(f"  sidecar: {result.sidecar_path}")
     if result.timing_cache_path:

@@ -21,7 +21,6 @@ tests/test_trt_conformance.py runs every call against the real 10.3, 10.16 and 1
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -31,8 +30,9 @@ from typing import Any
 
 from segdeploy._version import __version__
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError
-from segdeploy.fileio import atomic_output, check_output_path, sha256_file, write_bytes_atomic, write_text_atomic
-from segdeploy.runtime.sidecar import read_sidecar, sidecar_path  # noqa: F401  (read beside the build)
+from segdeploy.artifact import InputFormat, parse_choice, parse_precision
+from segdeploy.fileio import atomic_output, check_output_path, sha256_file, write_bytes_atomic
+from segdeploy.runtime.sidecar import EngineSidecar, ProfileShapes, read_sidecar, sidecar_path  # noqa: F401
 from segdeploy.runtime.trt_plan import (
     QUANTIZED,
     BuildPlan,
@@ -47,7 +47,6 @@ from segdeploy.runtime.trt_plan import (
 )
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
-SIDECAR_FORMAT = 1
 
 Progress = Callable[[str], None]
 
@@ -67,33 +66,33 @@ def make_sidecar(
     workspace_gb: float,
     timing_cache: Path | None,
     build_seconds: float,
-) -> dict[str, Any]:
-    """The JSON facts written beside an engine; the runner refuses engines whose facts do not match.
+) -> EngineSidecar:
+    """The facts written beside an engine; the runner refuses engines whose facts do not match.
 
     Returns:
-        A JSON-serialisable dict.
+        The :class:`EngineSidecar` (``.write(engine_path)`` writes it).
     """
-    return {
-        "format": SIDECAR_FORMAT,
-        "segdeploy_version": __version__,
-        "tensorrt_version": trt_version,
-        "gpu_name": gpu_name,
-        "compute_capability": compute_capability,
-        "precision": plan.precision,
-        "strongly_typed": plan.strongly_typed,
-        "fp16_builder_flag": plan.fp16_flag,
-        "explicit_quantization": plan.explicit_quantization,
-        "tf32": not plan.strict_fp32,
-        "input_name": input_name,
-        "input_format": input_format,
-        "profile": profile.as_dict(),
-        "onnx": {"path": str(onnx_path), "sha256": onnx_sha256},
-        "engine_sha256": engine_sha256,
-        "workspace_gb": workspace_gb,
-        "timing_cache": str(timing_cache) if timing_cache else None,
-        "build_seconds": round(build_seconds, 3),
-        "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return EngineSidecar(
+        tensorrt_version=trt_version,
+        gpu_name=gpu_name,
+        compute_capability=compute_capability,
+        precision=parse_precision(plan.precision),
+        input_name=input_name,
+        input_format=parse_choice(InputFormat, input_format, "input format"),
+        profile=ProfileShapes(tuple(profile.min), tuple(profile.opt), tuple(profile.max)),
+        onnx_path=str(onnx_path),
+        onnx_sha256=onnx_sha256,
+        engine_sha256=engine_sha256,
+        strongly_typed=plan.strongly_typed,
+        fp16_builder_flag=plan.fp16_flag,
+        explicit_quantization=plan.explicit_quantization,
+        tf32=not plan.strict_fp32,
+        workspace_gb=workspace_gb,
+        timing_cache=str(timing_cache) if timing_cache else None,
+        build_seconds=round(build_seconds, 3),
+        built_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        segdeploy_version=__version__,
+    )
 
 
 # --------------------------------------------------------------------------- the ONNX input
@@ -197,7 +196,7 @@ class BuildResult:
 
     engine_path: Path
     sidecar_path: Path
-    sidecar: dict[str, Any]
+    sidecar: EngineSidecar
     plan: BuildPlan
     profile: Profile
     engine_bytes: int
@@ -206,6 +205,7 @@ class BuildResult:
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["sidecar"] = self.sidecar.to_dict()
         for key in ("engine_path", "sidecar_path", "timing_cache_path"):
             data[key] = str(data[key]) if data[key] else None
         return data
@@ -286,7 +286,7 @@ def build_engine(
     # Both files appear together: the sidecar is renamed into place just before the engine.
     with atomic_output(engine_path) as tmp_engine:
         tmp_engine.write_bytes(serialized)
-        write_text_atomic(side, json.dumps(sidecar, indent=2) + "\n")
+        sidecar.write(engine_path)
     if cache_path is not None and cache_out:
         write_bytes_atomic(cache_path, cache_out)
     return BuildResult(
