@@ -1,35 +1,41 @@
 """``check_bundle``: everything about a bundle that can be proven without a server or a GPU.
 
-In order: the manifest's structure; the files against their sha256 (none missing, none extra); the
-model's metadata and graph against the manifest; the golden pair in ONNX Runtime; each Triton config
-with Triton's own schema against the ONNX; the DeepStream config as a GLib key file against the model.
-Every check runs; the first problem found is the one a one-line error names.
+In order: the manifest against its schema; the files against their sha256 (none missing, none extra, only
+regular files: no link or device survives a copy); the model's metadata and graph against the manifest;
+the golden pair through the manifest's frame pipeline and ONNX Runtime; each Triton config with Triton's own
+schema and load-time rules against the ONNX; the DeepStream config as a GLib key file against the model,
+and nvinfer simulated on the golden frames, which must give the model's own class map. Every check runs;
+the first problem found is the one a one-line error names.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from segdeploy.artifact import OutputKind, load_onnx, parse_choice, require_metadata
-from segdeploy.bundle import deepstream, triton
+from segdeploy.artifact import OutputKind, load_onnx, require_metadata
+from segdeploy.bundle import deepstream, nvinfer, triton
+from segdeploy.bundle.golden import compare_golden
+from segdeploy.bundle.layout import walk
 from segdeploy.bundle.manifest import (
-    DEEPSTREAM_CONFIG,
     LABELS,
     MANIFEST,
     MODEL,
-    PLAN,
     SCHEMA_VERSION,
-    build_manifest,
-    compare_golden,
+    TRITON_DIR,
+    BundleManifest,
+    DeepStreamMode,
+    OutputSpec,
+    Provenance,
 )
-from segdeploy.bundle.tensors import graph_io
+from segdeploy.bundle.tensors import TensorInfo, check_graph, graph_io
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError, VerificationError
+from segdeploy.frames import FramePipeline
 
 
 @dataclass
@@ -79,6 +85,15 @@ class BundleCheck:
         }
 
 
+@dataclass
+class _Model:
+    """The bundle's ONNX as the checks need it."""
+
+    inputs: list[TensorInfo]
+    outputs: list[TensorInfo]
+    pipeline: FramePipeline
+
+
 def check_bundle(bundle_dir: str | os.PathLike[str]) -> BundleCheck:
     """Check a bundle written by ``write_bundle`` (or by hand to the same schema).
 
@@ -91,227 +106,210 @@ def check_bundle(bundle_dir: str | os.PathLike[str]) -> BundleCheck:
     root = Path(bundle_dir)
     if not root.is_dir():
         raise UserInputError(f"bundle directory {root} does not exist")
-    if not (root / MANIFEST).is_file():
+    if not (root / MANIFEST).exists() and not (root / MANIFEST).is_symlink():
         raise UserInputError(f"{root} has no {MANIFEST}: not a segdeploy bundle")
     report = BundleCheck(root)
-    manifest, structure = _read_manifest(root)
-    report.results.append(structure)
-    if manifest is None:
+    result = CheckResult("manifest", "ok", f"{MANIFEST}, schema version {SCHEMA_VERSION}")
+    report.results.append(result)
+    if (root / MANIFEST).is_symlink() or not (root / MANIFEST).is_file():
+        _failed(result, f"{MANIFEST} is not a regular file (a link or special file does not travel with the bundle)")
         return report
-    hashes = {str(k): str(v) for k, v in manifest["files"].items()}
-    report.results.append(_check_files(root, manifest, hashes))
+    try:
+        manifest = BundleManifest.read(root)
+    except UserInputError as exc:
+        _failed(result, str(exc))
+        return report
+    report.results.append(_check_files(root, manifest))
     model, model_result = _check_model(root, manifest)
     report.results.append(model_result)
     report.results.append(_check_golden(root, manifest))
-    report.results += _check_triton(root, manifest, model, hashes)
+    report.results += _check_triton(root, manifest, model)
     report.results.append(_check_deepstream(root, manifest, model))
     return report
 
 
-# --------------------------------------------------------------------------- the manifest
-_REQUIRED = {
-    "": {
-        "schema_version": int,
-        "name": str,
-        "num_classes": int,
-        "labels": list,
-        "palette": list,
-        "input": dict,
-        "output": dict,
-        "golden": dict,
-        "files": dict,
-        "precision": str,
-    },
-    "input": {
-        "name": str,
-        "dtype": str,
-        "layout": str,
-        "color": str,
-        "mean": list,
-        "std": list,
-        "normalization_fused": bool,
-        "shape": list,
-        "dynamic_axes": list,
-        "size_multiple": int,
-        "min_size": int,
-    },
-    "output": {"name": str, "kind": str, "dtype": str, "layout": str},
-    "golden": {"input": str, "output": str},
-}
-
-
-def _read_manifest(root: Path) -> tuple[dict[str, Any] | None, CheckResult]:
-    result = CheckResult("manifest", "ok", f"{MANIFEST}, schema version {SCHEMA_VERSION}")
-    try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, _failed(result, f"{MANIFEST} is not valid JSON ({exc})")
-    if not isinstance(manifest, dict):
-        return None, _failed(result, f"{MANIFEST} is not a JSON object")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        return None, _failed(
-            result,
-            f"{MANIFEST} has schema_version {manifest.get('schema_version')!r}; this segdeploy reads {SCHEMA_VERSION}",
-        )
-    for section, keys in _REQUIRED.items():
-        obj = manifest if not section else manifest.get(section)
-        for key, kind in keys.items():
-            value = obj.get(key) if isinstance(obj, dict) else None
-            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-                path = f"{section}.{key}" if section else key
-                return None, _failed(result, f"{MANIFEST}: '{path}' is missing or not a {kind.__name__}")
-    problems = []
-    count = manifest["num_classes"]
-    if count < 1:
-        problems.append(f"{MANIFEST}: num_classes {count} is not positive")
-    if len(manifest["labels"]) != count:
-        problems.append(f"{MANIFEST}: {len(manifest['labels'])} labels for {count} classes")
-    palette = manifest["palette"]
-    if len(palette) < max(count, 2) or any(
-        not isinstance(c, list) or len(c) != 3 or any(not isinstance(v, int) or not 0 <= v <= 255 for v in c)
-        for c in palette
-    ):
-        problems.append(f"{MANIFEST}: the palette needs {max(count, 2)} [r, g, b] colors of 0..255")
-    for path in [*manifest["files"], manifest["golden"]["input"], manifest["golden"]["output"]]:
-        if not _inside(path):
-            problems.append(f"{MANIFEST}: path {path!r} leaves the bundle")
-    for problem in problems:
-        _failed(result, problem)
-    return (manifest if not problems else None), result
-
-
 # --------------------------------------------------------------------------- files
-def _check_files(root: Path, manifest: dict[str, Any], listed: dict[str, str]) -> CheckResult:
+def _check_files(root: Path, manifest: BundleManifest) -> CheckResult:
     from segdeploy.fileio import sha256_file
 
-    result = CheckResult("files", "ok", f"{len(listed)} files, sha256")
+    listed = manifest.files
+    result = CheckResult("files", "ok", f"{len(listed)} regular files, sha256")
+    regular, others = walk(root)
+    for path in others:
+        _failed(result, f"{path} is a link or special file, not a regular file: it does not travel with the bundle")
+    present = set(regular)
     for path, digest in listed.items():
-        file = root / path
-        if not file.is_file():
+        if path not in present:
             _failed(result, f"{path} is listed in the manifest but missing")
-        elif sha256_file(file) != digest:
+        elif sha256_file(root / path) != digest:
             _failed(result, f"{path} differs from the manifest's sha256 (changed after bundling)")
-    actual = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()} - {MANIFEST}
-    for path in sorted(actual - set(listed)):
+    generated = _generated_engine(root, manifest)
+    for path in sorted(present - set(listed) - {MANIFEST}):
+        if path == generated:
+            result.detail += f"; {path} is the engine nvinfer built (allowed)"
+            continue
         _failed(result, f"{path} is in the bundle but not in the manifest")
-    required = [MODEL, LABELS, manifest["golden"]["input"], manifest["golden"]["output"]]
-    if manifest.get("engine"):
-        required.append(str(manifest["engine"].get("file", PLAN)))
+    required = [MODEL, LABELS, manifest.golden.input, manifest.golden.output, manifest.golden.frames]
+    required += [manifest.deepstream.config] + ([manifest.deepstream.onnx] if manifest.deepstream.onnx else [])
+    required += [manifest.engine.file] if manifest.engine else []
     for path in required:
         if path not in listed:
             _failed(result, f"{path} is not listed in the manifest")
     return result
 
 
-# --------------------------------------------------------------------------- the model against the manifest
-def _check_model(root: Path, manifest: dict[str, Any]) -> tuple[Any, CheckResult]:
-    from segdeploy.bundle.write import check_graph
+def _generated_engine(root: Path, manifest: BundleManifest) -> str | None:
+    """The engine file nvinfer writes into the bundle for its config (a bundle path), if the config reads."""
+    try:
+        text = (root / manifest.deepstream.config).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    values, problems = deepstream.read_config(text)
+    return None if problems or not values else deepstream.expected_engine(values, manifest)
 
-    result = CheckResult("model", "ok", f"{MODEL} metadata and graph, {LABELS}")
+
+# --------------------------------------------------------------------------- the model against the manifest
+def _check_model(root: Path, manifest: BundleManifest) -> tuple[_Model | None, CheckResult]:
+    from segdeploy.fileio import sha256_file
+
+    result = CheckResult("model", "ok", f"{MODEL} metadata and graph, pipeline, provenance, {LABELS}")
     try:
         model = load_onnx(root / MODEL)
         metadata = require_metadata(model, where=MODEL)
         inputs, outputs = graph_io(model)
         check_graph(Path(MODEL), metadata, inputs, outputs)
+        pipeline = FramePipeline.from_metadata(metadata)
     except UserInputError as exc:
         return None, _failed(result, str(exc))
-    expected = build_manifest(
-        name=manifest["name"], metadata=metadata, labels=manifest["labels"], engine=None, files={}
+    spec = BundleManifest.input_of(metadata, manifest.input.tensorrt_profile)
+    for key in spec.__dataclass_fields__:
+        got, want = getattr(manifest.input, key), getattr(spec, key)
+        if got != want:
+            _failed(result, f"{MANIFEST}: input.{key} is {_show(got)}, {MODEL} says {_show(want)}")
+    if manifest.output != OutputSpec(metadata.output):
+        got, want = manifest.output.kind.value, metadata.output.value
+        _failed(result, f"{MANIFEST}: output.kind is {got!r}, {MODEL} says {want!r}")
+    facts = {"num_classes": metadata.num_classes, "precision": metadata.precision, "opset": metadata.opset}
+    for key, want in facts.items():
+        if getattr(manifest, key) != want:
+            _failed(result, f"{MANIFEST}: {key} is {_show(getattr(manifest, key))}, {MODEL} says {_show(want)}")
+    if manifest.pipeline != pipeline:
+        differing = [k for k, v in pipeline.to_dict().items() if manifest.pipeline.to_dict().get(k) != v]
+        _failed(result, f"{MANIFEST}: pipeline.{differing[0] if differing else '?'} is not what {MODEL} describes")
+    expected = Provenance.of(
+        metadata,
+        model_sha256=sha256_file(root / MODEL),
+        ir_version=model.ir_version,
+        producer=f"{model.producer_name} {model.producer_version}".strip(),
     )
-    for section in ("input", "output"):
-        for key, value in expected[section].items():
-            if key == "tensorrt_profile":
-                continue
-            got = manifest[section].get(key)
-            if not _same(got, value):
-                _failed(result, f"{MANIFEST}: {section}.{key} is {got!r}, {MODEL} says {value!r}")
-    for key in ("num_classes", "precision", "opset"):
-        if not _same(manifest.get(key), expected[key]):
-            _failed(result, f"{MANIFEST}: {key} is {manifest.get(key)!r}, {MODEL} says {expected[key]!r}")
+    for key in expected.__dataclass_fields__:
+        if key != "onnx_version" and getattr(manifest.provenance, key) != getattr(expected, key):
+            _failed(result, f"{MANIFEST}: provenance.{key} is not what {MODEL} says ({_show(getattr(expected, key))})")
     labels_file = root / LABELS
     if labels_file.is_file():
         lines = labels_file.read_text(encoding="utf-8", errors="replace").splitlines()
-        if lines != manifest["labels"]:
-            _failed(result, f"{LABELS} ({len(lines)} lines) is not the manifest's labels ({len(manifest['labels'])})")
-    engine = manifest.get("engine")
-    if engine is not None:
-        missing = [k for k in ("file", "tensorrt_version", "compute_capability") if not isinstance(engine.get(k), str)]
-        if missing:
-            _failed(result, f"{MANIFEST}: engine.{missing[0]} is missing")
-        if not manifest["input"].get("tensorrt_profile"):
-            _failed(result, f"{MANIFEST}: an engine but no input.tensorrt_profile")
-    return (inputs, outputs), result
+        if lines != list(manifest.labels):
+            _failed(result, f"{LABELS} ({len(lines)} lines) is not the manifest's labels ({len(manifest.labels)})")
+    if manifest.engine is not None and manifest.input.tensorrt_profile is None:
+        _failed(result, f"{MANIFEST}: an engine but no input.tensorrt_profile")
+    if manifest.engine is None and manifest.input.tensorrt_profile is not None:
+        _failed(result, f"{MANIFEST}: input.tensorrt_profile without an engine")
+    return _Model(inputs, outputs, pipeline), result
 
 
 # --------------------------------------------------------------------------- golden pair
-def _check_golden(root: Path, manifest: dict[str, Any]) -> CheckResult:
-    from segdeploy.runtime.ort_runner import OrtRunner
-
-    golden = manifest["golden"]
-    result = CheckResult("golden", "ok", "ONNX Runtime reproduces golden/output.npy")
-    arrays = []
-    for key in ("input", "output"):
-        path = root / golden[key]
+def _check_golden(root: Path, manifest: BundleManifest) -> CheckResult:
+    golden = manifest.golden
+    result = CheckResult("golden", "ok", "the pipeline makes the golden input of its frames, ONNX Runtime its output")
+    arrays = {}
+    for key in ("frames", "input", "output"):
+        path = getattr(golden, key)
         try:
-            arrays.append(np.load(path, allow_pickle=False))
+            arrays[key] = np.load(root / path, allow_pickle=False)
         except FileNotFoundError:
-            return _failed(result, f"{golden[key]} is missing")
+            return _failed(result, f"{path} is missing")
         except (OSError, ValueError) as exc:
-            return _failed(result, f"{golden[key]} is not a readable .npy file ({exc})")
-    x, expected = arrays
-    spec = manifest["input"]
-    if x.dtype.name != spec["dtype"] or x.ndim != len(spec["shape"]):
-        return _failed(
-            result, f"{golden['input']} is {x.dtype} of rank {x.ndim}, the input is {spec['dtype']} {spec['layout']}"
-        )
+            return _failed(result, f"{path} is not a readable .npy file ({exc})")
+    frames, x, expected = arrays["frames"], arrays["input"], arrays["output"]
+    spec = manifest.input
+    if x.dtype.name != spec.dtype or x.ndim != 4:
+        return _failed(result, f"{golden.input} is {x.dtype} of rank {x.ndim}, the input is {spec.dtype} {spec.layout}")
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != spec.channels:
+        return _failed(result, f"{golden.frames} is not N x H x W x {spec.channels} uint8 frames")
     try:
-        kind = parse_choice(OutputKind, manifest["output"]["kind"], "output kind")
-        with OrtRunner(root / MODEL, precision=manifest.get("precision", "fp32")) as runner:
-            output = runner.infer(x)
+        made = manifest.pipeline.to_input(list(frames), frame_color="rgb")
     except SegdeployError as exc:
-        return _failed(result, f"ONNX Runtime cannot run {golden['input']}: {exc}")
-    except Exception as exc:
-        return _failed(result, f"ONNX Runtime failed on {golden['input']}: {type(exc).__name__}: {exc}".splitlines()[0])
-    difference = compare_golden(output, expected, kind)
+        return _failed(result, f"the manifest's pipeline cannot prepare {golden.frames}: {exc}")
+    if made.shape != x.shape or not np.array_equal(made, x):
+        return _failed(result, f"{golden.input} is not what the manifest's pipeline makes of {golden.frames}")
+    try:
+        output = _run(root / MODEL, x, manifest)
+    except SegdeployError as exc:
+        return _failed(result, f"ONNX Runtime cannot run {golden.input}: {exc}")
+    difference = compare_golden(output, expected, manifest.output.kind)
     if difference is not None:
-        return _failed(result, f"ONNX Runtime does not reproduce {golden['output']}: {difference}")
+        return _failed(result, f"ONNX Runtime does not reproduce {golden.output}: {difference}")
     result.detail += f" ({'x'.join(map(str, x.shape))} {x.dtype})"
     return result
 
 
+def _run(path: Path, x: np.ndarray, manifest: BundleManifest, output: int = 0) -> np.ndarray:
+    """One ONNX Runtime run; any failure of the runtime is a SegdeployError naming it."""
+    from segdeploy.runtime.ort_runner import OrtRunner
+
+    try:
+        if output == 0 and path.name == MODEL:
+            with OrtRunner(path, precision=manifest.precision, threads=1) as runner:
+                return runner.infer(x)
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return session.run(None, {session.get_inputs()[0].name: x})[output]
+    except SegdeployError:
+        raise
+    except Exception as exc:  # ONNX Runtime raises its own types for a corrupt model or a bad input
+        raise SegdeployError(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
 # --------------------------------------------------------------------------- Triton
-def _check_triton(root: Path, manifest: dict[str, Any], model: Any, hashes: dict[str, str]) -> list[CheckResult]:
-    engine = manifest.get("engine")
-    expected = triton.model_dirs(manifest["name"], engine is not None)
-    present = {p.name for p in (root / "triton").iterdir() if p.is_dir()} if (root / "triton").is_dir() else set()
+def _check_triton(root: Path, manifest: BundleManifest, model: _Model | None) -> list[CheckResult]:
+    expected = triton.model_dirs(manifest.name, manifest.engine is not None)
+    base = root / TRITON_DIR
+    present = {p.name for p in base.iterdir() if p.is_dir() and not p.is_symlink()} if base.is_dir() else set()
     results = []
+    if manifest.triton != expected:
+        results.append(CheckResult("triton", "failed", "", [f"{MANIFEST}: triton.models is not {expected}"]))
     for extra in sorted(present - set(expected)):
         results.append(
             CheckResult(
                 f"triton {extra}",
                 "failed",
                 "",
-                [(f"triton/{extra} is not a model of this bundle ({', '.join(expected)})")],
+                [f"triton/{extra} is not a model of this bundle ({', '.join(expected)})"],
             )
         )
-    classes_axis = None if manifest["output"]["layout"] == "NHW" else 1
+    classes_axis = None if manifest.output.kind is OutputKind.CLASSMAP else 1
     for name, kind in expected.items():
         result = CheckResult(f"triton {name}", "ok", f"triton/{name}/config.pbtxt against Triton's ModelConfig")
         results.append(result)
-        source, copy = (MODEL if kind == "onnx" else str(engine.get("file", PLAN))), f"triton/{name}/1/model.{kind}"
-        if hashes.get(copy) is None or hashes.get(copy) != hashes.get(source):
+        source = MODEL if kind is triton.TritonKind.ONNX else manifest.engine.file  # type: ignore[union-attr]
+        copy = f"triton/{name}/{triton.VERSION}/model.{kind.value}"
+        if manifest.files.get(copy) is None or manifest.files.get(copy) != manifest.files.get(source):
             _failed(result, f"{copy} is not the bundle's {source}")
         if model is None:
             result.status, result.detail = "skipped", f"{MODEL} did not load"
             continue
         try:
             problems = triton.check_model(
-                root / "triton" / name,
+                base / name,
                 kind,
-                *model,
-                num_classes=manifest["num_classes"],
+                model.inputs,
+                model.outputs,
+                spec=manifest.input,
+                num_classes=manifest.num_classes,
                 classes_axis=classes_axis,
-                profile=manifest["input"].get("tensorrt_profile"),
             )
         except MissingDependencyError as exc:
             if result.status == "ok":
@@ -324,26 +322,71 @@ def _check_triton(root: Path, manifest: dict[str, Any], model: Any, hashes: dict
 
 
 # --------------------------------------------------------------------------- DeepStream
-def _check_deepstream(root: Path, manifest: dict[str, Any], model: Any) -> CheckResult:
-    reasons, _ = deepstream.fit(manifest)
-    path = root / DEEPSTREAM_CONFIG
-    result = CheckResult("deepstream", "ok", f"{DEEPSTREAM_CONFIG} as a GLib key file against the model")
-    if reasons:
-        if path.exists():
-            return _failed(result, f"{DEEPSTREAM_CONFIG} is present but nvinfer cannot run this model: {reasons[0]}")
-        result.detail = "no config, rightly: " + reasons[0]
+def _check_deepstream(root: Path, manifest: BundleManifest, model: _Model | None) -> CheckResult:
+    where = manifest.deepstream.config
+    result = CheckResult("deepstream", "ok", f"{where} against the model; nvinfer simulated on the golden frames")
+    expected_mode = DeepStreamMode.DIRECT if deepstream.direct_fit(manifest) else DeepStreamMode.DERIVED
+    if manifest.deepstream.mode is not expected_mode:
+        mode = manifest.deepstream.mode.value
+        return _failed(result, f"{MANIFEST}: deepstream.mode is {mode}, expected {expected_mode.value}")
+    try:
+        text = (root / where).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return _failed(result, f"{where} is missing or unreadable")
+    values, problems = deepstream.read_config(text)
+    if problems:
+        for problem in problems:
+            _failed(result, f"{where} {problem}" if problem.startswith(("is not", "has no")) else f"{where}: {problem}")
         return result
-    if not path.is_file():
-        return _failed(result, f"{DEEPSTREAM_CONFIG} is missing (nvinfer can run this model)")
     if model is None:
         result.status, result.detail = "skipped", f"{MODEL} did not load"
         return result
-    bundle_files = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()}
-    for problem in deepstream.check_config(
-        path.read_text(encoding="utf-8", errors="replace"), manifest, [t.name for t in model[1]], bundle_files
-    ):
+    onnx_file = deepstream.resolve(values.get("onnx-file", ""))
+    outputs = model.outputs if onnx_file == MODEL else []
+    if onnx_file is not None and onnx_file != MODEL and (root / onnx_file).is_file():
+        try:
+            outputs = graph_io(load_onnx(root / onnx_file))[1]
+        except UserInputError as exc:
+            return _failed(result, f"{onnx_file}: {exc}")
+    regular = set(walk(root)[0])
+    for problem in deepstream.check_config(values, manifest, [t.name for t in outputs], regular):
+        _failed(result, f"{where}: {problem}")
+    if result.problems:
+        return result
+    problem = _simulate(root, manifest, values, onnx_file)  # type: ignore[arg-type]
+    if problem:
         _failed(result, problem)
     return result
+
+
+def _simulate(root: Path, manifest: BundleManifest, values: dict[str, Any], onnx_file: str) -> str | None:
+    """nvinfer on the golden frames must give the model's own class map (the golden output's)."""
+    frames = np.load(root / manifest.golden.frames, allow_pickle=False)
+    golden = np.load(root / manifest.golden.output, allow_pickle=False)
+    reference = manifest.pipeline.to_classmap(golden)
+    try:
+        got = nvinfer.simulate(
+            frames,
+            color_format=values["model-color-format"],
+            scale=values["net-scale-factor"],
+            offsets=values["offsets"],
+            run=lambda x: _run(root / onnx_file, x.astype(np.float32), manifest, output=0),
+            cut=values["segmentation-threshold"],
+        )
+    except SegdeployError as exc:
+        return f"nvinfer simulated: {onnx_file} does not run on the golden frames: {exc}"
+    if got.shape != reference.shape:
+        return f"nvinfer simulated: class map {got.shape}, the model's is {reference.shape}"
+    differing = got != reference
+    if manifest.output.kind is OutputKind.LOGITS:
+        differing &= ~nvinfer.near_ties(golden)  # softmax may round a near-tie either way
+    count = int(differing.sum())
+    if count:
+        unset = int((got == -1).sum())
+        why = f" ({unset} left at -1: below segmentation-threshold)" if unset else ""
+        frames = manifest.golden.frames
+        return f"nvinfer simulated on {frames}: {count} of {got.size} pixels differ from the model's class map{why}"
+    return None
 
 
 # --------------------------------------------------------------------------- helpers
@@ -353,17 +396,9 @@ def _failed(result: CheckResult, problem: str) -> CheckResult:
     return result
 
 
-def _inside(path: str) -> bool:
-    parts = PurePosixPath(path).parts
-    return bool(parts) and not PurePosixPath(path).is_absolute() and ".." not in parts and "\\" not in path
-
-
-def _same(a: Any, b: Any) -> bool:
-    """Equal, numbers compared as float32 (the manifest's mean/std pass through a float32 text round trip)."""
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-        return float(np.float32(a)) == float(np.float32(b))
-    return a == b
+def _show(value: Any) -> str:
+    if isinstance(value, Enum):
+        return repr(value.value)
+    if isinstance(value, tuple):
+        return repr(list(value))
+    return repr(value)

@@ -1,161 +1,172 @@
-"""DeepStream Gst-nvinfer configuration for semantic segmentation (``network-type=2``).
+"""DeepStream Gst-nvinfer configuration for semantic segmentation (``network-type=2``), written and checked.
 
-What nvinfer does with a segmentation model, and so which files it can run:
+Every bundle has ``deepstream/config_infer_primary.txt``. In ``derived`` mode (the default) it runs
+``deepstream/nvinfer.onnx`` (``segdeploy.bundle.nvinfer``): 0..255 pixels in, the model's own
+normalization inside, per-class scores out, so ``net-scale-factor=1``, ``offsets=0`` and any input format,
+mean/std or output kind give the model's class map. In ``direct`` mode (a bundled plan whose model nvinfer
+can feed as it is: float32 NCHW, one std for all channels, probabilities of two or more classes) it runs
+``model.onnx`` and ``model.plan`` with the model's normalization as ``net-scale-factor`` and ``offsets``.
 
-- It prepares the input itself: scales the frame to ``infer-dims``, converts it to ``model-color-format``
-  and writes float32 ``net-scale-factor * (pixel - offsets[c])`` into the input tensor. One scale serves
-  all channels, and the tensor is float: a model taking raw uint8 frames, or normalizing with a
-  different std per channel, would be fed wrong values without any error.
-- Its built-in parser reads the first output as float scores per class and gives each pixel the class
-  whose score is largest *and* above ``segmentation-threshold`` (>= 0), else -1. Probabilities fit;
-  logits (negative where the model is unsure) leave pixels at -1; an int32 class map needs a custom parser.
-
-So the config is written only for a float32 model with probabilities and one std for all channels.
-For any other model :func:`fit` says why, and the bundle has no ``deepstream/`` directory rather than a
-config that runs and silently gives wrong masks (a warning line at the top of a config is lost as soon
-as its keys are copied into a pipeline's own file).
+``model-engine-file`` names the engine nvinfer uses: the bundled plan, or the file nvinfer writes beside
+the ONNX when it builds one (``<onnx file>_b<batch>_gpu<id>_<fp32|fp16|int8>.engine``), so the first start
+builds and later starts reuse it; ``--check`` tolerates that one generated file.
 
 The file is a GLib key file: ``[group]`` lines, ``key=value`` lines, and comments only on whole lines
-starting with ``#`` (GLib keeps ``# ...`` after a value as part of the value).
+starting with ``#`` (GLib keeps ``# ...`` after a value as part of the value). Keys are those of
+nvinfer's property parser in DeepStream 6.0 to 8.0.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import PurePosixPath
 from typing import Any
 
-from segdeploy.bundle.manifest import DEEPSTREAM_CONFIG, LABELS, MODEL
+from segdeploy.artifact import OutputKind, Precision
+from segdeploy.bundle import nvinfer
+from segdeploy.bundle.manifest import LABELS, MODEL, PLAN, BundleManifest, DeepStreamMode
 
 GROUP = "property"
 NETWORK_TYPE_SEGMENTATION = 2
-NETWORK_MODES = {"fp32": 0, "int8": 1, "int8-fp16": 1, "fp16": 2}
+NETWORK_MODES = {Precision.FP32: 0, Precision.INT8: 1, Precision.INT8_FP16: 1, Precision.FP16: 2}
 COLOR_FORMATS = {"rgb": 0, "bgr": 1, "gray": 2}
+SCALING_FILTER_BILINEAR = 1  # NvBufSurfTransformInter_Bilinear: the frame pipeline resizes bilinearly
 MAX_BATCH = 1024  # nvinfer's NVDSINFER_MAX_BATCH_SIZE
 MAX_OFFSETS = 4
 
 _INT_KEYS = {
-    "gpu-id",
-    "gie-unique-id",
-    "process-mode",
-    "batch-size",
-    "network-mode",
-    "model-color-format",
-    "network-type",
-    "num-detected-classes",
-    "network-input-order",
-    "segmentation-output-order",
-    "interval",
-    "maintain-aspect-ratio",
-    "symmetric-padding",
-    "output-tensor-meta",
-    "workspace-size",
-    "scaling-filter",
-    "scaling-compute-hw",
-    "cluster-mode",
-}
-_FLOAT_KEYS = {"net-scale-factor", "segmentation-threshold"}
-_PATH_KEYS = {"onnx-file", "model-engine-file", "labelfile-path", "int8-calib-file", "custom-lib-path", "mean-file"}
+    "gpu-id", "gie-unique-id", "process-mode", "interval", "secondary-reinfer-interval", "output-tensor-meta",
+    "disable-output-host-copy", "enable-dla", "use-dla-core", "batch-size", "tensor-meta-pool-size",
+    "network-mode", "workspace-size", "is-classifier", "network-type", "force-implicit-batch-dim",
+    "model-color-format", "maintain-aspect-ratio", "symmetric-padding", "scaling-filter", "scaling-compute-hw",
+    "network-input-order", "input-tensor-from-meta", "uff-input-order", "num-detected-classes", "enable-dbscan",
+    "cluster-mode", "crop-objects-to-roi-boundary", "classifier-async-mode", "segmentation-output-order",
+    "output-instance-mask", "input-object-min-width", "input-object-min-height", "input-object-max-width",
+    "input-object-max-height", "operate-on-gie-id", "auto-inc-mem", "max-gpu-mem-per", "dump-input-tensor",
+    "dump-output-tensor",
+}  # fmt: skip
+_FLOAT_KEYS = {"net-scale-factor", "segmentation-threshold", "classifier-threshold"}
+_PATH_KEYS = {
+    "onnx-file", "model-engine-file", "labelfile-path", "int8-calib-file", "custom-lib-path", "mean-file",
+    "model-file", "proto-file", "uff-file", "tlt-encoded-model",
+}  # fmt: skip
 _LIST_KEYS = {"infer-dims", "offsets", "output-blob-names"}
-KNOWN_KEYS = (
-    _INT_KEYS
-    | _FLOAT_KEYS
-    | _PATH_KEYS
-    | _LIST_KEYS
-    | {"parse-segmentation-func-name", "layer-device-precision", "output-io-formats"}
-)
-"""The Gst-nvinfer ``[property]`` keys a semantic-segmentation config may use."""
+_TEXT_KEYS = {
+    "output-io-formats", "layer-device-precision", "parse-bbox-func-name", "parse-bbox-instance-mask-func-name",
+    "engine-create-func-name", "parse-classifier-func-name", "custom-network-config", "input-dims",
+    "uff-input-dims", "uff-input-blob-name", "tlt-model-key", "classifier-type", "operate-on-class-ids",
+    "filter-out-class-ids",
+}  # fmt: skip
+KNOWN_KEYS = _INT_KEYS | _FLOAT_KEYS | _PATH_KEYS | _LIST_KEYS | _TEXT_KEYS
+"""The ``[property]`` keys of nvinfer's property parser (DeepStream 6.0-6.2 sources; 6.4 and 8.0 add
+``auto-inc-mem``, ``max-gpu-mem-per``, ``dump-input-tensor`` and ``dump-output-tensor``)."""
+
+_CHANGES_THE_MODEL = {
+    "custom-lib-path": "a custom library replaces nvinfer's own parser or engine",
+    "engine-create-func-name": "a custom engine replaces the bundle's model",
+    "mean-file": "a mean image replaces offsets",
+    "model-file": "another model than the bundle's",
+    "proto-file": "another model than the bundle's",
+    "uff-file": "another model than the bundle's",
+    "tlt-encoded-model": "another model than the bundle's",
+}
+_MUST_BE_ZERO = {
+    "maintain-aspect-ratio": "the frame pipeline stretches frames to the network size, it does not pad",
+    "input-tensor-from-meta": "nvinfer would skip its pre-processing and take tensors from upstream",
+    "network-input-order": "the network takes NCHW",
+    "segmentation-output-order": "the scores are NCHW",
+}
 
 
-def fit(manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Whether nvinfer's own pre-processing and parser run this model correctly.
+# --------------------------------------------------------------------------- writing
+def infer_dims(manifest: BundleManifest) -> tuple[int, int, int]:
+    """c, h, w: the engine profile's opt size when there is one, else the traced size."""
+    spec = manifest.input
+    shape = spec.tensorrt_profile.opt if spec.tensorrt_profile else spec.shape
+    dims = dict(zip(spec.layout, shape))
+    return int(dims["C"]), int(dims["H"]), int(dims["W"])
 
-    Returns:
-        ``(reasons, notes)``: why the config cannot be written (empty: it can), and what a user of the
-        written config must know.
+
+def batch_size(manifest: BundleManifest) -> int:
+    spec = manifest.input
+    if not spec.dynamic("N"):
+        return spec.axis("N")
+    return min(spec.tensorrt_profile.max[0], MAX_BATCH) if spec.tensorrt_profile else 1
+
+
+def direct_fit(manifest: BundleManifest) -> bool:
+    """Whether nvinfer can feed the bundled plan as it is (so the config points at it)."""
+    spec, std = manifest.input, manifest.input.std
+    return (
+        manifest.engine is not None
+        and not spec.normalization_fused
+        and spec.channels in (1, 3)
+        and max(std) - min(std) <= 1e-6 * max(std)
+        and manifest.output.kind is OutputKind.PROBS
+        and manifest.num_classes >= 2
+    )
+
+
+def generated_engine(
+    onnx_file: str, batch: int, mode: int, *, gpu: int = 0, dla: int | None = None, calib: bool = False
+) -> str:
+    """The engine file nvinfer writes beside ``onnx_file`` when it builds one (a path like ``onnx_file``).
+
+    Without ``int8-calib-file`` nvinfer's INT8 mode falls back to FP16, and names the file so.
     """
-    reasons, notes = [], []
-    spec, output = manifest["input"], manifest["output"]
-    channels = _channels(spec)
-    if spec["dtype"] != "float32":
-        reasons.append(
-            "the model takes raw uint8 frames and nvinfer feeds a float32 tensor it normalizes itself "
-            "(export with --input-format float32-nchw)"
-        )
-    elif spec["layout"] != "NCHW":
-        reasons.append("nvinfer feeds a float32 input in NCHW")
-    if output["kind"] == "logits":
-        reasons.append(
-            "nvinfer's segmentation parser needs probabilities: it leaves a pixel unclassified (-1) "
-            "unless a class score exceeds segmentation-threshold >= 0, and logits are negative where the "
-            "model is unsure (export with --output-kind probs)"
-        )
-    elif output["kind"] == "classmap":
-        reasons.append(
-            "nvinfer's segmentation parser reads float scores per class, not an int32 class map "
-            "(that needs a custom parser library; export with --output-kind probs)"
-        )
-    std = [float(s) for s in spec.get("std") or []]
-    if spec["dtype"] == "float32" and std and max(std) - min(std) > 1e-6 * max(std):
-        reasons.append(
-            f"nvinfer normalizes with one scale for all channels and this model's std differs per "
-            f"channel ({', '.join(f'{s:g}' for s in std)}); approximating it shifts every input "
-            f"(export with one --std value for all channels)"
-        )
-    if channels not in (1, 3):
-        reasons.append(f"nvinfer feeds 1 (gray) or 3 (RGB/BGR) channels, the model takes {channels}")
-    if manifest.get("precision", "fp32").startswith("int8") and not manifest.get("engine"):
-        reasons.append(
-            "nvinfer cannot build an engine from a Q/DQ INT8 ONNX by itself (its INT8 mode wants a "
-            "calibration table): bundle a built engine with --engine"
-        )
-    if not reasons and manifest["num_classes"] == 1:
-        notes.append(
-            "one class: nvinfer marks a pixel 0 where the probability exceeds 0.5 "
-            "(segmentation-threshold) and -1 elsewhere"
-        )
-    return reasons, notes
+    names = {0: "fp32", 1: "int8" if calib else "fp16", 2: "fp16"}
+    device = f"dla{dla}" if dla is not None else f"gpu{gpu}"
+    return f"{onnx_file}_b{batch}_{device}_{names.get(mode, 'fp32')}.engine"
 
 
-def config_text(manifest: dict[str, Any], name: str) -> str:
-    """The ``[property]`` group for a model :func:`fit` accepts; paths relative to ``deepstream/``."""
-    spec, output = manifest["input"], manifest["output"]
-    channels = _channels(spec)
-    c, h, w = _infer_dims(spec)
-    mean = [float(m) for m in spec["mean"]]
-    std = float(spec["std"][0])
+def config_text(manifest: BundleManifest) -> str:
+    """The ``[property]`` group; paths relative to ``deepstream/``."""
+    c, h, w = infer_dims(manifest)
+    batch, mode = batch_size(manifest), NETWORK_MODES[manifest.precision]
+    direct = manifest.deepstream.mode is DeepStreamMode.DIRECT
+    if direct:
+        onnx_file, engine_file = _up(MODEL), _up(PLAN)
+        std = manifest.input.std[0]
+        scale, offsets = 1.0 / (255.0 * std), [255.0 * m for m in manifest.input.mean]
+        blob, classes = manifest.output.name, manifest.num_classes
+    else:
+        onnx_file = PurePosixPath(manifest.deepstream.onnx or "").name
+        engine_file = generated_engine(onnx_file, batch, mode)
+        scale, offsets = 1.0, [0.0] * c
+        blob, classes = nvinfer.SCORES, nvinfer.score_channels(manifest.num_classes)
+    color = COLOR_FORMATS["gray"] if c == 1 else COLOR_FORMATS[manifest.input.color.value]
     lines = [
-        f"# {name}: Gst-nvinfer semantic segmentation, written by segdeploy bundle; paths are relative to this file",
+        f"# {manifest.name}: Gst-nvinfer semantic segmentation, written by segdeploy bundle; paths are relative "
+        "to this file",
         f"[{GROUP}]",
         "gpu-id=0",
         "gie-unique-id=1",
         "process-mode=1",
         f"network-type={NETWORK_TYPE_SEGMENTATION}",
-        f"onnx-file={_up(MODEL)}",
+        f"onnx-file={onnx_file}",
+        f"model-engine-file={engine_file}",
     ]
-    if manifest.get("engine"):
-        lines.append(f"model-engine-file={_up(manifest['engine']['file'])}")
+    if manifest.num_classes >= 2:
+        lines.append(f"labelfile-path={_up(LABELS)}")
     lines += [
-        f"labelfile-path={_up(LABELS)}",
-        f"batch-size={_batch_size(spec)}",
+        f"batch-size={batch}",
         f"infer-dims={c};{h};{w}",
         "network-input-order=0",
-        f"network-mode={NETWORK_MODES.get(manifest.get('precision', 'fp32'), 0)}",
-        f"model-color-format={COLOR_FORMATS['gray'] if channels == 1 else COLOR_FORMATS[spec['color']]}",
-        f"net-scale-factor={_number(1.0 / (255.0 * std))}",
-        "offsets=" + ";".join(_number(255.0 * m) for m in mean),
-        f"num-detected-classes={manifest['num_classes']}",
-        f"output-blob-names={output['name']}",
-        f"segmentation-threshold={_number(threshold(manifest))}",
+        f"network-mode={mode}",
+        f"model-color-format={color}",
+        "maintain-aspect-ratio=0",
+        f"scaling-filter={SCALING_FILTER_BILINEAR}",
+        f"net-scale-factor={_number(scale)}",
+        "offsets=" + ";".join(_number(o) for o in offsets),
+        f"num-detected-classes={classes}",
+        f"output-blob-names={blob}",
+        f"segmentation-threshold={_number(0.5 / classes)}",
         "segmentation-output-order=0",
     ]
     return "\n".join(lines) + "\n"
 
 
-def threshold(manifest: dict[str, Any]) -> float:
-    """0 for softmax probabilities (every pixel gets its argmax); 0.5 for one sigmoid class."""
-    return 0.5 if manifest["num_classes"] == 1 else 0.0
-
-
+# --------------------------------------------------------------------------- reading
 def parse_key_file(text: str) -> dict[str, dict[str, str]]:
     """A GLib key file, strictly: groups, ``key=value`` lines, whole-line ``#`` comments, blank lines.
 
@@ -192,32 +203,18 @@ def parse_key_file(text: str) -> dict[str, dict[str, str]]:
     return groups
 
 
-def check_config(text: str, manifest: dict[str, Any], output_names: list[str], bundle_files: set[str]) -> list[str]:
-    """Problems of a Gst-nvinfer config against the bundle (empty: none).
-
-    Args:
-        text: the config file's text.
-        manifest: the bundle's manifest.
-        output_names: the ONNX graph's output names.
-        bundle_files: the bundle's files, relative paths with '/'.
-    """
-    where = DEEPSTREAM_CONFIG
+def read_config(text: str) -> tuple[dict[str, Any], list[str]]:
+    """The ``[property]`` values, typed (ints, floats, lists), and the problems met reading them."""
     try:
         groups = parse_key_file(text)
     except ValueError as exc:
-        return [f"{where} is not a valid GLib key file: {exc}"]
+        return {}, [f"is not a valid GLib key file: {exc}"]
     if GROUP not in groups:
-        return [f"{where} has no [{GROUP}] group"]
-    props = groups[GROUP]
-    problems: list[str] = []
-
-    def bad(message: str) -> None:
-        problems.append(f"{where}: {message}")
-
+        return {}, [f"has no [{GROUP}] group"]
+    props, values, problems = groups[GROUP], {}, []
     unknown = sorted(set(props) - KNOWN_KEYS)
     if unknown:
-        bad(f"unknown Gst-nvinfer key(s) {', '.join(unknown)}")
-    values: dict[str, Any] = {}
+        problems.append(f"unknown Gst-nvinfer key(s) {', '.join(unknown)}")
     for key, value in props.items():
         try:
             if key in _INT_KEYS:
@@ -233,122 +230,154 @@ def check_config(text: str, manifest: dict[str, Any], output_names: list[str], b
             else:
                 values[key] = value
         except ValueError:
-            bad(f"{key}={value!r} is not {'a list of numbers' if key in _LIST_KEYS else 'a number'}")
+            problems.append(f"{key}={value!r} is not {'a list of numbers' if key in _LIST_KEYS else 'a number'}")
+    return values, problems
+
+
+# --------------------------------------------------------------------------- checking
+_REQUIRED = (
+    "network-type", "onnx-file", "model-engine-file", "infer-dims", "batch-size", "network-mode",
+    "model-color-format", "net-scale-factor", "offsets", "num-detected-classes", "output-blob-names",
+    "segmentation-threshold",
+)  # fmt: skip
+
+
+def check_config(
+    values: dict[str, Any], manifest: BundleManifest, output_names: list[str], bundle_files: set[str]
+) -> list[str]:
+    """Problems of a read config against the bundle (empty: none); the simulation is the caller's.
+
+    Args:
+        values: :func:`read_config`'s values.
+        manifest: the bundle's manifest.
+        output_names: the outputs of the ONNX the config must name (``onnx-file``'s).
+        bundle_files: the bundle's files, relative paths with '/'.
+    """
+    problems: list[str] = [f"{key} is missing" for key in _REQUIRED if key not in values]
     if problems:
         return problems
-
-    spec, output = manifest["input"], manifest["output"]
-    channels = _channels(spec)
-    for key in (
-        "network-type",
-        "onnx-file",
-        "infer-dims",
-        "batch-size",
-        "network-mode",
-        "model-color-format",
-        "net-scale-factor",
-        "offsets",
-        "num-detected-classes",
-        "output-blob-names",
-        "segmentation-threshold",
-        "segmentation-output-order",
-    ):
-        if key not in values:
-            bad(f"{key} is missing")
-    if problems:
-        return problems
-
+    bad = problems.append
+    spec, direct = manifest.input, manifest.deepstream.mode is DeepStreamMode.DIRECT
+    channels = spec.channels
+    classes = manifest.num_classes if direct else nvinfer.score_channels(manifest.num_classes)
+    for key, why in _CHANGES_THE_MODEL.items():
+        if key in values:
+            bad(f"{key} is set: {why}")
+    for key, why in _MUST_BE_ZERO.items():
+        if values.get(key, 0) != 0:
+            bad(f"{key}={values[key]}: must be 0 ({why})")
     if values["network-type"] != NETWORK_TYPE_SEGMENTATION:
         bad(f"network-type={values['network-type']}, expected {NETWORK_TYPE_SEGMENTATION} (semantic segmentation)")
-    expected_mode = NETWORK_MODES.get(manifest.get("precision", "fp32"), 0)
+    expected_mode = NETWORK_MODES[manifest.precision]
     if values["network-mode"] not in (0, 1, 2):
         bad(f"network-mode={values['network-mode']} is not 0 (FP32), 1 (INT8) or 2 (FP16)")
     elif values["network-mode"] != expected_mode:
-        bad(f"network-mode={values['network-mode']} but the model is {manifest.get('precision')} ({expected_mode})")
-    color = values["model-color-format"]
-    expected_color = COLOR_FORMATS["gray"] if channels == 1 else COLOR_FORMATS.get(spec["color"])
+        bad(f"network-mode={values['network-mode']} but the model is {manifest.precision.value} ({expected_mode})")
+    color, name = values["model-color-format"], "gray" if channels == 1 else spec.color.value
     if color not in COLOR_FORMATS.values():
         bad(f"model-color-format={color} is not 0 (RGB), 1 (BGR) or 2 (GRAY)")
-    elif color != expected_color:
-        bad(
-            f"model-color-format={color} but the model takes {'gray' if channels == 1 else spec['color']} "
-            f"({expected_color})"
-        )
-    if not 1 <= values["batch-size"] <= MAX_BATCH:
-        bad(f"batch-size={values['batch-size']} is outside 1..{MAX_BATCH}")
-    elif "batch" not in spec["dynamic_axes"] and values["batch-size"] != spec["shape"][0]:
-        bad(f"batch-size={values['batch-size']} but the model's batch is fixed at {spec['shape'][0]}")
-    if values.get("network-input-order", 0) not in (0, 1):
-        bad(f"network-input-order={values['network-input-order']} is not 0 (NCHW) or 1 (NHWC)")
-    elif values.get("network-input-order", 0) != (1 if spec["layout"] == "NHWC" else 0):
-        bad(f"network-input-order={values.get('network-input-order', 0)} but the input is {spec['layout']}")
-    if values["segmentation-output-order"] not in (0, 1):
-        bad(f"segmentation-output-order={values['segmentation-output-order']} is not 0 (NCHW) or 1 (NHWC)")
-    elif values["segmentation-output-order"] != 0:
-        bad("segmentation-output-order=1 (NHWC) but the output is NCHW")
+    elif color != COLOR_FORMATS[name]:
+        bad(f"model-color-format={color} but the model takes {name} ({COLOR_FORMATS[name]})")
+    batch = values["batch-size"]
+    if not 1 <= batch <= MAX_BATCH:
+        bad(f"batch-size={batch} is outside 1..{MAX_BATCH}")
+    elif not spec.dynamic("N") and batch != spec.axis("N"):
+        bad(f"batch-size={batch} but the model's batch is fixed at {spec.axis('N')}")
+    elif direct and spec.tensorrt_profile and batch > spec.tensorrt_profile.max[0]:
+        bad(f"batch-size={batch} exceeds the plan's largest batch {spec.tensorrt_profile.max[0]}")
     cut = values["segmentation-threshold"]
-    if manifest["num_classes"] == 1 and not 0 < cut < 1:
+    if not 0 <= cut < 1.0 / classes:
         bad(
-            f"segmentation-threshold={cut:g}: with one class nvinfer marks every pixel whose probability exceeds "
-            "it, so it must lie strictly between 0 and 1"
+            f"segmentation-threshold={cut:g}: nvinfer gives a pixel its class only when the top score exceeds it; "
+            f"with {classes} score channels it must lie in [0, {1.0 / classes:g}) (it rejects negative values)"
         )
-    elif not 0 <= cut < 1:
+    if values["num-detected-classes"] != classes:
+        bad(f"num-detected-classes={values['num-detected-classes']} but the model has {classes} score channels")
+    _check_dims(values["infer-dims"], manifest, bad)
+    _check_normalization(values["net-scale-factor"], values["offsets"], manifest, bad)
+    blobs = values["output-blob-names"]
+    main = manifest.output.name if direct else nvinfer.SCORES
+    if not blobs or any(n not in output_names for n in blobs):
+        bad(f"output-blob-names {blobs} are not outputs of its ONNX ({', '.join(output_names)})")
+    elif blobs[0] != main:
+        bad(f"output-blob-names starts with {blobs[0]!r}, the parser reads the first: expected {main!r}")
+    onnx_file = resolve(values["onnx-file"])
+    expected_onnx = MODEL if direct else manifest.deepstream.onnx
+    if onnx_file != expected_onnx:
+        bad(f"onnx-file={values['onnx-file']} is not the bundle's {expected_onnx}")
+    engine = resolve(values["model-engine-file"])
+    generated = expected_engine(values, manifest)
+    allowed = {generated} | ({manifest.engine.file} if direct and manifest.engine else set())
+    if engine not in allowed:
         bad(
-            f"segmentation-threshold={cut:g} is outside [0, 1): "
-            + ("nvinfer rejects negative values" if cut < 0 else "no probability would exceed it")
+            f"model-engine-file={values['model-engine-file']} is neither the bundle's plan nor the engine nvinfer "
+            f"builds from {values['onnx-file']} ({PurePosixPath(generated or '').name})"
         )
-    if values["num-detected-classes"] != manifest["num_classes"]:
-        bad(
-            f"num-detected-classes={values['num-detected-classes']} but the model has {manifest['num_classes']} classes"
-        )
-    _check_dims(values["infer-dims"], spec, channels, bad)
-    _check_normalization(values["net-scale-factor"], values["offsets"], spec, bad)
-    missing = [n for n in values["output-blob-names"] if n not in output_names]
-    if missing or not values["output-blob-names"]:
-        bad(f"output-blob-names {values['output-blob-names']} are not model outputs ({', '.join(output_names)})")
-    elif values["output-blob-names"][0] != output["name"]:
-        bad(
-            f"output-blob-names starts with {values['output-blob-names'][0]!r}, the parser reads the first: "
-            f"expected {output['name']!r}"
-        )
-    for key in sorted(set(values) & _PATH_KEYS):
-        target = _resolve(values[key])
+    for key in sorted(set(values) & (_PATH_KEYS - {"model-engine-file"})):
+        target = resolve(values[key])
         if target is None or target not in bundle_files:
             bad(f"{key}={values[key]} does not name a file of the bundle")
-    if _resolve(values["onnx-file"]) not in (None, MODEL):
-        bad(f"onnx-file={values['onnx-file']} is not the bundle's {MODEL}")
-    engine = manifest.get("engine")
-    if "model-engine-file" in values and (not engine or _resolve(values["model-engine-file"]) != engine["file"]):
-        bad(f"model-engine-file={values['model-engine-file']} is not the bundle's engine")
     return problems
 
 
-def _check_dims(dims: list[int], spec: dict[str, Any], channels: int, bad: Any) -> None:
+def expected_engine(values: dict[str, Any], manifest: BundleManifest) -> str | None:
+    """The bundle path of the engine nvinfer writes for this config (None when ``onnx-file`` leaves the bundle)."""
+    onnx_file = resolve(str(values.get("onnx-file", "")))
+    if onnx_file is None:
+        return None
+    dla = values.get("use-dla-core", 0) if values.get("enable-dla", 0) else None
+    return generated_engine(
+        onnx_file,
+        int(values.get("batch-size", 1)),
+        int(values.get("network-mode", 0)),
+        gpu=int(values.get("gpu-id", 0)),
+        dla=dla,
+        calib="int8-calib-file" in values,
+    )
+
+
+def _check_dims(dims: list[int], manifest: BundleManifest, bad: Callable[[str], None]) -> None:
+    spec = manifest.input
     if len(dims) != 3:
         bad(f"infer-dims has {len(dims)} values, expected 3 (c;h;w)")
         return
     c, h, w = dims
-    if c != channels:
-        bad(f"infer-dims channels {c}, the model takes {channels}")
-    shape = dict(zip(spec["layout"], spec["shape"]))
+    if c != spec.channels:
+        bad(f"infer-dims channels {c}, the model takes {spec.channels}")
+    profile = spec.tensorrt_profile if manifest.deepstream.mode is DeepStreamMode.DIRECT else None
     for axis, side, letter in (("height", h, "H"), ("width", w, "W")):
-        if axis not in spec["dynamic_axes"]:
-            if side != shape[letter]:
-                bad(f"infer-dims {axis} {side}, the model's is fixed at {shape[letter]}")
-        elif side < spec["min_size"] or side % spec["size_multiple"]:
+        if not spec.dynamic(letter):
+            if side != spec.axis(letter):
+                bad(f"infer-dims {axis} {side}, the model's is fixed at {spec.axis(letter)}")
+        elif not spec.valid_side(side):
             bad(
-                f"infer-dims {axis} {side} is not a size the model takes (multiples of {spec['size_multiple']}, "
-                f">= {spec['min_size']})"
+                f"infer-dims {axis} {side} is not a size the model takes (multiples of {spec.size_multiple}, "
+                f">= {spec.min_size}" + (f", <= {spec.max_size})" if spec.max_size else ")")
             )
+        elif profile is not None:
+            index = spec.layout.index(letter)
+            if not profile.min[index] <= side <= profile.max[index]:
+                bad(
+                    f"infer-dims {axis} {side} is outside the plan's profile {profile.min[index]}..{profile.max[index]}"
+                )
 
 
-def _check_normalization(scale: float, offsets: list[float], spec: dict[str, Any], bad: Any) -> None:
-    """nvinfer computes ``scale * (pixel - offsets[c])``: it must equal ``(pixel / 255 - mean[c]) / std[c]``."""
-    std, mean = [float(s) for s in spec["std"]], [float(m) for m in spec["mean"]]
-    if len(offsets) > MAX_OFFSETS or len(offsets) != len(mean):
-        bad(f"offsets has {len(offsets)} values for {len(mean)} channels")
+def _check_normalization(
+    scale: float, offsets: list[float], manifest: BundleManifest, bad: Callable[[str], None]
+) -> None:
+    """nvinfer computes ``scale * (pixel - offsets[c])``: it must be what the ONNX it runs expects."""
+    spec = manifest.input
+    if len(offsets) > MAX_OFFSETS or len(offsets) != spec.channels:
+        bad(f"offsets has {len(offsets)} values for {spec.channels} channels")
         return
-    for c, (s, m, o) in enumerate(zip(std, mean, offsets)):
+    if manifest.deepstream.mode is DeepStreamMode.DERIVED:
+        if scale != 1.0 or any(o != 0.0 for o in offsets):
+            bad(
+                f"net-scale-factor={scale:g}, offsets={';'.join(f'{o:g}' for o in offsets)}: the DeepStream ONNX "
+                "normalizes inside and takes 0..255 pixels (net-scale-factor=1, offsets=0)"
+            )
+        return
+    for c, (s, m, o) in enumerate(zip(spec.std, spec.mean, offsets)):
         if abs(scale * 255.0 * s - 1.0) > 1e-6:
             bad(f"net-scale-factor {scale:g} does not divide channel {c} by its std ({s:g} x 255)")
             return
@@ -357,33 +386,15 @@ def _check_normalization(scale: float, offsets: list[float], spec: dict[str, Any
             return
 
 
-def _channels(spec: dict[str, Any]) -> int:
-    return int(spec["shape"][spec["layout"].index("C")])
-
-
-def _infer_dims(spec: dict[str, Any]) -> tuple[int, int, int]:
-    """c, h, w: the engine profile's opt size when there is one, else the traced size."""
-    shape = spec["tensorrt_profile"]["opt"] if spec.get("tensorrt_profile") else spec["shape"]
-    dims = dict(zip(spec["layout"], shape))
-    return int(dims["C"]), int(dims["H"]), int(dims["W"])
-
-
-def _batch_size(spec: dict[str, Any]) -> int:
-    if "batch" not in spec["dynamic_axes"]:
-        return int(spec["shape"][0])
-    profile = spec.get("tensorrt_profile")
-    return min(int(profile["max"][0]), MAX_BATCH) if profile else 1
-
-
 def _up(path: str) -> str:
     return f"../{path}"
 
 
-def _resolve(value: str) -> str | None:
+def resolve(value: str) -> str | None:
     """A config path (relative to ``deepstream/``) as a bundle path, or None when it leaves the bundle."""
-    if value.startswith("/"):
+    if not value or value.startswith("/"):
         return None
-    parts: list[str] = list(PurePosixPath(DEEPSTREAM_CONFIG).parent.parts)
+    parts: list[str] = ["deepstream"]
     for part in PurePosixPath(value).parts:
         if part == "..":
             if not parts:
@@ -391,7 +402,7 @@ def _resolve(value: str) -> str | None:
             parts.pop()
         elif part != ".":
             parts.append(part)
-    return "/".join(parts)
+    return "/".join(parts) or None
 
 
 def _list(value: str) -> list[str]:

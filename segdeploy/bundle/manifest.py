@@ -1,249 +1,488 @@
-"""The bundle's layout and its manifest, ``segdeploy.json`` (schema version 1).
+"""The bundle's manifest, ``segdeploy.json`` (schema version 2): :class:`BundleManifest`.
 
-The manifest is the contract with every consumer of a bundle (the C++ runtime in ``cpp/`` reads it
-with ``load_manifest``): what the model takes and gives, how to feed it, its classes and colors, the
-TensorRT engine's facts and the sha256 of every file. ``docs/bundle.md`` describes each field.
+The manifest is the contract with every consumer of a bundle (the C++ runtime in ``cpp/`` reads it): what
+the model takes and gives, how a frame becomes its input and its output a class map (``pipeline``), its
+classes and colors, the TensorRT engine's facts, where the model came from (``provenance``) and the sha256
+of every file. :meth:`BundleManifest.read` is its one reader, :meth:`BundleManifest.write` its one writer;
+``segdeploy/schemas/manifest.schema.json`` is its JSON Schema and ``docs/bundle.md`` describes each field.
+Names, labels and colors: ``segdeploy.bundle.layout``.
 """
 
 from __future__ import annotations
 
 import json
-import re
-from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from segdeploy._version import __version__
-from segdeploy.artifact import INPUT_NAME, OUTPUT_NAMES, Metadata, OutputKind, file_input_shape
+from segdeploy.artifact import (
+    DYNAMIC_AXIS_NAMES,
+    INPUT_NAME,
+    OUTPUT_NAMES,
+    ColorOrder,
+    InputFormat,
+    Metadata,
+    OutputKind,
+    Precision,
+    file_input_shape,
+    parse_choice,
+)
+from segdeploy.bundle.fields import MANIFEST, Fields, ManifestError, dumps, inside
 from segdeploy.errors import UserInputError
+from segdeploy.frames import FramePipeline
 
-SCHEMA_VERSION = 1
-MANIFEST = "segdeploy.json"
+__all__ = ["MANIFEST", "BundleManifest", "ManifestError", "dumps", "inside"]
+
+SCHEMA_VERSION = 2
 MODEL = "model.onnx"
 PLAN = "model.plan"
 LABELS = "labels.txt"
 GOLDEN_INPUT = "golden/input.npy"
 GOLDEN_OUTPUT = "golden/output.npy"
+GOLDEN_FRAMES = "golden/frames.npy"
 README = "README.md"
+CLIENT = "client.py"
+TRITON_DIR = "triton"
 DEEPSTREAM_CONFIG = "deepstream/config_infer_primary.txt"
-
-TRITON_DEFAULT_MAX_BATCH = 8
-"""max_batch_size of the Triton configs when no TensorRT profile bounds the batch."""
-GOLDEN_MAX_SIDE = 128
-"""The golden input's dynamic sides are the traced ones, capped here: a golden pair stays small."""
-
-FLOAT_GOLDEN_RTOL, FLOAT_GOLDEN_ATOL = 1e-4, 1e-6
-"""A float output reproduces its golden when ``max|a - b| <= RTOL * max|b| + ATOL``."""
-CLASSMAP_GOLDEN_MAX_DIFFERING = 0.001
-"""A class map reproduces its golden when at most this fraction of pixels differ (near-ties between builds)."""
-
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+DEEPSTREAM_ONNX = "deepstream/nvinfer.onnx"
 
 
-def check_name(name: str) -> str:
-    """A model name fit for a directory and a Triton model: letters, digits, ``_``, ``.``, ``-``.
+class TritonKind(str, Enum):
+    """What a Triton model of the bundle serves: the ONNX (ONNX Runtime backend) or the plan (TensorRT)."""
 
-    Raises:
-        UserInputError: anything else.
-    """
-    if not _NAME.match(name) or name.endswith("_trt"):
-        raise UserInputError(
-            f"bad bundle name {name!r}: use letters, digits, '_', '.' or '-' (not ending in '_trt'), "
-            "up to 100 characters"
+    ONNX = "onnx"
+    PLAN = "plan"
+
+
+class EngineFacts(str, Enum):
+    """Where the engine's facts come from: its ``segdeploy build`` sidecar, or the bundle's command line."""
+
+    SIDECAR = "sidecar"
+    COMMAND_LINE = "command-line"
+
+
+class DeepStreamMode(str, Enum):
+    """``derived``: nvinfer runs ``deepstream/nvinfer.onnx``; ``direct``: the bundle's model and plan as they are."""
+
+    DERIVED = "derived"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True)
+class TensorProfile:
+    """An engine's optimization profile in the input's layout."""
+
+    min: tuple[int, ...]
+    opt: tuple[int, ...]
+    max: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The model input: format, color order, normalization (input channel order), shape and valid sizes."""
+
+    input_format: InputFormat
+    color: ColorOrder
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    shape: tuple[int, ...]
+    dynamic_axes: tuple[str, ...]
+    size_multiple: int
+    min_size: int
+    max_size: int | None = None
+    tensorrt_profile: TensorProfile | None = None
+    name: str = INPUT_NAME
+
+    @property
+    def dtype(self) -> str:
+        return self.input_format.dtype
+
+    @property
+    def layout(self) -> str:
+        return self.input_format.layout
+
+    @property
+    def normalization_fused(self) -> bool:
+        return self.input_format is not InputFormat.FLOAT32_NCHW
+
+    @property
+    def channels(self) -> int:
+        return int(self.shape[self.layout.index("C")])
+
+    def axis(self, letter: str) -> int:
+        """The traced size of axis ``N``, ``C``, ``H`` or ``W``."""
+        return int(self.shape[self.layout.index(letter)])
+
+    def dynamic(self, letter: str) -> bool:
+        return {"N": "batch", "H": "height", "W": "width"}.get(letter) in self.dynamic_axes
+
+    def valid_side(self, side: int) -> bool:
+        """Whether a height or width is one the model takes."""
+        too_big = self.max_size is not None and side > self.max_size
+        return side >= self.min_size and side % self.size_multiple == 0 and not too_big
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    kind: OutputKind
+
+    @property
+    def name(self) -> str:
+        return OUTPUT_NAMES[self.kind]
+
+    @property
+    def dtype(self) -> str:
+        return self.kind.dtype
+
+    @property
+    def layout(self) -> str:
+        return self.kind.layout
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    file: str
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: Precision
+    facts: EngineFacts = EngineFacts.SIDECAR
+
+
+@dataclass(frozen=True)
+class Golden:
+    input: str = GOLDEN_INPUT
+    output: str = GOLDEN_OUTPUT
+    frames: str = GOLDEN_FRAMES
+
+
+@dataclass(frozen=True)
+class DeepStreamFiles:
+    mode: DeepStreamMode
+    config: str = DEEPSTREAM_CONFIG
+    onnx: str | None = DEEPSTREAM_ONNX
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where the model came from; versions are those recorded at export, ``onnx_version`` that of bundling."""
+
+    architecture: str | None
+    source: str | None
+    config: dict[str, Any]
+    weights: str | None
+    weights_sha256: str | None
+    init_seed: int | None
+    model_sha256: str
+    segdeploy_version: str | None
+    torch_version: str | None
+    onnx_version: str
+    onnx_ir_version: int
+    onnx_producer: str
+
+    @classmethod
+    def of(cls, metadata: Metadata, *, model_sha256: str, ir_version: int, producer: str) -> Provenance:
+        import onnx
+
+        return cls(
+            metadata.architecture,
+            metadata.source,
+            dict(metadata.config),
+            metadata.weights,
+            metadata.weights_sha256,
+            metadata.init_seed,
+            model_sha256,
+            metadata.segdeploy_version,
+            metadata.torch_version,
+            onnx.__version__,
+            int(ir_version),
+            producer,
         )
-    return name
 
 
-def default_name(onnx_path: Path) -> str:
-    """The ONNX file's stem made into a valid name (``unet.fp16.onnx`` -> ``unet_fp16``)."""
-    name = re.sub(r"[^A-Za-z0-9_-]+", "_", onnx_path.stem).strip("_-") or "model"
-    name = name if name[0].isalnum() else f"m{name}"
-    return name[:-4] + "_model" if name.endswith("_trt") else name[:100]
+@dataclass(frozen=True)
+class BundleManifest:
+    """``segdeploy.json``, typed. ``to_dict`` and ``from_dict`` keep every version-1 field name and meaning."""
+
+    name: str
+    architecture: str
+    num_classes: int
+    labels: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    precision: Precision
+    opset: int
+    input: InputSpec
+    output: OutputSpec
+    engine: EngineInfo | None
+    golden: Golden
+    pipeline: FramePipeline
+    provenance: Provenance
+    deepstream: DeepStreamFiles
+    triton: dict[str, TritonKind]
+    files: dict[str, str] = field(default_factory=dict)
+    segdeploy_version: str = __version__
+
+    # ------------------------------------------------------------------ from a model
+    @staticmethod
+    def input_of(metadata: Metadata, profile: TensorProfile | None = None) -> InputSpec:
+        """The input section a file's metadata describes."""
+        pre = metadata.preprocessing
+        return InputSpec(
+            input_format=pre.input_format,
+            color=pre.color,
+            mean=tuple(float(v) for v in pre.input_order(pre.mean)),
+            std=tuple(float(v) for v in pre.input_order(pre.std)),
+            shape=tuple(int(d) for d in file_input_shape(metadata.trace_shape, pre.input_format)),  # type: ignore[arg-type]
+            dynamic_axes=tuple(metadata.dynamic_axes),
+            size_multiple=max(int(metadata.size_multiple), 1),
+            min_size=max(int(metadata.min_size), 1),
+            max_size=metadata.max_size,
+            tensorrt_profile=profile,
+        )
+
+    def with_files(self, files: dict[str, str]) -> BundleManifest:
+        return replace(self, files=dict(files))
+
+    # ------------------------------------------------------------------ the one writer
+    def to_dict(self) -> dict[str, Any]:
+        spec, profile = self.input, self.input.tensorrt_profile
+        prov = self.provenance
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "name": self.name,
+            "architecture": self.architecture,
+            "num_classes": self.num_classes,
+            "labels": list(self.labels),
+            "palette": [list(c) for c in self.palette],
+            "precision": self.precision.value,
+            "opset": self.opset,
+            "input": {
+                "name": spec.name,
+                "dtype": spec.dtype,
+                "layout": spec.layout,
+                "color": spec.color.value,
+                "mean": list(spec.mean),
+                "std": list(spec.std),
+                "normalization_fused": spec.normalization_fused,
+                "shape": list(spec.shape),
+                "dynamic_axes": list(spec.dynamic_axes),
+                "size_multiple": spec.size_multiple,
+                "min_size": spec.min_size,
+                "max_size": spec.max_size,
+                "tensorrt_profile": None
+                if profile is None
+                else {"min": list(profile.min), "opt": list(profile.opt), "max": list(profile.max)},
+            },
+            "output": {
+                "name": self.output.name,
+                "kind": self.output.kind.value,
+                "dtype": self.output.dtype,
+                "layout": self.output.layout,
+            },
+            "engine": None
+            if self.engine is None
+            else {
+                "file": self.engine.file,
+                "tensorrt_version": self.engine.tensorrt_version,
+                "gpu_name": self.engine.gpu_name,
+                "compute_capability": self.engine.compute_capability,
+                "precision": self.engine.precision.value,
+                "facts": self.engine.facts.value,
+            },
+            "golden": {"input": self.golden.input, "output": self.golden.output, "frames": self.golden.frames},
+            "pipeline": self.pipeline.to_dict(),
+            "provenance": {
+                "architecture": prov.architecture,
+                "source": prov.source,
+                "config": prov.config,
+                "weights": prov.weights,
+                "weights_sha256": prov.weights_sha256,
+                "init_seed": prov.init_seed,
+                "model_sha256": prov.model_sha256,
+                "segdeploy_version": prov.segdeploy_version,
+                "torch_version": prov.torch_version,
+                "onnx_version": prov.onnx_version,
+                "onnx_ir_version": prov.onnx_ir_version,
+                "onnx_producer": prov.onnx_producer,
+            },
+            "deepstream": {
+                "mode": self.deepstream.mode.value,
+                "config": self.deepstream.config,
+                "onnx": self.deepstream.onnx,
+            },
+            "triton": {"models": {name: kind.value for name, kind in self.triton.items()}},
+            "files": dict(self.files),
+            "segdeploy_version": self.segdeploy_version,
+        }
+
+    def write(self, root: Path) -> Path:
+        """Write ``root/segdeploy.json``."""
+        path = root / MANIFEST
+        path.write_text(dumps(self.to_dict()), encoding="utf-8")
+        return path
+
+    # ------------------------------------------------------------------ the one reader
+    @classmethod
+    def read(cls, root: Path) -> BundleManifest:
+        """Read and parse ``root/segdeploy.json``.
+
+        Raises:
+            ManifestError: not JSON, another schema version, or a field that does not fit (named).
+        """
+        try:
+            data = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ManifestError(f"{MANIFEST} is not valid JSON ({exc})") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> BundleManifest:
+        """Parse the manifest's JSON object, strictly.
+
+        Raises:
+            ManifestError: naming the first field that does not fit.
+        """
+        top = Fields(data, "")
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != SCHEMA_VERSION:
+            raise ManifestError(
+                f"{MANIFEST} has schema_version {version!r}; this segdeploy reads {SCHEMA_VERSION}"
+                + (" (bundle the ONNX again with this segdeploy)" if version == 1 else "")
+            )
+        spec = _read_input(top.section("input"))
+        out = top.section("output")
+        kind = out.choice("kind", OutputKind)
+        for key, value in (("name", OUTPUT_NAMES[kind]), ("dtype", kind.dtype), ("layout", kind.layout)):
+            if out.get(key, str) != value:
+                raise out.error(key, f"is {out.get(key, str)!r}; a {kind.value} output has {value!r}")
+        count = top.get("num_classes", int)
+        if count < 1:
+            raise top.error("num_classes", "is not positive")
+        labels = tuple(top.get("labels", list))
+        if len(labels) != count or any(not isinstance(label, str) or not label for label in labels):
+            raise top.error("labels", f"must be {count} non-empty strings (one per class)")
+        palette = top.get("palette", list)
+        if len(palette) < max(count, 2) or any(
+            not isinstance(c, list) or len(c) != 3 or any(type(v) is not int or not 0 <= v <= 255 for v in c)
+            for c in palette
+        ):
+            raise top.error("palette", f"needs {max(count, 2)} [r, g, b] colors of 0..255")
+        engine = top.optional("engine", dict)
+        golden = top.section("golden")
+        files = top.get("files", dict)
+        for path, digest in files.items():
+            if not isinstance(digest, str) or len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                raise top.error(f"files.{path}", "is not a sha256")
+        triton = top.section("triton").get("models", dict)
+        try:
+            pipeline = FramePipeline.from_dict(top.get("pipeline", dict))
+        except UserInputError as exc:
+            raise ManifestError(f"{MANIFEST}: {exc}") from None
+        ds = top.section("deepstream")
+        manifest = cls(
+            name=top.get("name", str),
+            architecture=top.get("architecture", str),
+            num_classes=count,
+            labels=labels,
+            palette=tuple(tuple(c) for c in palette),  # type: ignore[misc]
+            precision=top.choice("precision", Precision),
+            opset=top.get("opset", int),
+            input=spec,
+            output=OutputSpec(kind),
+            engine=None if engine is None else _read_engine(Fields(engine, "engine.")),
+            golden=Golden(golden.get("input", str), golden.get("output", str), golden.get("frames", str)),
+            pipeline=pipeline,
+            provenance=_read_provenance(top.section("provenance")),
+            deepstream=DeepStreamFiles(
+                ds.choice("mode", DeepStreamMode), ds.get("config", str), ds.optional("onnx", str)
+            ),
+            triton={str(k): parse_choice(TritonKind, v, "triton model kind") for k, v in triton.items()},
+            files={str(k): str(v) for k, v in files.items()},
+            segdeploy_version=top.get("segdeploy_version", str),
+        )
+        paths = [*manifest.files, manifest.golden.input, manifest.golden.output, manifest.golden.frames]
+        paths += [manifest.deepstream.config] + ([manifest.deepstream.onnx] if manifest.deepstream.onnx else [])
+        paths += [manifest.engine.file] if manifest.engine else []
+        for path in paths:
+            if not inside(path):
+                raise ManifestError(f"{MANIFEST}: path {path!r} leaves the bundle")
+        return manifest
 
 
-def default_labels(num_classes: int) -> list[str]:
-    return [f"class_{i}" for i in range(num_classes)]
+def _read_input(f: Fields) -> InputSpec:
+    dtype, layout = f.get("dtype", str), f.get("layout", str)
+    formats = {(fmt.dtype, fmt.layout): fmt for fmt in InputFormat}
+    if (dtype, layout) not in formats:
+        raise f.error("dtype", f"{dtype} {layout} is not an input segdeploy writes (float32 NCHW, uint8 NCHW/NHWC)")
+    fmt = formats[(dtype, layout)]
+    if f.get("normalization_fused", bool) != (fmt is not InputFormat.FLOAT32_NCHW):
+        raise f.error("normalization_fused", f"contradicts a {dtype} input")
+    shape = tuple(f.get("shape", list))
+    if len(shape) != 4 or any(type(d) is not int or d < 1 for d in shape):
+        raise f.error("shape", "is not 4 positive integers")
+    axes = tuple(f.get("dynamic_axes", list))
+    if len(set(axes)) != len(axes) or any(a not in DYNAMIC_AXIS_NAMES for a in axes):
+        raise f.error("dynamic_axes", f"must be distinct names of {', '.join(DYNAMIC_AXIS_NAMES)}")
+    channels = shape[layout.index("C")]
+    mean, std = (tuple(f.get(key, list)) for key in ("mean", "std"))
+    for key, values in (("mean", mean), ("std", std)):
+        if len(values) != channels or any(type(v) not in (int, float) for v in values):
+            raise f.error(key, f"needs {channels} numbers (one per input channel)")
+    if any(s <= 0 for s in std):
+        raise f.error("std", "must be positive")
+    profile = f.optional("tensorrt_profile", dict)
+    if profile is not None:
+        p = Fields(profile, f.path + "tensorrt_profile.")
+        dims = [tuple(p.get(k, list)) for k in ("min", "opt", "max")]
+        if any(len(d) != 4 or any(type(v) is not int or v < 1 for v in d) for d in dims):
+            raise p.error("min", "min, opt and max must be 4 positive integers each")
+        profile = TensorProfile(*dims)
+    size_multiple, min_size = f.get("size_multiple", int), f.get("min_size", int)
+    max_size = f.optional("max_size", int)
+    if size_multiple < 1 or min_size < 1 or (max_size is not None and max_size < min_size):
+        raise f.error("size_multiple", "size_multiple and min_size must be positive, max_size >= min_size")
+    name = f.get("name", str)
+    if name != INPUT_NAME:
+        raise f.error("name", f"is {name!r}; a segdeploy input is {INPUT_NAME!r}")
+    return InputSpec(
+        input_format=fmt,
+        color=f.choice("color", ColorOrder),
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        shape=shape,  # type: ignore[arg-type]
+        dynamic_axes=axes,  # type: ignore[arg-type]
+        size_multiple=size_multiple,
+        min_size=min_size,
+        max_size=max_size,
+        tensorrt_profile=profile,
+    )
 
 
-def read_labels(path: Path, num_classes: int) -> list[str]:
-    """One label per line (trailing blank lines ignored), exactly ``num_classes`` of them.
-
-    Raises:
-        UserInputError: unreadable file, blank or duplicate labels, or a count that is not ``num_classes``.
-    """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserInputError(f"labels file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserInputError(f"cannot read labels file {path}: {exc}") from None
-    labels = [line.strip() for line in text.splitlines()]
-    while labels and not labels[-1]:
-        labels.pop()
-    if len(labels) != num_classes:
-        raise UserInputError(f"{path} has {len(labels)} labels but the model has {num_classes} classes")
-    blank = [i + 1 for i, label in enumerate(labels) if not label]
-    if blank:
-        raise UserInputError(f"{path} line {blank[0]} is blank: one label per line")
-    if len(set(labels)) != len(labels):
-        duplicate = next(label for label in labels if labels.count(label) > 1)
-        raise UserInputError(f"{path} lists label {duplicate!r} twice")
-    return labels
+def _read_engine(f: Fields) -> EngineInfo:
+    return EngineInfo(
+        file=f.get("file", str),
+        tensorrt_version=f.get("tensorrt_version", str),
+        gpu_name=f.get("gpu_name", str),
+        compute_capability=f.get("compute_capability", str),
+        precision=f.choice("precision", Precision),
+        facts=f.choice("facts", EngineFacts),
+    )
 
 
-def palette(count: int) -> list[list[int]]:
-    """``count`` RGB colors: the PASCAL VOC color map (black, then colors spread by the bits of the index).
-
-    Its first 256 colors are distinct; beyond that the map repeats.
-    """
-    colors = []
-    for index in range(count):
-        c, r, g, b = index % 256, 0, 0, 0
-        for shift in range(7, -1, -1):
-            r |= ((c >> 0) & 1) << shift
-            g |= ((c >> 1) & 1) << shift
-            b |= ((c >> 2) & 1) << shift
-            c >>= 3
-        colors.append([r, g, b])
-    return colors
-
-
-def golden_shape(metadata: Metadata) -> tuple[int, int, int, int]:
-    """The NCHW shape of the golden input: the traced one, dynamic sides capped at ``GOLDEN_MAX_SIDE``."""
-    n, c, h, w = metadata.trace_shape  # type: ignore[misc]
-
-    def side(traced: int, axis: str) -> int:
-        if axis not in metadata.dynamic_axes or traced <= GOLDEN_MAX_SIDE:
-            return traced
-        m = metadata.size_multiple
-        return max(GOLDEN_MAX_SIDE // m * m, -(-metadata.min_size // m) * m)
-
-    return n, c, side(h, "height"), side(w, "width")
-
-
-def golden_input(metadata: Metadata, seed: int = 0) -> np.ndarray:
-    """One batch in the file's own input format: a smooth noisy image, normalized for a float32 input."""
-    pre = metadata.preprocessing
-    n, c, h, w = golden_shape(metadata)
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
-    slopes = rng.uniform(-90, 90, (2, n, c, 1, 1))
-    base = rng.uniform(40, 215, (n, c, 1, 1)) + slopes[0] * yy + slopes[1] * xx
-    pixels = np.clip(base + rng.normal(0, 20, (n, c, h, w)), 0, 255).round().astype(np.uint8)  # NCHW, input order
-    if pre.fused:
-        return np.ascontiguousarray(pixels.transpose(0, 2, 3, 1) if pre.input_format.layout == "NHWC" else pixels)
-    mean = np.asarray(pre.input_order(pre.mean), dtype=np.float32).reshape(1, -1, 1, 1)
-    std = np.asarray(pre.input_order(pre.std), dtype=np.float32).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray((pixels.astype(np.float32) / np.float32(255) - mean) / std, dtype=np.float32)
-
-
-def compare_golden(output: np.ndarray, golden: np.ndarray, kind: OutputKind) -> str | None:
-    """None when ``output`` reproduces ``golden`` by the bundle's rule, else what differs."""
-    if output.shape != golden.shape:
-        return f"shape {tuple(output.shape)} instead of the golden {tuple(golden.shape)}"
-    if output.dtype != golden.dtype:
-        return f"dtype {output.dtype} instead of the golden {golden.dtype}"
-    if kind is OutputKind.CLASSMAP:
-        differing = int(np.count_nonzero(output != golden))
-        if differing > CLASSMAP_GOLDEN_MAX_DIFFERING * golden.size:
-            return f"{differing} of {golden.size} class-map pixels differ (at most {CLASSMAP_GOLDEN_MAX_DIFFERING:.1%})"
-        return None
-    a, b = output.astype(np.float64), golden.astype(np.float64)
-    error = float(np.max(np.abs(a - b))) if a.size else 0.0
-    limit = FLOAT_GOLDEN_RTOL * (float(np.max(np.abs(b))) if b.size else 0.0) + FLOAT_GOLDEN_ATOL
-    if not error <= limit:  # NaN fails too
-        return f"max|out - golden| = {error:.3g} > limit {limit:.3g}"
-    return None
-
-
-def dumps(manifest: dict[str, Any]) -> str:
-    """The manifest as JSON for people too: objects indented, lists of numbers or strings on one line."""
-
-    def render(value: Any, indent: str) -> str:
-        inner = indent + "  "
-        if isinstance(value, dict) and value:
-            items = [f"{inner}{json.dumps(k)}: {render(v, inner)}" for k, v in value.items()]
-            return "{\n" + ",\n".join(items) + f"\n{indent}}}"
-        if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
-            return "[\n" + ",\n".join(inner + render(v, inner) for v in value) + f"\n{indent}]"
-        return json.dumps(value)
-
-    return render(manifest, "") + "\n"
-
-
-def file_hashes(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` except the manifest, keyed by relative path with '/', sorted."""
-    from segdeploy.fileio import sha256_file
-
-    return {
-        p.relative_to(root).as_posix(): sha256_file(p)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and p.relative_to(root).as_posix() != MANIFEST
-    }
-
-
-def build_manifest(
-    *,
-    name: str,
-    metadata: Metadata,
-    labels: Sequence[str],
-    engine: dict[str, Any] | None,
-    files: dict[str, str],
-) -> dict[str, Any]:
-    """The manifest of a bundle.
-
-    Args:
-        name: the bundle's model name.
-        metadata: the ONNX file's parsed metadata.
-        labels: one per class.
-        engine: the engine sidecar (``segdeploy build``'s JSON) when the bundle has a plan, else None.
-        files: relative path -> sha256 of every other file.
-    """
-    pre = metadata.preprocessing
-    profile = None
-    if engine is not None:
-        profile = {key: [int(d) for d in engine["profile"][key]] for key in ("min", "opt", "max")}
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "name": name,
-        "architecture": metadata.architecture or "",
-        "num_classes": metadata.num_classes,
-        "labels": list(labels),
-        "palette": palette(max(int(metadata.num_classes or 0), 2)),
-        "precision": metadata.precision.value,
-        "opset": metadata.opset,
-        "input": {
-            "name": INPUT_NAME,
-            "dtype": pre.input_format.dtype,
-            "layout": pre.input_format.layout,
-            "color": pre.color.value,
-            "mean": list(pre.input_order(pre.mean)),
-            "std": list(pre.input_order(pre.std)),
-            "normalization_fused": pre.fused,
-            "shape": list(file_input_shape(metadata.trace_shape, pre.input_format)),  # type: ignore[arg-type]
-            "dynamic_axes": list(metadata.dynamic_axes),
-            "size_multiple": metadata.size_multiple,
-            "min_size": metadata.min_size,
-            "tensorrt_profile": profile,
-        },
-        "output": {
-            "name": OUTPUT_NAMES[metadata.output],
-            "kind": metadata.output.value,
-            "dtype": metadata.output.dtype,
-            "layout": metadata.output.layout,
-        },
-        "engine": None
-        if engine is None
-        else {
-            "file": PLAN,
-            "tensorrt_version": str(engine["tensorrt_version"]),
-            "gpu_name": str(engine["gpu_name"]),
-            "compute_capability": str(engine["compute_capability"]),
-            "precision": str(engine["precision"]),
-        },
-        "golden": {"input": GOLDEN_INPUT, "output": GOLDEN_OUTPUT},
-        "files": dict(files),
-        "segdeploy_version": __version__,
-    }
+def _read_provenance(f: Fields) -> Provenance:
+    return Provenance(
+        architecture=f.optional("architecture", str),
+        source=f.optional("source", str),
+        config=f.get("config", dict),
+        weights=f.optional("weights", str),
+        weights_sha256=f.optional("weights_sha256", str),
+        init_seed=f.optional("init_seed", int),
+        model_sha256=f.get("model_sha256", str),
+        segdeploy_version=f.optional("segdeploy_version", str),
+        torch_version=f.optional("torch_version", str),
+        onnx_version=f.get("onnx_version", str),
+        onnx_ir_version=f.get("onnx_ir_version", int),
+        onnx_producer=f.get("onnx_producer", str),
+    )

@@ -17,12 +17,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from segdeploy.bundle.manifest import InputSpec, TritonKind
 from segdeploy.bundle.tensors import TensorInfo
 from segdeploy.errors import MissingDependencyError, first_line
 
 ONNX_BACKEND = "onnxruntime"
+ONNX_PLATFORM = "onnxruntime_onnx"
+TENSORRT_BACKEND = "tensorrt"
 TENSORRT_PLATFORM = "tensorrt_plan"
 TRT_SUFFIX = "_trt"
+VERSION = "1"
+"""The one model version a bundle's Triton models have (``triton/NAME/1/``)."""
 
 TRITON_TYPES = {
     "bool": "TYPE_BOOL",
@@ -40,23 +45,23 @@ TRITON_TYPES = {
 INSTALL_HINT = "pip install 'segdeploy[triton]'"
 
 
-def model_dirs(name: str, with_engine: bool) -> dict[str, str]:
-    """Triton model name -> what it runs (``onnx`` or ``plan``)."""
-    dirs = {name: "onnx"}
+def model_dirs(name: str, with_engine: bool) -> dict[str, TritonKind]:
+    """Triton model name -> what it serves."""
+    dirs = {name: TritonKind.ONNX}
     if with_engine:
-        dirs[name + TRT_SUFFIX] = "plan"
+        dirs[name + TRT_SUFFIX] = TritonKind.PLAN
     return dirs
 
 
-def max_batch_size(dynamic_batch: bool, profile: dict[str, list[int]] | None, default: int) -> int:
+def max_batch_size(spec: InputSpec, default: int) -> int:
     """0 for a fixed batch (the dims then carry it); else the TensorRT profile's largest batch, or ``default``."""
-    if not dynamic_batch:
+    if not spec.dynamic("N"):
         return 0
-    return int(profile["max"][0]) if profile else default
+    return int(spec.tensorrt_profile.max[0]) if spec.tensorrt_profile else default
 
 
 def config_text(
-    model_name: str, kind: str, inputs: list[TensorInfo], outputs: list[TensorInfo], batch: int, comment: str
+    model_name: str, kind: TritonKind, inputs: list[TensorInfo], outputs: list[TensorInfo], batch: int, comment: str
 ) -> str:
     """``config.pbtxt`` for one model.
 
@@ -68,7 +73,7 @@ def config_text(
         comment: one line said at the top.
     """
     lines = [f"# {comment}", f'name: "{model_name}"']
-    lines.append(f'backend: "{ONNX_BACKEND}"' if kind == "onnx" else f'platform: "{TENSORRT_PLATFORM}"')
+    lines.append(f'backend: "{ONNX_BACKEND}"' if kind is TritonKind.ONNX else f'platform: "{TENSORRT_PLATFORM}"')
     lines.append(f"max_batch_size: {batch}")
     for section, tensors in (("input", inputs), ("output", outputs)):
         lines.append(f"{section} [")
@@ -136,22 +141,27 @@ def parse_config(text: str) -> Any:
 
 def check_model(
     model_dir: Path,
-    kind: str,
+    kind: TritonKind,
     inputs: list[TensorInfo],
     outputs: list[TensorInfo],
     *,
+    spec: InputSpec,
     num_classes: int,
     classes_axis: int | None,
-    profile: dict[str, list[int]] | None,
 ) -> list[str]:
     """Problems of one Triton model directory against the ONNX it serves (empty: none).
 
+    What Triton itself refuses when it loads the model is refused here too: a config that does not parse,
+    a backend or platform that does not fit the file, a ``version_policy`` naming a version the
+    directory lacks, dims that contradict the model (fixed sizes it does not take, or outside a plan's
+    profile), a batch a plan cannot run, and a ``model_warmup`` whose inputs do not fit.
+
     Args:
         model_dir: ``triton/NAME`` or ``triton/NAME_trt``.
-        kind: ``onnx`` or ``plan``.
+        kind: what the model serves.
         inputs, outputs: the ONNX graph's tensors.
+        spec: the manifest's input (valid sizes, the engine profile).
         num_classes: the bundle's class count; ``classes_axis``: the main output's class axis (None: class map).
-        profile: the engine's TensorRT profile (bounds a plan's batch).
 
     Raises:
         MissingDependencyError: no Triton schema.
@@ -165,64 +175,78 @@ def check_model(
     except (ValueError, UnicodeDecodeError) as exc:
         return [f"{where} does not parse as a Triton ModelConfig: {exc}"]
     problems: list[str] = []
-    if config.name != model_dir.name:
-        problems.append(f"{where}: name {config.name!r} is not the directory's {model_dir.name!r}")
-    if kind == "onnx" and (config.backend != ONNX_BACKEND or config.platform not in ("", "onnxruntime_onnx")):
-        problems.append(
-            f"{where}: backend {config.backend!r} / platform {config.platform!r}, expected backend {ONNX_BACKEND!r}"
-        )
-    if kind == "plan" and config.platform != TENSORRT_PLATFORM and config.backend != "tensorrt":
-        problems.append(f"{where}: platform {config.platform!r}, expected {TENSORRT_PLATFORM!r}")
-    if config.default_model_filename not in ("", f"model.{kind}"):
-        problems.append(
-            f"{where}: default_model_filename {config.default_model_filename!r}, the model is 1/model.{kind}"
-        )
+    bad = lambda message: problems.append(f"{where}: {message}")
+    if config.name not in ("", model_dir.name):
+        bad(f"name {config.name!r} is not the directory's {model_dir.name!r}")
+    backend, platform = config.backend, config.platform
+    if kind is TritonKind.ONNX:
+        fits = backend in ("", ONNX_BACKEND) and platform in ("", ONNX_PLATFORM) and (backend or platform)
+        expected = f'backend "{ONNX_BACKEND}" or platform "{ONNX_PLATFORM}"'
+    else:
+        fits = backend in ("", TENSORRT_BACKEND) and platform in ("", TENSORRT_PLATFORM) and (backend or platform)
+        expected = f'platform "{TENSORRT_PLATFORM}" or backend "{TENSORRT_BACKEND}"'
+    if not fits:
+        bad(f"backend {backend!r} / platform {platform!r} does not serve model.{kind.value}: {expected}")
+    if config.default_model_filename not in ("", f"model.{kind.value}"):
+        bad(f"default_model_filename {config.default_model_filename!r}, the model is {VERSION}/model.{kind.value}")
+    problems += [f"{where}: {p}" for p in _versions(config, model_dir)]
 
     batch = int(config.max_batch_size)
+    profile = spec.tensorrt_profile if kind is TritonKind.PLAN else None
     if batch < 0:
-        problems.append(f"{where}: max_batch_size {batch} is negative")
+        bad(f"max_batch_size {batch} is negative")
     if batch > 0 and inputs and inputs[0].dims and isinstance(inputs[0].dims[0], int):
-        problems.append(f"{where}: max_batch_size {batch} > 0 but the model's batch is fixed at {inputs[0].dims[0]}")
-    if batch > 0 and profile is not None and kind == "plan" and batch > int(profile["max"][0]):
-        problems.append(
-            f"{where}: max_batch_size {batch} exceeds the engine profile's largest batch {profile['max'][0]}"
-        )
+        bad(f"max_batch_size {batch} > 0 but the model's batch is fixed at {inputs[0].dims[0]}")
+    if batch > 0 and profile is not None and batch > profile.max[0]:
+        bad(f"max_batch_size {batch} exceeds the engine profile's largest batch {profile.max[0]}")
     if batch > 0 and config.HasField("sequence_batching"):
-        problems.append(f"{where}: sequence batching does not apply to a segmentation model")
+        bad("sequence batching does not apply to a segmentation model")
     if batch == 0 and config.HasField("dynamic_batching"):
-        problems.append(f"{where}: dynamic_batching needs max_batch_size > 0")
+        bad("dynamic_batching needs max_batch_size > 0")
 
     type_names = {value: name for name, value in model_config_module().DataType.items()}
     for section, declared, actual in (("input", config.input, inputs), ("output", config.output, outputs)):
         by_name = {t.name: t for t in actual}
         if len(declared) != len(actual):
-            problems.append(f"{where}: {len(declared)} {section}s, the model has {len(actual)} ({', '.join(by_name)})")
+            bad(f"{len(declared)} {section}s, the model has {len(actual)} ({', '.join(by_name)})")
         for entry in declared:
             tensor = by_name.get(entry.name)
             if tensor is None:
-                problems.append(f"{where}: {section} {entry.name!r} is not a model {section} ({', '.join(by_name)})")
+                bad(f"{section} {entry.name!r} is not a model {section} ({', '.join(by_name)})")
                 continue
             dtype = type_names.get(entry.data_type, str(entry.data_type))
             if dtype != TRITON_TYPES.get(tensor.dtype):
-                problems.append(
-                    f"{where}: {section} {entry.name!r} has data_type {dtype}, the model's is "
+                bad(
+                    f"{section} {entry.name!r} has data_type {dtype}, the model's is "
                     f"{tensor.dtype} ({TRITON_TYPES.get(tensor.dtype, 'no Triton type')})"
                 )
-            problems += _check_dims(
-                where,
-                section,
-                entry.name,
-                list(entry.dims),
-                tensor,
-                batch,
-                num_classes if section == "output" and tensor.name == outputs[0].name else None,
-                classes_axis,
-            )
+            main_output = section == "output" and tensor.name == outputs[0].name
+            problems += [
+                f"{where}: {p}"
+                for p in _check_dims(
+                    section, entry.name, list(entry.dims), tensor, batch, num_classes if main_output else None,
+                    classes_axis, spec if section == "input" else None, profile,
+                )
+            ]  # fmt: skip
+    problems += [f"{where}: {p}" for p in _check_warmup(config, model_dir, inputs, batch, type_names, spec)]
     return problems
 
 
+def _versions(config: Any, model_dir: Path) -> list[str]:
+    """A version policy Triton can serve from the directory's versions (Triton fails the load otherwise)."""
+    present = sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
+    policy = config.version_policy
+    which = policy.WhichOneof("policy_choice") if config.HasField("version_policy") else None
+    if which == "specific":
+        missing = [v for v in policy.specific.versions if v not in present]
+        if missing or not policy.specific.versions:
+            return [f"version_policy names version(s) {missing or '(none)'}; the model has {present}"]
+    if which == "latest" and policy.latest.num_versions < 1:
+        return [f"version_policy latest num_versions {policy.latest.num_versions} serves no version"]
+    return []
+
+
 def _check_dims(
-    where: str,
     section: str,
     name: str,
     dims: list[int],
@@ -230,25 +254,84 @@ def _check_dims(
     batch: int,
     num_classes: int | None,
     classes_axis: int | None,
+    spec: InputSpec | None,
+    profile: Any,
 ) -> list[str]:
     full = ([-1] if batch > 0 else []) + dims
     model_dims = "[" + ", ".join(str(d) for d in tensor.dims) + "]"
     if len(full) != tensor.rank:
         return [
-            (
-                f"{where}: {section} {name!r} has rank {len(full)} with max_batch_size {batch} (dims {dims}), "
-                f"the model's is {tensor.rank} {model_dims}"
-            )
+            f"{section} {name!r} has rank {len(full)} with max_batch_size {batch} (dims {dims}), "
+            f"the model's is {tensor.rank} {model_dims}"
         ]
     problems = []
     if num_classes is not None and classes_axis is not None and full[classes_axis] not in (-1, num_classes):
-        problems.append(f"{where}: {section} {name!r} has {full[classes_axis]} classes, the model has {num_classes}")
+        problems.append(f"{section} {name!r} has {full[classes_axis]} classes, the model has {num_classes}")
     for axis, (declared, actual) in enumerate(zip(full, tensor.dims)):
         if axis == 0 and batch > 0:
             continue
         if declared == 0 or declared < -1:
-            problems.append(f"{where}: {section} {name!r} dim {declared} is not a size or -1")
+            problems.append(f"{section} {name!r} dim {declared} is not a size or -1")
         elif isinstance(actual, int) and declared != actual:
-            problems.append(f"{where}: {section} {name!r} dims {dims} disagree with the model's {model_dims}")
+            problems.append(f"{section} {name!r} dims {dims} disagree with the model's {model_dims}")
             break
+        elif spec is not None and declared != -1 and not isinstance(actual, int):
+            problems += _fixed_size(section, name, axis, declared, spec, profile)
+    return problems
+
+
+def _fixed_size(section: str, name: str, axis: int, size: int, spec: InputSpec, profile: Any) -> list[str]:
+    """A dim a config fixes where the model is free: a size the model takes, inside a plan's profile."""
+    letter = spec.layout[axis]
+    if letter in "HW" and not spec.valid_side(size):
+        rule = f"multiples of {spec.size_multiple}, >= {spec.min_size}" + (
+            f", <= {spec.max_size}" if spec.max_size else ""
+        )
+        return [
+            f"{section} {name!r} fixes {'height' if letter == 'H' else 'width'} {size}, "
+            f"not a size the model takes ({rule})"
+        ]
+    if profile is not None and not profile.min[axis] <= size <= profile.max[axis]:
+        return [f"{section} {name!r} dim {size} is outside the engine profile {profile.min[axis]}..{profile.max[axis]}"]
+    return []
+
+
+def _check_warmup(
+    config: Any, model_dir: Path, inputs: list[TensorInfo], batch: int, type_names: dict[int, str], spec: InputSpec
+) -> list[str]:
+    """``model_warmup`` samples Triton can run: every model input, its type, a full shape the model takes."""
+    problems = []
+    by_name = {t.name: t for t in inputs}
+    for warmup in config.model_warmup:
+        label = f"model_warmup {warmup.name!r}"
+        size = int(warmup.batch_size)
+        if (batch == 0 and size != 1) or (batch > 0 and not 1 <= size <= batch):
+            problems.append(f"{label} batch_size {size} does not fit max_batch_size {batch}")
+        missing = sorted(set(by_name) - set(warmup.inputs))
+        if missing:
+            problems.append(f"{label} lacks input(s) {', '.join(missing)}")
+        for input_name, sample in warmup.inputs.items():
+            tensor = by_name.get(input_name)
+            if tensor is None:
+                problems.append(f"{label} input {input_name!r} is not a model input")
+                continue
+            dtype = type_names.get(sample.data_type, str(sample.data_type))
+            if dtype != TRITON_TYPES.get(tensor.dtype):
+                problems.append(f"{label} input {input_name!r} is {dtype}, the model takes {tensor.dtype}")
+            dims = ([size] if batch > 0 else []) + list(sample.dims)
+            bad_dims = len(dims) != tensor.rank or any(
+                d < 1
+                or (isinstance(a, int) and d != a)
+                or (i > 0 and spec.layout[i] in "HW" and not spec.valid_side(d))
+                for i, (d, a) in enumerate(zip(dims, tensor.dims))
+            )
+            if bad_dims:
+                problems.append(
+                    f"{label} input {input_name!r} dims {list(sample.dims)} are not a shape the model takes"
+                )
+            source = sample.WhichOneof("input_data_type")
+            if source is None:
+                problems.append(f"{label} input {input_name!r} has no zero_data, random_data or input_data_file")
+            elif source == "input_data_file" and not (model_dir / "warmup" / sample.input_data_file).is_file():
+                problems.append(f"{label} input {input_name!r} names warmup/{sample.input_data_file}, which is missing")
     return problems

@@ -1,55 +1,55 @@
 """``write_bundle``: a deployment directory from a segdeploy ONNX file (and its TensorRT engine).
 
-Every input is checked before anything is written. The bundle is built in a temporary directory beside
-the target and renamed into place at the end, so a half-written bundle never appears under its name;
-``force`` replaces an existing directory only once the new one is complete.
+Every input is checked before anything is written (``plan_bundle``); the files are written into a
+temporary directory (``segdeploy.bundle.target``), the bundle is checked with ``check_bundle`` there, and
+only then put in place, so a half-written or self-contradicting bundle never appears under its name.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from segdeploy.artifact import (
-    INPUT_NAME,
-    OUTPUT_NAMES,
-    Metadata,
-    dynamic_axes,
-    file_input_shape,
-    load_onnx,
-    require_metadata,
-)
-from segdeploy.bundle import deepstream, triton
-from segdeploy.bundle.manifest import (
-    DEEPSTREAM_CONFIG,
-    GOLDEN_INPUT,
-    GOLDEN_OUTPUT,
-    LABELS,
-    MANIFEST,
-    MODEL,
-    PLAN,
-    README,
+from segdeploy.artifact import Metadata, load_onnx, require_metadata
+from segdeploy.bundle import deepstream, nvinfer, triton
+from segdeploy.bundle.engine import EngineFactsGiven, read_engine
+from segdeploy.bundle.golden import golden_frames, golden_input
+from segdeploy.bundle.layout import (
     TRITON_DEFAULT_MAX_BATCH,
-    build_manifest,
     check_name,
     default_labels,
     default_name,
-    dumps,
     file_hashes,
-    golden_input,
+    palette,
     read_labels,
 )
+from segdeploy.bundle.manifest import (
+    CLIENT,
+    DEEPSTREAM_ONNX,
+    LABELS,
+    MODEL,
+    PLAN,
+    README,
+    TRITON_DIR,
+    BundleManifest,
+    DeepStreamFiles,
+    DeepStreamMode,
+    EngineInfo,
+    Golden,
+    OutputSpec,
+    Provenance,
+    TensorProfile,
+    TritonKind,
+)
 from segdeploy.bundle.readme import readme_text
-from segdeploy.bundle.tensors import TensorInfo, graph_io
-from segdeploy.errors import UserInputError
-
-_SIDECAR_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "precision", "profile")
+from segdeploy.bundle.target import Target, building, check_target
+from segdeploy.bundle.tensors import TensorInfo, check_graph, graph_io
+from segdeploy.errors import SegdeployError
+from segdeploy.frames import FramePipeline
 
 
 @dataclass
@@ -57,14 +57,15 @@ class BundlePlan:
     """Everything a bundle is made of, checked, before a file is written."""
 
     onnx_path: Path
-    out_dir: Path
+    target: Target
     name: str
     metadata: Metadata
     inputs: list[TensorInfo]
     outputs: list[TensorInfo]
     labels: list[str]
     engine_path: Path | None = None
-    sidecar: dict[str, Any] | None = None
+    engine: EngineInfo | None = None
+    profile: TensorProfile | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -73,6 +74,7 @@ def write_bundle(
     out_dir: str | os.PathLike[str],
     *,
     engine: str | os.PathLike[str] | None = None,
+    engine_facts: EngineFactsGiven | None = None,
     labels: str | os.PathLike[str] | None = None,
     name: str | None = None,
     force: bool = False,
@@ -81,8 +83,10 @@ def write_bundle(
 
     Args:
         onnx_path: the ONNX file (with segdeploy metadata).
-        out_dir: the bundle directory to create; its parent must exist.
-        engine: a TensorRT engine built from this ONNX by ``segdeploy build`` (its ``.json`` sidecar beside it).
+        out_dir: the bundle directory: new (its parent must exist), or an existing empty directory.
+        engine: a TensorRT engine built from this ONNX: by ``segdeploy build`` (its ``.json`` sidecar beside
+            it), or elsewhere with ``engine_facts``.
+        engine_facts: the engine's facts when it has no sidecar (TensorRT version, compute capability, profile).
         labels: a text file with one label per class; default ``class_0``, ``class_1``...
         name: the model name (Triton model directories); default from the ONNX file name.
         force: replace an existing non-empty ``out_dir`` (only once the new bundle is complete).
@@ -92,20 +96,20 @@ def write_bundle(
 
     Raises:
         UserInputError: not a segdeploy ONNX (naming the missing metadata), a graph that disagrees with its
-            metadata, labels that do not match the classes, a missing engine or sidecar, an engine built from
-            another file, or an existing non-empty ``out_dir`` without ``force``.
+            metadata, labels that do not match the classes, an engine without facts or whose facts contradict
+            the ONNX, or an output location that cannot be written.
     """
-    plan = plan_bundle(onnx_path, out_dir, engine=engine, labels=labels, name=name, force=force)
-    target = plan.out_dir
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.resolve().name}.", suffix=".tmp", dir=target.resolve().parent))
-    try:
+    plan = plan_bundle(
+        onnx_path, out_dir, engine=engine, engine_facts=engine_facts, labels=labels, name=name, force=force
+    )
+    with building(plan.target) as tmp:
         _fill(tmp, plan)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; give it a plain mkdir's mode
-        _swap_into_place(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return target
+        from segdeploy.bundle.check import check_bundle
+
+        report = check_bundle(tmp)
+        if not report.ok:  # a bug of this writer: never put a bundle in place that its own check refuses
+            raise SegdeployError(f"the bundle written for {onnx_path} fails its own check: {report.problems[0]}")
+    return plan.target.path
 
 
 def plan_bundle(
@@ -113,6 +117,7 @@ def plan_bundle(
     out_dir: str | os.PathLike[str],
     *,
     engine: str | os.PathLike[str] | None = None,
+    engine_facts: EngineFactsGiven | None = None,
     labels: str | os.PathLike[str] | None = None,
     name: str | None = None,
     force: bool = False,
@@ -122,8 +127,8 @@ def plan_bundle(
     Raises:
         UserInputError: as :func:`write_bundle`.
     """
-    onnx_path, target = Path(onnx_path), Path(out_dir)
-    _check_target(target, force, [Path(p) for p in (onnx_path, engine, labels) if p is not None])
+    onnx_path = Path(onnx_path)
+    target = check_target(out_dir, force, [Path(p) for p in (onnx_path, engine, labels) if p is not None])
     model = load_onnx(onnx_path)
     metadata = require_metadata(model, where=str(onnx_path))
     inputs, outputs = graph_io(model)
@@ -140,176 +145,92 @@ def plan_bundle(
         label_list,
     )
     if engine is not None:
-        plan.engine_path, plan.sidecar = Path(engine), _read_engine(Path(engine), onnx_path, metadata)
+        plan.engine_path = Path(engine)
+        plan.engine, plan.profile = read_engine(plan.engine_path, onnx_path, model, metadata, engine_facts)
+    elif engine_facts is not None:
+        from segdeploy.errors import UserInputError
+
+        raise UserInputError("engine facts (--trt-version, --compute-capability, shapes) need --engine ENGINE")
     return plan
-
-
-# --------------------------------------------------------------------------- checks before any work
-def _check_target(target: Path, force: bool, inputs: list[Path]) -> None:
-    if not target.parent.is_dir():
-        raise UserInputError(f"cannot write bundle {target}: directory {target.parent} does not exist")
-    if target.exists() and not target.is_dir():
-        raise UserInputError(f"cannot write bundle {target}: it exists and is not a directory")
-    if target.is_dir() and any(target.iterdir()):
-        if not force:
-            raise UserInputError(f"{target} exists and is not empty: pick another directory or pass --force")
-        resolved = target.resolve()
-        if resolved == Path.cwd().resolve() or resolved in Path.cwd().resolve().parents:
-            raise UserInputError(f"cannot replace {target}: it is the current directory or holds it")
-        for path in inputs:
-            if path.exists() and resolved in path.resolve().parents:
-                raise UserInputError(f"cannot replace {target}: it holds the input {path}; copy it elsewhere first")
-
-
-def check_graph(path: Path, metadata: Metadata, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> None:
-    """The graph must be what its metadata says: the input and output a consumer will be told about."""
-    pre = metadata.preprocessing
-    if len(inputs) != 1 or inputs[0].name != INPUT_NAME:
-        names = ", ".join(t.name for t in inputs)
-        raise UserInputError(f"{path} has inputs ({names}); a segdeploy file has one input named {INPUT_NAME!r}")
-    tensor = inputs[0]
-    expected_shape = file_input_shape(metadata.trace_shape, pre.input_format)  # type: ignore[arg-type]
-    free = set(dynamic_axes(pre.input_format).values()) & set(metadata.dynamic_axes)
-    axis_names = {i: n for i, n in dynamic_axes(pre.input_format).items() if n in free}
-    if tensor.dtype != pre.input_format.dtype or tensor.rank != 4:
-        raise UserInputError(
-            f"{path}: input {tensor.name!r} is {tensor.dtype} of rank {tensor.rank}, but its metadata "
-            f"says {pre.input_format.value}"
-        )
-    for axis, (dim, traced) in enumerate(zip(tensor.dims, expected_shape)):
-        if isinstance(dim, int) and (axis in axis_names or dim != traced):
-            raise UserInputError(
-                f"{path}: input dims {list(tensor.dims)} disagree with its metadata (traced shape "
-                f"{list(expected_shape)}, dynamic {', '.join(metadata.dynamic_axes) or 'none'})"
-            )
-        if not isinstance(dim, int) and axis not in axis_names:
-            raise UserInputError(f"{path}: input axis {axis} is dynamic but its metadata fixes it")
-    wanted = OUTPUT_NAMES[metadata.output]
-    main = next((t for t in outputs if t.name == wanted), None)
-    if main is None or outputs[0].name != wanted:
-        raise UserInputError(
-            f"{path}: its first output should be {wanted!r} (output {metadata.output.value}), the "
-            f"graph has {', '.join(t.name for t in outputs)}"
-        )
-    if main.dtype != metadata.output.dtype or main.rank != len(metadata.output.layout):
-        raise UserInputError(
-            f"{path}: output {wanted!r} is {main.dtype} of rank {main.rank}, expected "
-            f"{metadata.output.dtype} {metadata.output.layout}"
-        )
-    if metadata.output.layout == "NCHW" and main.dims[1] != metadata.num_classes:
-        raise UserInputError(
-            f"{path}: output {wanted!r} has {main.dims[1]} channels, its metadata says {metadata.num_classes} classes"
-        )
-    if not metadata.num_classes or metadata.num_classes < 1:
-        raise UserInputError(f"{path}: bad num_classes {metadata.num_classes} in its metadata")
-
-
-def _read_engine(engine: Path, onnx_path: Path, metadata: Metadata) -> dict[str, Any]:
-    from segdeploy.fileio import sha256_file
-    from segdeploy.runtime.sidecar import read_sidecar, sidecar_path
-
-    if not engine.is_file():
-        raise UserInputError(f"engine {engine} does not exist")
-    if engine.stat().st_size == 0:
-        raise UserInputError(f"engine {engine} is empty")
-    sidecar = read_sidecar(engine)
-    if sidecar is None:
-        raise UserInputError(
-            f"engine {engine} has no sidecar {sidecar_path(engine)} (the facts `segdeploy build` "
-            "writes beside it): build the engine with `segdeploy build`"
-        )
-    missing = [key for key in _SIDECAR_KEYS if key not in sidecar]
-    if (
-        missing
-        or not isinstance(sidecar["profile"], dict)
-        or any(len(sidecar["profile"].get(k) or ()) != 4 for k in ("min", "opt", "max"))
-    ):
-        raise UserInputError(
-            f"{sidecar_path(engine)} is not a segdeploy engine sidecar "
-            f"({', '.join(missing) or 'profile'} missing or malformed)"
-        )
-    built_from = (sidecar.get("onnx") or {}).get("sha256")
-    if built_from is not None and built_from != sha256_file(onnx_path):
-        raise UserInputError(
-            f"engine {engine} was built from another ONNX file than {onnx_path} "
-            f"({(sidecar.get('onnx') or {}).get('path', '?')}); bundle the ONNX it was built from"
-        )
-    recorded = sidecar.get("engine_sha256")
-    if recorded is not None and recorded != sha256_file(engine):
-        raise UserInputError(f"engine {engine} is not the file its sidecar describes (sha256 differs): rebuild it")
-    fmt = sidecar.get("input_format", "float32-nchw")
-    if fmt != metadata.preprocessing.input_format.value:
-        raise UserInputError(
-            f"engine {engine} takes {fmt} input, {onnx_path} takes {metadata.preprocessing.input_format.value}"
-        )
-    return sidecar
 
 
 # --------------------------------------------------------------------------- writing
 def _fill(root: Path, plan: BundlePlan) -> None:
     """All files of the bundle under ``root``, the manifest last."""
+    from segdeploy.fileio import sha256_file
+
     shutil.copyfile(plan.onnx_path, root / MODEL)
     if plan.engine_path is not None:
         shutil.copyfile(plan.engine_path, root / PLAN)
     (root / LABELS).write_text("".join(f"{label}\n" for label in plan.labels), encoding="utf-8")
-    _write_golden(root, plan.metadata)
+    metadata = plan.metadata
+    pipeline = FramePipeline.from_metadata(metadata)
+    golden = Golden()
+    _write_golden(root, metadata, pipeline, golden)
 
-    manifest = build_manifest(name=plan.name, metadata=plan.metadata, labels=plan.labels, engine=plan.sidecar, files={})
-    spec = manifest["input"]
-    triton_models = triton.model_dirs(plan.name, plan.engine_path is not None)
-    batch = triton.max_batch_size("batch" in spec["dynamic_axes"], spec["tensorrt_profile"], TRITON_DEFAULT_MAX_BATCH)
-    for model, kind in triton_models.items():
-        directory = root / "triton" / model
-        (directory / "1").mkdir(parents=True)
+    model = load_onnx(root / MODEL)
+    spec = BundleManifest.input_of(metadata, plan.profile)
+    triton_models = triton.model_dirs(plan.name, plan.engine is not None)
+    manifest = BundleManifest(
+        name=plan.name,
+        architecture=metadata.architecture or "",
+        num_classes=int(metadata.num_classes),  # type: ignore[arg-type]
+        labels=tuple(plan.labels),
+        palette=tuple(palette(max(int(metadata.num_classes or 0), 2))),
+        precision=metadata.precision,
+        opset=int(metadata.opset),  # type: ignore[arg-type]
+        input=spec,
+        output=OutputSpec(metadata.output),
+        engine=plan.engine,
+        golden=golden,
+        pipeline=pipeline,
+        provenance=Provenance.of(
+            metadata,
+            model_sha256=sha256_file(root / MODEL),
+            ir_version=model.ir_version,
+            producer=f"{model.producer_name} {model.producer_version}".strip(),
+        ),
+        deepstream=DeepStreamFiles(DeepStreamMode.DERIVED),
+        triton={k: v for k, v in triton_models.items()},
+    )
+    if deepstream.direct_fit(manifest):
+        manifest = replace(manifest, deepstream=DeepStreamFiles(DeepStreamMode.DIRECT, onnx=None))
+    batch = triton.max_batch_size(spec, TRITON_DEFAULT_MAX_BATCH)
+    for model_name, kind in triton_models.items():
+        directory = root / TRITON_DIR / model_name
+        (directory / triton.VERSION).mkdir(parents=True)
         comment = (
             f"{plan.name}: ONNX Runtime backend, written by segdeploy bundle"
-            if kind == "onnx"
-            else f"{plan.name}: TensorRT plan for TensorRT {manifest['engine']['tensorrt_version']}, compute "
-            f"capability {manifest['engine']['compute_capability']}, written by segdeploy bundle"
+            if kind is TritonKind.ONNX
+            else f"{plan.name}: TensorRT plan for TensorRT {plan.engine.tensorrt_version}, compute "  # type: ignore[union-attr]
+            f"capability {plan.engine.compute_capability}, written by segdeploy bundle"  # type: ignore[union-attr]
         )
         (directory / "config.pbtxt").write_text(
-            triton.config_text(model, kind, plan.inputs, plan.outputs, batch, comment), encoding="utf-8"
+            triton.config_text(model_name, kind, plan.inputs, plan.outputs, batch, comment), encoding="utf-8"
         )
-        shutil.copyfile(root / (MODEL if kind == "onnx" else PLAN), directory / "1" / f"model.{kind}")
+        source = MODEL if kind is TritonKind.ONNX else PLAN
+        shutil.copyfile(root / source, directory / triton.VERSION / f"model.{kind.value}")
 
-    reasons, notes = deepstream.fit(manifest)
-    if not reasons:
-        (root / DEEPSTREAM_CONFIG).parent.mkdir()
-        (root / DEEPSTREAM_CONFIG).write_text(deepstream.config_text(manifest, plan.name), encoding="utf-8")
-    readme = readme_text(manifest, triton_models, (reasons, notes), plan.out_dir.name)
-    (root / README).write_text(readme, encoding="utf-8")
-    manifest["files"] = file_hashes(root)
-    (root / MANIFEST).write_text(dumps(manifest), encoding="utf-8")
+    config = root / manifest.deepstream.config
+    config.parent.mkdir()
+    if manifest.deepstream.mode is DeepStreamMode.DERIVED:
+        import onnx
+
+        onnx.save(nvinfer.deepstream_model(model, metadata), str(root / DEEPSTREAM_ONNX))
+    config.write_text(deepstream.config_text(manifest), encoding="utf-8")
+    shutil.copyfile(Path(triton.__file__).with_name("triton_client.py"), root / CLIENT)
+    (root / README).write_text(readme_text(manifest, plan.target.path.name), encoding="utf-8")
+    manifest.with_files(file_hashes(root)).write(root)
 
 
-def _write_golden(root: Path, metadata: Metadata) -> None:
+def _write_golden(root: Path, metadata: Metadata, pipeline: FramePipeline, golden: Golden) -> None:
     from segdeploy.runtime.ort_runner import OrtRunner
 
-    x = golden_input(metadata)
+    frames = golden_frames(metadata)
+    x = golden_input(pipeline, frames)
     with OrtRunner(root / MODEL, precision=metadata.precision, threads=1) as runner:
         y = runner.infer(x)
-    (root / GOLDEN_INPUT).parent.mkdir()
-    np.save(root / GOLDEN_INPUT, x)
-    np.save(root / GOLDEN_OUTPUT, np.ascontiguousarray(y))
-
-
-def _swap_into_place(tmp: Path, target: Path) -> None:
-    """Rename the finished bundle to ``target``; an existing one is moved aside first and removed after."""
-    if not target.exists():
-        os.rename(tmp, target)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.resolve().name}.", suffix=".old", dir=target.resolve().parent))
-    old.rmdir()
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    (root / golden.input).parent.mkdir(exist_ok=True)
+    np.save(root / golden.frames, frames)
+    np.save(root / golden.input, x)
+    np.save(root / golden.output, np.ascontiguousarray(y))

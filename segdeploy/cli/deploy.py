@@ -122,9 +122,11 @@ def doctor_cmd(
 @guarded
 def bundle_cmd(
     model_file: Annotated[Optional[Path], typer.Argument(help="The ONNX file from `segdeploy export`.")] = None,
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Bundle directory to create.")] = None,
+    output: Annotated[
+        Optional[Path], typer.Option("-o", "--output", help="Bundle directory: new, or an existing empty one.")
+    ] = None,
     engine: Annotated[
-        Optional[Path], typer.Option("--engine", help="TensorRT engine built from MODEL by `segdeploy build`.")
+        Optional[Path], typer.Option("--engine", help="TensorRT plan built from MODEL (by `segdeploy build`).")
     ] = None,
     labels: Annotated[
         Optional[Path], typer.Option("--labels", help="Text file, one label per class (default class_0, class_1...).")
@@ -136,14 +138,35 @@ def bundle_cmd(
     check: Annotated[
         Optional[Path], typer.Option("--check", metavar="DIR", help="Check an existing bundle; exit 4 on a problem.")
     ] = None,
+    trt_version: Annotated[
+        Optional[str], typer.Option("--trt-version", help="Plan without a sidecar: the TensorRT version that built it.")
+    ] = None,
+    compute_capability: Annotated[
+        Optional[str], typer.Option("--compute-capability", help="Plan without a sidecar: its GPU's MAJOR.MINOR.")
+    ] = None,
+    gpu_name: Annotated[Optional[str], typer.Option("--gpu-name", help="Plan without a sidecar: its GPU.")] = None,
+    min_shape: Annotated[Optional[str], typer.Option("--min-shape", help="Plan without a sidecar: its min shape.")] = (
+        None
+    ),
+    opt_shape: Annotated[Optional[str], typer.Option("--opt-shape", help="Plan without a sidecar: its opt shape.")] = (
+        None
+    ),
+    max_shape: Annotated[Optional[str], typer.Option("--max-shape", help="Plan without a sidecar: its max shape.")] = (
+        None
+    ),
 ) -> None:
-    """Write a deployment bundle: the model, its manifest, a golden input/output pair, Triton and DeepStream configs.
+    """Write a deployment bundle: the model, its manifest, a golden pair, Triton and DeepStream files.
 
-    `segdeploy bundle MODEL.onnx -o DIR` writes DIR atomically: segdeploy.json, model.onnx, model.plan (with
-    --engine), labels.txt, golden/, triton/, deepstream/ (when nvinfer can run the model) and README.md.
+    `segdeploy bundle MODEL.onnx -o DIR` writes DIR whole or not at all: segdeploy.json, model.onnx, model.plan
+    (with --engine), labels.txt, golden/, triton/, client.py, deepstream/ and README.md. A plan needs the
+    sidecar `segdeploy build` writes, or its facts: --trt-version, --compute-capability and the shapes.
 
     `segdeploy bundle --check DIR` proves a bundle consistent without a server or GPU.
     """
+    facts_given = {
+        "--trt-version": trt_version, "--compute-capability": compute_capability, "--gpu-name": gpu_name,
+        "--min-shape": min_shape, "--opt-shape": opt_shape, "--max-shape": max_shape,
+    }  # fmt: skip
     if check is not None:
         extra = [
             flag
@@ -154,6 +177,7 @@ def bundle_cmd(
                 ("--labels", labels),
                 ("--name", name),
                 ("--force", force or None),
+                *facts_given.items(),
             )
             if value is not None
         ]
@@ -166,49 +190,56 @@ def bundle_cmd(
     import time
 
     from segdeploy.bundle import write_bundle
+    from segdeploy.bundle.engine import EngineFactsGiven
 
+    facts = None
+    if any(v is not None for v in facts_given.values()):
+        if trt_version is None or compute_capability is None:
+            raise UserInputError("a plan's facts need both --trt-version and --compute-capability")
+        facts = EngineFactsGiven(
+            trt_version, compute_capability, min_shape, opt_shape, max_shape, gpu_name=gpu_name or "unknown"
+        )
     started = time.perf_counter()
     with make_console(True).status(f"bundling {model_file}"):
-        path = write_bundle(model_file, output, engine=engine, labels=labels, name=name, force=force)
+        path = write_bundle(
+            model_file, output, engine=engine, engine_facts=facts, labels=labels, name=name, force=force
+        )
     _print_bundle(path, time.perf_counter() - started)
 
 
 def _print_bundle(path: Path, seconds: float) -> None:
     from rich.markup import escape
 
-    from segdeploy.bundle import deepstream
-    from segdeploy.bundle.manifest import DEEPSTREAM_CONFIG, MANIFEST
+    from segdeploy.bundle.layout import walk
+    from segdeploy.bundle.manifest import BundleManifest
 
-    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    spec, out = manifest["input"], manifest["output"]
-    size = sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    manifest = BundleManifest.read(path)
+    spec, out = manifest.input, manifest.output
+    files = walk(path)[0]
+    size = sum((path / p).stat().st_size for p in files)
     console = make_console()
     console.print(
-        f"[bold]{escape(str(path))}[/bold]: {len(manifest['files']) + 1} files, {size / 1e6:.2f} MB, "
-        f"written in {seconds:.1f} s"
+        f"[bold]{escape(str(path))}[/bold]: {len(files)} files, {size / 1e6:.2f} MB, written in {seconds:.1f} s"
     )
     console.print(
-        f"  model: {manifest['precision']}, {spec['dtype']} {spec['layout']} {spec['color']} -> "
-        f"{out['kind']} ({out['dtype']} {out['layout']}), {manifest['num_classes']} classes",
+        f"  model: {manifest.precision.value}, {spec.dtype} {spec.layout} {spec.color.value} -> "
+        f"{out.kind.value} ({out.dtype} {out.layout}), {manifest.num_classes} classes",
         markup=False,
     )
-    engine = manifest.get("engine")
-    if engine:
+    if manifest.engine:
+        engine = manifest.engine
         console.print(
-            f"  engine: {engine['file']}, TensorRT {engine['tensorrt_version']} on {engine['gpu_name']} "
-            f"(compute {engine['compute_capability']})",
+            f"  engine: {engine.file}, TensorRT {engine.tensorrt_version} on {engine.gpu_name} "
+            f"(compute {engine.compute_capability}, facts from the {engine.facts.value})",
             markup=False,
         )
-    models = ", ".join(f"triton/{d.name}" for d in sorted((path / "triton").iterdir()))
-    console.print(f"  triton: {models}", markup=False)
-    reasons, notes = deepstream.fit(manifest)
-    if reasons:
-        for reason in reasons:
-            console.print(f"  deepstream: no config written: {reason}", markup=False)
-    else:
-        console.print(f"  deepstream: {DEEPSTREAM_CONFIG}", markup=False)
-        for note in notes:
-            console.print(f"  deepstream note: {note}", markup=False)
+    console.print(f"  triton: {', '.join(f'triton/{m}' for m in manifest.triton)}", markup=False)
+    ds = manifest.deepstream
+    console.print(
+        f"  deepstream: {ds.config} ({ds.mode.value}: "
+        + (f"runs {ds.onnx}, nvinfer feeds 0..255 pixels)" if ds.onnx else "runs model.onnx and the plan)"),
+        markup=False,
+    )
     console.print(f"  check it: segdeploy bundle --check {path}", markup=False)
 
 
