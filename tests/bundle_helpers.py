@@ -166,3 +166,33 @@ def one_error_line(output: str, *needles: str) -> str:
 
 def listing(directory: Path) -> list[str]:
     return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*"))
+
+
+def fake_engine_for(onnx_path: Path, directory: Path, **overrides) -> Path:
+    """Plan bytes and the sidecar `segdeploy build` writes beside them (made with its own functions)."""
+    import onnx
+
+    from segdeploy.fileio import sha256_file
+    from segdeploy.runtime.trt_build import derive_profile, make_sidecar, plan_build
+
+    engine = directory / "fp16_probs.engine"
+    engine.write_bytes(b"\x00fake TensorRT plan bytes" * 40)
+    metadata = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
+    shapes = {"min_shape": "1x3x32x32", "opt_shape": "2x3x32x40", "max_shape": "4x3x64x64", **overrides}
+    sidecar = make_sidecar(
+        plan=plan_build(10, "fp16", None),
+        profile=derive_profile(metadata, **shapes),
+        input_name="input",
+        input_format="float32-nchw",
+        trt_version="10.3.0.30",
+        gpu_name="Orin (nvgpu)",
+        compute_capability="8.7",
+        onnx_path=onnx_path,
+        onnx_sha256=sha256_file(onnx_path),
+        engine_sha256=sha256_file(engine),
+        workspace_gb=1.0,
+        timing_cache=None,
+        build_seconds=1.0,
+    )
+    sidecar.write(engine)
+    return engine

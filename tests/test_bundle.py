@@ -23,6 +23,7 @@ from bundle_helpers import (
     copy_maker,
     edit_manifest,
     exports_for,
+    fake_engine_for,
     invoke,
     listing,
     manifest_of,
@@ -39,7 +40,6 @@ from segdeploy.errors import UserInputError, VerificationError
 from segdeploy.fileio import sha256_file
 from segdeploy.frames import FramePipeline
 from segdeploy.runtime.sidecar import EngineSidecar, sidecar_path
-from segdeploy.runtime.trt_build import derive_profile, make_sidecar, plan_build
 from segdeploy.schemas import ENGINE_SIDECAR_SCHEMA, MANIFEST_SCHEMA, load_schema
 
 
@@ -299,34 +299,9 @@ def test_check_fails_when_the_manifest_disagrees_with_the_model(copy_of):
 
 
 # --------------------------------------------------------------------------- TensorRT engine (fake plan bytes)
-def _fake_engine(onnx_path: Path, directory: Path, **overrides) -> Path:
-    """Plan bytes and the sidecar `segdeploy build` writes beside them (made with its own functions)."""
-    engine = directory / "fp16_probs.engine"
-    engine.write_bytes(b"\x00fake TensorRT plan bytes" * 40)
-    metadata = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
-    shapes = {"min_shape": "1x3x32x32", "opt_shape": "2x3x32x40", "max_shape": "4x3x64x64", **overrides}
-    sidecar = make_sidecar(
-        plan=plan_build(10, "fp16", None),
-        profile=derive_profile(metadata, **shapes),
-        input_name="input",
-        input_format="float32-nchw",
-        trt_version="10.3.0.30",
-        gpu_name="Orin (nvgpu)",
-        compute_capability="8.7",
-        onnx_path=onnx_path,
-        onnx_sha256=sha256_file(onnx_path),
-        engine_sha256=sha256_file(engine),
-        workspace_gb=1.0,
-        timing_cache=None,
-        build_seconds=1.0,
-    )
-    sidecar.write(engine)
-    return engine
-
-
 @pytest.fixture
 def fake_engine(onnx_files, tmp_path) -> Path:
-    return _fake_engine(onnx_files["fp16_probs"], tmp_path)
+    return fake_engine_for(onnx_files["fp16_probs"], tmp_path)
 
 
 def test_sidecars_validate_against_their_schema_and_round_trip(fake_engine):
@@ -411,7 +386,7 @@ def test_an_engine_profile_that_contradicts_the_onnx_is_refused(onnx_files, tmp_
 
 
 def test_a_sidecar_profile_that_contradicts_a_static_onnx_is_refused(onnx_files, tmp_path):
-    engine = _fake_engine(onnx_files["fp16_probs"], tmp_path)
+    engine = fake_engine_for(onnx_files["fp16_probs"], tmp_path)
     side = json.loads(sidecar_path(engine).read_text())
     static = onnx_files["gray_probs"]  # fixed 2x1x20x28
     side["onnx"]["sha256"] = sha256_file(static)

@@ -377,7 +377,7 @@ def _simulate(
 ) -> str | None:
     """nvinfer on the golden frames must give the model's own class map (the golden output's)."""
     try:
-        got = nvinfer.simulate(
+        got, scores = nvinfer.simulate(
             frames,
             color_format=values["model-color-format"],
             scale=values["net-scale-factor"],
@@ -387,8 +387,14 @@ def _simulate(
         )
     except SegdeployError as exc:
         return f"nvinfer simulated: {onnx_file} does not run on the golden frames: {exc}"
-    if got.shape != reference.shape:
-        return f"nvinfer simulated: class map {got.shape}, the model's is {reference.shape}"
+    derived = manifest.deepstream.mode is DeepStreamMode.DERIVED
+    want = nvinfer.expected_scores(golden, manifest.output.kind, manifest.num_classes, derived)
+    where = f"nvinfer simulated on {manifest.golden.frames}"
+    if scores.shape != want.shape:
+        return f"{where}: scores {scores.shape}, expected {want.shape}"
+    difference = compare_golden(scores, want, OutputKind.PROBS)
+    if difference is not None:  # the same frames must give the model's own scores, not just a similar class map
+        return f"{where}: {onnx_file}'s scores are not the model's ({difference})"
     differing = got != reference
     if manifest.output.kind is OutputKind.LOGITS:
         differing &= ~nvinfer.near_ties(golden)  # softmax may round a near-tie either way
@@ -396,8 +402,7 @@ def _simulate(
     if count:
         unset = int((got == -1).sum())
         why = f" ({unset} left at -1: below segmentation-threshold)" if unset else ""
-        frames = manifest.golden.frames
-        return f"nvinfer simulated on {frames}: {count} of {got.size} pixels differ from the model's class map{why}"
+        return f"{where}: {count} of {got.size} pixels differ from the model's class map{why}"
     return None
 
 

@@ -293,18 +293,18 @@ def check_config(
         )
     if values["num-detected-classes"] != classes:
         bad(f"num-detected-classes={values['num-detected-classes']} but the model has {classes} score channels")
-    _check_dims(values["infer-dims"], manifest, bad)
-    _check_normalization(values["net-scale-factor"], values["offsets"], manifest, bad)
+    onnx_file = resolve(values["onnx-file"])
+    expected_onnx = MODEL if direct else manifest.deepstream.onnx
     blobs = values["output-blob-names"]
     main = manifest.output.name if direct else nvinfer.SCORES
-    if not blobs or any(n not in output_names for n in blobs):
+    if onnx_file != expected_onnx:
+        bad(f"onnx-file={values['onnx-file']} is not the bundle's {expected_onnx}")
+    elif not blobs or any(n not in output_names for n in blobs):
         bad(f"output-blob-names {blobs} are not outputs of its ONNX ({', '.join(output_names)})")
     elif blobs[0] != main:
         bad(f"output-blob-names starts with {blobs[0]!r}, the parser reads the first: expected {main!r}")
-    onnx_file = resolve(values["onnx-file"])
-    expected_onnx = MODEL if direct else manifest.deepstream.onnx
-    if onnx_file != expected_onnx:
-        bad(f"onnx-file={values['onnx-file']} is not the bundle's {expected_onnx}")
+    _check_dims(values["infer-dims"], manifest, bad)
+    _check_normalization(values["net-scale-factor"], values["offsets"], manifest, bad)
     engine = resolve(values["model-engine-file"])
     generated = expected_engine(values, manifest)
     allowed = {generated} | ({manifest.engine.file} if direct and manifest.engine else set())

@@ -133,15 +133,15 @@ def deepstream_model(model: onnx.ModelProto, metadata: Metadata) -> onnx.ModelPr
     graph.output.append(scores)
     del graph.value_info[:]  # shapes of the old input's consumers changed type; inference redoes them
     del ds.metadata_props[:]
-    helper.set_model_props(
-        ds,
-        {
-            "segdeploy_deepstream": (
-                "Gst-nvinfer input: float32 NCHW 0..255 pixels in the model's color order "
-                "(net-scale-factor=1, offsets=0); output 'scores': per-class float scores"
-            )
-        },
+    # What `segdeploy build` reads to choose a profile (sizes, channels, precision), true of this graph too; not
+    # the keys that would make it pass for a segdeploy export (its input is not the exported file's).
+    kept = ("trace_shape", "in_channels", "min_size", "size_multiple", "max_size", "precision")
+    props = {k: v for k, v in metadata.to_props().items() if k in kept and v}
+    props["segdeploy_deepstream"] = (
+        "Gst-nvinfer input: float32 NCHW 0..255 pixels in the model's color order "
+        "(net-scale-factor=1, offsets=0); output 'scores': per-class float scores"
     )
+    helper.set_model_props(ds, props)
     ds.doc_string = "DeepStream (Gst-nvinfer) form of a segdeploy model, derived by segdeploy bundle"
     onnx.checker.check_model(ds, full_check=True)
     return ds
@@ -155,8 +155,11 @@ def simulate(
     offsets: list[float],
     run: object,
     cut: float,
-) -> np.ndarray:
-    """nvinfer on frames already at the network's size: the N x H x W class map, -1 where no score passes.
+) -> tuple[np.ndarray, np.ndarray]:
+    """nvinfer on frames already at the network's size.
+
+    Returns:
+        ``(class map, scores)``: the N x H x W class map (-1 where no score passes) and the scores it came from.
 
     Args:
         frames: N x H x W x C uint8, RGB (C = 3) or grey (C = 1).
@@ -172,7 +175,31 @@ def simulate(
     offset[: len(offsets)] = np.asarray(offsets[: pixels.shape[-1]], np.float32)
     x = np.float32(scale) * (pixels - offset)
     scores = np.asarray(run(np.ascontiguousarray(x.transpose(0, 3, 1, 2))), dtype=np.float32)  # type: ignore[operator]
-    return parse_scores(scores, cut)
+    return parse_scores(scores, cut), scores
+
+
+def expected_scores(output: np.ndarray, kind: OutputKind, num_classes: int, derived: bool) -> np.ndarray:
+    """The scores nvinfer should read, made from the model's own output for the same frames.
+
+    Args:
+        output: the exported model's output (logits, probabilities or a class map).
+        kind: its kind; ``num_classes``: the model's classes.
+        derived: the scores come from the DeepStream ONNX (else nvinfer runs the model itself).
+    """
+    if not derived:
+        return output.astype(np.float32)
+    if kind is OutputKind.CLASSMAP or num_classes == 1:
+        if kind is OutputKind.CLASSMAP:
+            classes = output.astype(np.int64)
+        else:
+            classes = (output[:, 0] > (0.5 if kind is OutputKind.PROBS else 0.0)).astype(np.int64)
+        depth = score_channels(num_classes)
+        return (classes[:, None] == np.arange(depth).reshape(1, -1, 1, 1)).astype(np.float32)
+    if kind is OutputKind.LOGITS:
+        z = output.astype(np.float64)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+    return output.astype(np.float32)
 
 
 def parse_scores(scores: np.ndarray, cut: float) -> np.ndarray:
