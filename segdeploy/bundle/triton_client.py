@@ -141,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
             pipeline = manifest["pipeline"]
         except (OSError, ValueError, KeyError) as exc:
             raise ClientError(f"cannot read the bundle's segdeploy.json in {args.bundle}: {exc}", 2) from None
-        frame = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
+        try:
+            data = np.frombuffer(args.image.read_bytes(), np.uint8)
+        except OSError as exc:
+            raise ClientError(f"cannot read image {args.image}: {exc.strerror or exc}", 2) from None
+        frame = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None  # 8-bit BGR, as the C++ runtime reads
         if frame is None:
-            raise ClientError(f"cannot read image {args.image}", 2)
+            raise ClientError(f"cannot decode image {args.image}", 2)
         batch = prepare(pipeline, frame)
         output = infer(args.url, args.model or manifest["name"], manifest, batch)
         mask = colorize(to_classmap(pipeline, output), manifest["palette"], frame.shape[:2])
