@@ -165,6 +165,7 @@ def test_every_export_gets_a_config_and_the_command_says_what_it_runs(onnx_files
 def test_check_tolerates_the_engine_nvinfer_builds_and_nothing_else(copy_of):
     bundle = copy_of("logits")
     (bundle / "deepstream/nvinfer.onnx_b1_gpu0_fp32.engine").write_bytes(b"engine nvinfer built")
+    (bundle / "deepstream/nvinfer.onnx_b1_gpu0_fp32.engine.json").write_text("{}")  # or `segdeploy build`'s
     report = check_bundle(bundle)
     assert report.ok, report.problems
     (bundle / "deepstream/nvinfer.onnx_b1_gpu0_fp16.engine").write_bytes(b"another")

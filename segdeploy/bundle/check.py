@@ -144,9 +144,10 @@ def _check_files(root: Path, manifest: BundleManifest) -> CheckResult:
         elif sha256_file(root / path) != digest:
             _failed(result, f"{path} differs from the manifest's sha256 (changed after bundling)")
     generated = _generated_engine(root, manifest)
+    tolerated = {generated, f"{generated}.json"} if generated else set()  # the engine and its build sidecar
     for path in sorted(present - set(listed) - {MANIFEST}):
-        if path == generated:
-            result.detail += f"; {path} is the engine nvinfer built (allowed)"
+        if path in tolerated:
+            result.detail += f"; {path}: nvinfer's engine (allowed)"
             continue
         _failed(result, f"{path} is in the bundle but not in the manifest")
     required = [MODEL, LABELS, manifest.golden.input, manifest.golden.output, manifest.golden.frames]
