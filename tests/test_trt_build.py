@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import onnx
 import pytest
 from onnx import TensorProto, helper
@@ -17,6 +18,7 @@ from typer.testing import CliRunner
 from segdeploy.cli import app
 from segdeploy.environment import GpuInfo
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError
+from segdeploy.runtime.sidecar import EngineSidecar
 from segdeploy.runtime.trt_build import (
     BuildPlan,
     build_engine,
@@ -27,6 +29,7 @@ from segdeploy.runtime.trt_build import (
     sidecar_path,
     trt_major,
 )
+from segdeploy.schemas import ENGINE_SIDECAR_SCHEMA, load_schema
 
 GPU = GpuInfo(name="Fake GPU", compute_capability="8.6", memory_gb=24.0)
 
@@ -524,7 +527,8 @@ def test_sidecar_records_versions_gpu_profile_and_hashes(tmp_path, fake_trt):
     onnx_path = write_onnx(tmp_path / "m.onnx")
     result = build_engine(onnx_path, tmp_path / "out.engine", opt_shape="1x3x64x64")
     side = json.loads(sidecar_path(tmp_path / "out.engine").read_text())
-    assert side == result.sidecar.to_dict()
+    assert side == result.sidecar.to_dict() and EngineSidecar.read(tmp_path / "out.engine") == result.sidecar
+    jsonschema.validate(side, load_schema(ENGINE_SIDECAR_SCHEMA), cls=jsonschema.Draft202012Validator)
     assert side["tensorrt_version"] == "10.3.0.26"
     assert (side["gpu_name"], side["compute_capability"]) == ("Fake GPU", "8.6")
     assert side["precision"] == "fp32" and side["strongly_typed"] is False and side["tf32"] is False
