@@ -1,9 +1,11 @@
 """Deployment bundles: one directory with the model, its contract and the files each consumer loads.
 
 ``write_bundle`` writes it (``segdeploy bundle MODEL.onnx -o DIR``), ``check_bundle`` proves it
-consistent without a server or GPU (``segdeploy bundle --check DIR``). Layout and manifest:
-``segdeploy.bundle.manifest``; Triton: ``triton``; DeepStream: ``deepstream``. NumPy and the
-submodules' own imports load lazily, so ``import segdeploy.bundle`` stays light.
+consistent without a server or GPU (``segdeploy bundle --check DIR``). The manifest: ``manifest``
+(``BundleManifest``); names and files: ``layout``; output locations: ``target``; plans: ``engine``; the
+golden pair: ``golden``; Triton: ``triton`` and ``triton_client`` (the bundle's ``client.py``); DeepStream:
+``deepstream`` and ``nvinfer``. NumPy and the submodules' own imports load lazily, so ``import
+segdeploy.bundle`` stays light.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +48,7 @@ from segdeploy.bundle.manifest import (
 from segdeploy.bundle.readme import readme_text
 from segdeploy.bundle.target import Target, building, check_target
 from segdeploy.bundle.tensors import TensorInfo, check_graph, graph_io
-from segdeploy.errors import SegdeployError
+from segdeploy.errors import SegdeployError, UserInputError
 from segdeploy.frames import FramePipeline
 
 
@@ -66,7 +66,6 @@ class BundlePlan:
     engine_path: Path | None = None
     engine: EngineInfo | None = None
     profile: TensorProfile | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def write_bundle(
@@ -148,8 +147,6 @@ def plan_bundle(
         plan.engine_path = Path(engine)
         plan.engine, plan.profile = read_engine(plan.engine_path, onnx_path, model, metadata, engine_facts)
     elif engine_facts is not None:
-        from segdeploy.errors import UserInputError
-
         raise UserInputError("engine facts (--trt-version, --compute-capability, shapes) need --engine ENGINE")
     return plan
 
@@ -191,7 +188,7 @@ def _fill(root: Path, plan: BundlePlan) -> None:
             producer=f"{model.producer_name} {model.producer_version}".strip(),
         ),
         deepstream=DeepStreamFiles(DeepStreamMode.DERIVED),
-        triton={k: v for k, v in triton_models.items()},
+        triton=dict(triton_models),
     )
     if deepstream.direct_fit(manifest):
         manifest = replace(manifest, deepstream=DeepStreamFiles(DeepStreamMode.DIRECT, onnx=None))

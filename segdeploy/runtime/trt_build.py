@@ -32,7 +32,7 @@ from segdeploy._version import __version__
 from segdeploy.artifact import InputFormat, parse_choice, parse_precision
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError
 from segdeploy.fileio import atomic_output, check_output_path, sha256_file, write_bytes_atomic
-from segdeploy.runtime.sidecar import EngineSidecar, ProfileShapes, read_sidecar, sidecar_path  # noqa: F401
+from segdeploy.runtime.sidecar import EngineSidecar, ProfileShapes, sidecar_path
 from segdeploy.runtime.trt_plan import (
     QUANTIZED,
     BuildPlan,
