@@ -179,7 +179,7 @@ def test_check_tolerates_the_engine_nvinfer_builds_and_nothing_else(copy_of):
     [
         ("gpu-id=0", "gpu-id=0\nenable-dla=0\ntensor-meta-pool-size=8\noutput-tensor-meta=1\ninterval=0"),
         ("batch-size=1", "batch-size=4"),
-        ("model-engine-file=nvinfer.onnx_b1_gpu0_fp16.engine", "model-engine-file=nvinfer.onnx_b1_gpu0_fp16.engine"),
+        ("gie-unique-id=1", "gie-unique-id=3"),
         ("segmentation-threshold=0.125", "segmentation-threshold=0"),
         ("scaling-filter=1", "scaling-filter=0"),
     ],
