@@ -64,7 +64,10 @@ double Tensor::at(std::size_t i) const {
     return 0.0;
 }
 
-Shape::Shape(std::initializer_list<int64_t> dims) : Shape(std::vector<int64_t>(dims)) {}
+Shape::Shape(std::initializer_list<int64_t> dims) {
+    if (dims.size() > static_cast<std::size_t>(kMaxRank)) throw Error(kExitBadInput, "tensor rank above 8");
+    for (const int64_t v : dims) d[static_cast<std::size_t>(rank++)] = v;
+}
 
 Shape::Shape(const std::vector<int64_t>& dims) {
     if (dims.size() > static_cast<std::size_t>(kMaxRank))
