@@ -104,23 +104,31 @@ void write_input_item(const FramePipeline& p, const cv::Mat& frame, const Shape&
         stdev[c] = p.std.size() == 1 ? p.std[0] : p.std[static_cast<std::size_t>(c)];
     }
     const bool normalize = !p.normalize_in_graph;
+    const std::size_t base = static_cast<std::size_t>(item) * per_item;
     for (int y = 0; y < size.height; ++y) {
         const unsigned char* src = image->ptr<unsigned char>(y);
         const std::size_t row = static_cast<std::size_t>(y) * static_cast<std::size_t>(size.width);
-        for (int x = 0; x < size.width; ++x) {
-            const std::size_t pixel = row + static_cast<std::size_t>(x);
-            for (int c = 0; c < channels; ++c) {
-                const std::size_t at = static_cast<std::size_t>(item) * per_item +
-                                       (nhwc ? pixel * channels + c : static_cast<std::size_t>(c) * pixels + pixel);
-                const unsigned char v = src[x * channels + c];
-                if (p.dtype == DType::UInt8) {
-                    static_cast<unsigned char*>(data)[at] = v;
-                } else {
-                    float f = static_cast<float>(v);
-                    // The float32 operations of (x / 255 - mean) / std in NumPy, in the same order.
-                    if (normalize) f = (f / 255.0f - mean[c]) / stdev[c];
-                    static_cast<float*>(data)[at] = f;
-                }
+        if (nhwc && p.dtype == DType::UInt8) {
+            std::memcpy(static_cast<unsigned char*>(data) + base + row * channels, src,
+                        static_cast<std::size_t>(size.width) * channels);
+            continue;
+        }
+        for (int c = 0; c < channels; ++c) {
+            // One channel of one row at a time: contiguous writes in NCHW.
+            const std::size_t first = nhwc ? base + row * channels + c : base + c * pixels + row;
+            const std::size_t step = nhwc ? static_cast<std::size_t>(channels) : 1;
+            if (p.dtype == DType::UInt8) {
+                auto* dst = static_cast<unsigned char*>(data) + first;
+                for (int x = 0; x < size.width; ++x) dst[x * step] = src[x * channels + c];
+                continue;
+            }
+            float* dst = static_cast<float*>(data) + first;
+            const float m = mean[c], sd = stdev[c];
+            for (int x = 0; x < size.width; ++x) {
+                float f = static_cast<float>(src[x * channels + c]);
+                // The float32 operations of (x / 255 - mean) / std in NumPy, in the same order.
+                if (normalize) f = (f / 255.0f - m) / sd;
+                dst[x * step] = f;
             }
         }
     }
@@ -133,7 +141,8 @@ void copy_input_item(const FramePipeline& p, const Shape& shape, int64_t from, i
                 item_bytes);
 }
 
-void output_classmap(const FramePipeline& p, const HostView& out, int64_t item, cv::Mat& map) {
+void output_classmap(const FramePipeline& p, const HostView& out, int64_t item, cv::Mat& map,
+                     std::vector<float>& best) {
     const Shape& s = out.shape;
     auto bad_shape = [&]() {
         return Error(kExitBadInput, "model output " + format_shape(s) + " does not fit output kind '" + p.output + "'");
@@ -164,21 +173,21 @@ void output_classmap(const FramePipeline& p, const HostView& out, int64_t item, 
         for (std::size_t i = 0; i < pixels; ++i) dst[i] = scores[i] > p.threshold ? 1 : 0;
         return;
     }
-    for (std::size_t i = 0; i < pixels; ++i) {
-        // numpy's argmax: the first maximum, and the first NaN if there is one.
-        int32_t best = 0;
-        float best_score = scores[i];
-        if (!std::isnan(best_score)) {
-            for (int64_t c = 1; c < classes; ++c) {
-                const float v = scores[static_cast<std::size_t>(c) * pixels + i];
-                if (std::isnan(v)) {
-                    best = static_cast<int32_t>(c);
-                    break;
-                }
-                if (v > best_score) best_score = v, best = static_cast<int32_t>(c);
-            }
+    // numpy's argmax, class plane by class plane (contiguous, so the compiler vectorizes it): the first maximum
+    // wins, and the first NaN if there is one (a NaN replaces a number; nothing replaces a NaN).
+    best.resize(pixels);
+    float* best_score = best.data();
+    std::memcpy(best_score, scores, pixels * sizeof(float));
+    std::fill(dst, dst + pixels, 0);
+    for (int64_t c = 1; c < classes; ++c) {
+        const float* plane = scores + static_cast<std::size_t>(c) * pixels;
+        const auto index = static_cast<int32_t>(c);
+        for (std::size_t i = 0; i < pixels; ++i) {
+            const float v = plane[i], b = best_score[i];
+            const bool take = v > b || (v != v && b == b);
+            best_score[i] = take ? v : b;
+            dst[i] = take ? index : dst[i];
         }
-        dst[i] = best;
     }
 }
 

@@ -40,7 +40,9 @@ void copy_input_item(const FramePipeline& p, const Shape& shape, int64_t from, i
 
 // The class map (CV_32S, the output's height and width) of batch item `item`: the values of a class-map output,
 // else the first maximum over the class axis, or for one class the threshold.
-void output_classmap(const FramePipeline& p, const HostView& output, int64_t item, cv::Mat& map);
+// `best` is scratch (the best score per pixel), kept by the caller.
+void output_classmap(const FramePipeline& p, const HostView& output, int64_t item, cv::Mat& map,
+                     std::vector<float>& best);
 
 // OpenCV's INTER_NEAREST (source index floor(x * src / dst), computed as OpenCV does) with the index tables kept
 // between calls of the same sizes.

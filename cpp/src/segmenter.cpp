@@ -124,7 +124,8 @@ Tensor Segmenter::run(const Tensor& input) {
 cv::Mat Segmenter::classmap(const Tensor& output, int64_t item) const {
     detail::HostView view{output.dtype, Shape(output.shape), output.data.data()};
     cv::Mat map;
-    detail::output_classmap(impl_->manifest.pipeline, view, item, map);
+    std::vector<float> best;
+    detail::output_classmap(impl_->manifest.pipeline, view, item, map, best);
     return map;
 }
 

@@ -28,6 +28,7 @@ struct LaneState {
     int64_t first_index = 0;                   // run_stream: source index of frames[0]
     Shape shape;                               // the input shape written into the lane
     cv::Mat map;                               // class map at the output's size
+    std::vector<float> best;                   // argmax scratch
     detail::NearestResize resize;
     std::vector<cv::Mat> classmaps;            // run_stream: class maps at the frames' sizes
 };
@@ -72,7 +73,7 @@ struct Segmenter::Impl {
     void finish(int l, const detail::HostView& out, const cv::Mat* frames, int64_t n, cv::Mat* classmaps) {
         LaneState& lane = lanes[l];
         for (int64_t i = 0; i < n; ++i) {
-            detail::output_classmap(manifest.pipeline, out, i, lane.map);
+            detail::output_classmap(manifest.pipeline, out, i, lane.map, lane.best);
             if (lane.map.size() == frames[i].size()) {
                 classmaps[i].create(lane.map.size(), CV_32S);
                 lane.map.copyTo(classmaps[i]);
