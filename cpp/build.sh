@@ -53,6 +53,7 @@ command -v c++ >/dev/null || command -v g++ >/dev/null || die "no C++ compiler (
 debian_mirror() {
   if [[ -n ${SEGDEPLOY_DEBIAN_MIRROR:-} ]]; then echo "$SEGDEPLOY_DEBIAN_MIRROR"; return; fi
   local codename
+  # shellcheck disable=SC1091  # the machine's own file
   codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
   [[ -n $codename ]] || return 0
   {
