@@ -39,7 +39,7 @@ while (($#)); do
 done
 
 logs=$out/logs
-work=$out/work
+work=${SEGDEPLOY_GPU_WORK:-${TMPDIR:-/tmp}/segdeploy-gpu-acceptance}  # models, engines, videos: not results
 steps=$out/steps.tsv
 export python here work logs steps dry_run
 
@@ -193,7 +193,7 @@ step cpp-bundle 180 bash -c 'cpp_bundle "$1"' _ "$bench_model"
 step cpp-check-golden 60 "$work/cpp/segdeploy_infer" "$work/cpp_bundle" --check-golden --backend trt
 # shellcheck disable=SC2016  # $1..$5 expand in the child shell
 step cpp-video 60 bash -c '"$1" "$2" "$3" --backend trt -o "$4" --json >"$5"' _ "$work/cpp/segdeploy_infer" \
-  "$work/cpp_bundle" "$work/video.mkv" "$out/masks.mkv" "$out/cpp-video.json"
+  "$work/cpp_bundle" "$work/video.mkv" "$work/masks.mkv" "$out/cpp-video.json"
 
 if ((dry_run)); then
   exit 0
