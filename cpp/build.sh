@@ -2,7 +2,8 @@
 # Builds cpp/build/segdeploy_infer (and the segdeploy::Segmenter library) on Debian; elsewhere (Ubuntu, other
 # distributions) with ONNXRUNTIME_ROOT naming an ONNX Runtime SDK.
 #
-#  1. System packages: cmake g++ libopencv-dev nlohmann-json3-dev, installed with apt-get when missing and root.
+#  1. System packages: cmake g++ libopencv-dev nlohmann-json3-dev must be installed (this script never installs
+#     anything: it names the missing ones and the apt-get line, and exits 3).
 #  2. ONNX Runtime SDK, unless ONNXRUNTIME_ROOT names one: headers from Debian 13's libonnxruntime-dev .deb
 #     (downloaded through a private apt configuration and unpacked with dpkg -x: nothing is installed) and the
 #     library libonnxruntime.so.1.x of the onnxruntime Python wheel ($PYTHON, default python3); cached in
@@ -11,7 +12,8 @@
 #
 # Quiet unless something fails. Exit 0 built, 1 failed, 3 prerequisites missing and not installable here.
 # Environment: ONNXRUNTIME_ROOT (own SDK), PYTHON, SEGDEPLOY_CPP_BUILD_DIR (default cpp/build),
-# SEGDEPLOY_DEBIAN_MIRROR (archive URI for the trixie .deb; default: the Debian mirror apt already uses).
+# SEGDEPLOY_DEBIAN_MIRROR (archive URI for the trixie .deb; default: the Debian mirror apt already uses),
+# SEGDEPLOY_CMAKE_ARGS (more cmake -D options, split on spaces, e.g. "-DSEGDEPLOY_BUILD_TESTS=ON").
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -40,11 +42,7 @@ if command -v dpkg-query >/dev/null && command -v apt-get >/dev/null; then
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
   done
   if ((${#missing[@]})); then
-    [[ $(id -u) == 0 ]] || die "missing packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})" 3
-    say "installing ${missing[*]}"
-    export DEBIAN_FRONTEND=noninteractive
-    quiet apt-update apt-get update -qq
-    quiet apt-install apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    die "missing packages: ${missing[*]} (install them: apt-get install ${missing[*]})" 3
   fi
 fi
 command -v cmake >/dev/null || die "cmake is missing" 3
@@ -55,6 +53,7 @@ command -v c++ >/dev/null || command -v g++ >/dev/null || die "no C++ compiler (
 debian_mirror() {
   if [[ -n ${SEGDEPLOY_DEBIAN_MIRROR:-} ]]; then echo "$SEGDEPLOY_DEBIAN_MIRROR"; return; fi
   local codename
+  # shellcheck disable=SC1091  # the machine's own file
   codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
   [[ -n $codename ]] || return 0
   {
@@ -116,6 +115,8 @@ print(libs[-1] if libs else "")' 2>/dev/null) ||
 fi
 
 # ------------------------------------------------------------------------------------------- build
-quiet cmake-configure cmake -S "$here" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DONNXRUNTIME_ROOT="$sdk"
+read -r -a extra_args <<<"${SEGDEPLOY_CMAKE_ARGS:-}"
+quiet cmake-configure cmake -S "$here" -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DONNXRUNTIME_ROOT="$sdk" \
+  "${extra_args[@]}"
 quiet cmake-build cmake --build "$build_dir" --parallel "$(nproc 2>/dev/null || echo 2)"
 say "built ${build_dir}/segdeploy_infer"

@@ -1,7 +1,8 @@
 """The C++ runtime (cpp/): segdeploy_infer against Python's ONNX Runtime, on bundles made here.
 
-The program is built once per session with ``bash cpp/build.sh`` (incremental in cpp/build); the tests are
-skipped when its prerequisites are missing and cannot be installed (not root).
+The program is built once per session with ``bash cpp/build.sh`` (incremental in cpp/build; heavy tier); the tests
+are skipped when its system packages are missing (build.sh names them). Streams, videos, batches and limits are in
+test_cpp_streams.py, the TensorRT backend in test_cpp_tensorrt.py.
 
 Three bundles from two briefly trained tiny nets (random weights sit on near-ties):
 
@@ -19,10 +20,8 @@ them in the metadata) and bundled by ``segdeploy.bundle.write_bundle``: the C++ 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +29,15 @@ import onnxruntime as ort
 import pytest
 import torch
 import torch.nn.functional as F
+from cpp_support import ort_program
 from PIL import Image
 from torch import nn
 
 from segdeploy.bundle import write_bundle
 from segdeploy.data import make_shapes, train_tiny
 from segdeploy.export.onnx import export_onnx
+
+pytestmark = pytest.mark.slow  # builds the C++ program
 
 ROOT = Path(__file__).resolve().parents[1]
 CPP = ROOT / "cpp"
@@ -50,16 +52,7 @@ MAX_DIFFERING = 0.001  # the bundle format's class-map rule: at most 0.1% of pix
 @pytest.fixture(scope="session")
 def infer_program() -> Path:
     """cpp/build/segdeploy_infer, built (or brought up to date) once per session."""
-    if shutil.which("bash") is None:
-        pytest.skip("the C++ build needs bash")
-    env = {**os.environ, "PYTHON": sys.executable}  # build.sh takes ONNX Runtime's library from this wheel
-    proc = subprocess.run(
-        ["bash", str(CPP / "build.sh")], capture_output=True, text=True, env=env, timeout=1800, check=False
-    )
-    if proc.returncode == 3:
-        pytest.skip(f"C++ build prerequisites missing: {proc.stderr.strip().splitlines()[-1]}")
-    assert proc.returncode == 0, f"cpp/build.sh failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return CPP / "build" / "segdeploy_infer"
+    return ort_program()
 
 
 def _infer(program: Path, *args: object) -> subprocess.CompletedProcess:
@@ -501,7 +494,7 @@ def test_missing_bundle_and_missing_manifest_are_exit_2(infer_program, tmp_path)
 
 def test_missing_or_unreadable_image_is_one_line_and_exit_2(infer_program, bundles, tmp_path):
     proc = _infer(infer_program, bundles["rgb_classmap"], tmp_path / "missing.png", "-o", tmp_path / "mask.png")
-    _assert_one_error_line(proc, 2, "missing.png", "no such image file")
+    _assert_one_error_line(proc, 2, "missing.png", "no such image, directory or video file")
     (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     proc = _infer(infer_program, bundles["rgb_classmap"], tmp_path / "broken.png", "-o", tmp_path / "mask.png")
     _assert_one_error_line(proc, 2, "not an image")
@@ -526,4 +519,4 @@ def test_unknown_backend_and_bad_arguments_are_exit_2(infer_program, bundles):
     _assert_one_error_line(
         _infer(infer_program, bundles["rgb_classmap"], "--check-golden", "--backend", "cuda"), 2, "unknown backend"
     )
-    _assert_one_error_line(_infer(infer_program, bundles["rgb_classmap"]), 2, "expected BUNDLE_DIR and IMAGE")
+    _assert_one_error_line(_infer(infer_program, bundles["rgb_classmap"]), 2, "expected BUNDLE_DIR and INPUT")

@@ -1,6 +1,7 @@
 #include "segdeploy/manifest.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <fstream>
 
 #include <nlohmann/json.hpp>
@@ -123,6 +124,112 @@ InputSpec read_input(const Reader& r, const json& root) {
     return spec;
 }
 
+// The pipeline of a schema-1 manifest: segdeploy.frames.FramePipeline.from_metadata's rule on the same facts.
+FramePipeline derive_pipeline(const Reader& r, const json& root, const InputSpec& in, const OutputSpec& out) {
+    FramePipeline p;
+    p.channels = static_cast<int>(in.channels());
+    p.color = in.color;
+    p.dtype = in.dtype;
+    p.layout = in.layout;
+    p.normalize_in_graph = in.normalization_fused;
+    p.mean = in.mean;
+    p.std = in.std;
+    p.size_multiple = in.size_multiple;
+    p.min_size = in.min_size;
+    const json& input = root.at("input");
+    if (input.contains("max_size") && !input.at("max_size").is_null())
+        p.max_size = r.get<int64_t>(input, "max_size", "input");
+    if (!(in.dynamic_height && in.dynamic_width))
+        p.fixed_size = std::make_pair(in.shape[in.height_axis()], in.shape[in.width_axis()]);
+    if (!in.dynamic_batch) p.fixed_batch = in.shape[0];
+    p.output = out.kind;
+    p.threshold = out.kind == "probs" ? 0.5f : 0.0f;
+    return p;
+}
+
+// The manifest's `pipeline` object (FramePipeline.to_dict()).
+FramePipeline read_pipeline(const Reader& r, const json& root) {
+    const json& pl = r.need(root, "pipeline", "");
+    const json& conv = r.need(pl, "color_conversion", "pipeline");
+    const json& resize = r.need(pl, "resize", "pipeline");
+    const json& norm = r.need(pl, "normalize", "pipeline");
+    const json& tensor = r.need(pl, "tensor", "pipeline");
+    const json& out = r.need(pl, "output", "pipeline");
+    FramePipeline p;
+    p.from_manifest = true;
+    p.channels = r.get<int>(conv, "channels", "pipeline.color_conversion");
+    p.color = require_one_of(r, r.get<std::string>(conv, "color", "pipeline.color_conversion"),
+                             "pipeline.color_conversion.color", {"rgb", "bgr"});
+    // The policies this runtime implements; another one would give other masks.
+    require_one_of(r, r.get<std::string>(resize, "policy", "pipeline.resize"), "pipeline.resize.policy",
+                   {"nearest_valid"});
+    require_one_of(r, r.get<std::string>(resize, "interpolation", "pipeline.resize"),
+                   "pipeline.resize.interpolation", {"linear"});
+    require_one_of(r, r.get<std::string>(out, "mask_interpolation", "pipeline.output"),
+                   "pipeline.output.mask_interpolation", {"nearest"});
+    p.size_multiple = r.get<int64_t>(resize, "size_multiple", "pipeline.resize");
+    p.min_size = r.get<int64_t>(resize, "min_size", "pipeline.resize");
+    if (p.size_multiple < 1 || p.min_size < 1) r.fail("'pipeline.resize' size_multiple and min_size must be >= 1");
+    if (resize.contains("max_size") && !resize.at("max_size").is_null()) {
+        p.max_size = r.get<int64_t>(resize, "max_size", "pipeline.resize");
+        if (*p.max_size < 1) r.fail("'pipeline.resize.max_size' must be >= 1");
+    }
+    if (resize.contains("fixed_size") && !resize.at("fixed_size").is_null()) {
+        const auto hw = r.get<std::vector<int64_t>>(resize, "fixed_size", "pipeline.resize");
+        if (!hw.empty()) {  // Python writes null, and reads an empty list as null too
+            if (hw.size() != 2 || hw[0] < 1 || hw[1] < 1)
+                r.fail("'pipeline.resize.fixed_size' must be [height, width]");
+            p.fixed_size = std::make_pair(hw[0], hw[1]);
+        }
+    }
+    p.normalize_in_graph = r.get<bool>(norm, "in_graph", "pipeline.normalize");
+    p.mean = r.get<std::vector<float>>(norm, "mean", "pipeline.normalize");
+    p.std = r.get<std::vector<float>>(norm, "std", "pipeline.normalize");
+    const double scale = r.get<double>(norm, "scale", "pipeline.normalize");
+    if (std::abs(scale - 1.0 / 255.0) > 1e-12)
+        r.fail("'pipeline.normalize.scale' is " + std::to_string(scale) + "; this runtime implements 1/255");
+    p.dtype = dtype_from_name(require_one_of(r, r.get<std::string>(tensor, "dtype", "pipeline.tensor"),
+                                             "pipeline.tensor.dtype", {"uint8", "float32"}));
+    p.layout = require_one_of(r, r.get<std::string>(tensor, "layout", "pipeline.tensor"), "pipeline.tensor.layout",
+                              {"NCHW", "NHWC"});
+    if (tensor.contains("fixed_batch") && !tensor.at("fixed_batch").is_null()) {
+        p.fixed_batch = r.get<int64_t>(tensor, "fixed_batch", "pipeline.tensor");
+        if (*p.fixed_batch < 1) r.fail("'pipeline.tensor.fixed_batch' must be >= 1");
+    }
+    p.output = require_one_of(r, r.get<std::string>(out, "kind", "pipeline.output"), "pipeline.output.kind",
+                              {"logits", "probs", "classmap"});
+    p.threshold = r.get<float>(out, "single_channel_threshold", "pipeline.output");
+    return p;
+}
+
+// A pipeline must describe the model the manifest's input and output describe, and be one this runtime can feed.
+void check_pipeline(const Reader& r, const FramePipeline& p, const InputSpec& in, const OutputSpec& out) {
+    if (p.channels != in.channels() || p.dtype != in.dtype || p.layout != in.layout || p.output != out.kind)
+        r.fail("'pipeline' (" + std::to_string(p.channels) + " channels, " + dtype_name(p.dtype) + " " + p.layout +
+               ", " + p.output + ") disagrees with 'input'/'output' (" + std::to_string(in.channels()) +
+               " channels, " + dtype_name(in.dtype) + " " + in.layout + ", " + out.kind + ")");
+    if (!p.normalize_in_graph) {
+        if (p.dtype != DType::Float32) r.fail("a uint8 input must be normalized in the graph");
+        const auto c = static_cast<std::size_t>(p.channels);
+        for (const auto* values : {&p.mean, &p.std})
+            if (values->size() != c && values->size() != 1)
+                r.fail("the pipeline's mean and std need " + std::to_string(c) + " values, one per channel");
+        if (std::any_of(p.std.begin(), p.std.end(), [](float s) { return !(s > 0.0f); }))
+            r.fail("the pipeline's std values must be > 0");
+    }
+    if (p.fixed_size) {
+        if (p.fixed_size->first != in.shape[in.height_axis()] || p.fixed_size->second != in.shape[in.width_axis()])
+            r.fail("'pipeline.resize.fixed_size' is not the input's height and width");
+    } else {
+        const int64_t first = (p.min_size + p.size_multiple - 1) / p.size_multiple * p.size_multiple;
+        if (p.max_size && *p.max_size / p.size_multiple * p.size_multiple < first)
+            r.fail("no multiple of " + std::to_string(p.size_multiple) + " lies in [" + std::to_string(p.min_size) +
+                   ", " + std::to_string(*p.max_size) + "]");
+    }
+    if (p.fixed_batch && *p.fixed_batch != in.shape[0])
+        r.fail("'pipeline.tensor.fixed_batch' is not the input's batch");
+}
+
 OutputSpec read_output(const Reader& r, const json& root) {
     const json& out = r.need(root, "output", "");
     OutputSpec spec;
@@ -162,8 +269,8 @@ Manifest load_manifest(const std::filesystem::path& bundle_dir) {
     Manifest m;
     m.dir = bundle_dir;
     m.schema_version = r.get<int>(root, "schema_version", "");
-    if (m.schema_version != 1)
-        r.fail("schema_version " + std::to_string(m.schema_version) + " is not supported (this runtime reads 1)");
+    if (m.schema_version != 1 && m.schema_version != 2)
+        r.fail("schema_version " + std::to_string(m.schema_version) + " is not supported (this runtime reads 1 and 2)");
     m.name = r.get_or<std::string>(root, "name", "", "");
     m.architecture = r.get_or<std::string>(root, "architecture", "", "");
     m.precision = r.get_or<std::string>(root, "precision", "", "fp32");
@@ -182,6 +289,9 @@ Manifest load_manifest(const std::filesystem::path& bundle_dir) {
                " class values");
     m.input = read_input(r, root);
     m.output = read_output(r, root);
+    const bool has_pipeline = root.contains("pipeline") && !root.at("pipeline").is_null();
+    m.pipeline = has_pipeline ? read_pipeline(r, root) : derive_pipeline(r, root, m.input, m.output);
+    check_pipeline(r, m.pipeline, m.input, m.output);
 
     const json& golden = r.need(root, "golden", "");
     m.golden_input = relative_path(r, r.get<std::string>(golden, "input", "golden"), "golden.input");

@@ -64,6 +64,36 @@ double Tensor::at(std::size_t i) const {
     return 0.0;
 }
 
+Shape::Shape(std::initializer_list<int64_t> dims) {
+    if (dims.size() > static_cast<std::size_t>(kMaxRank)) throw Error(kExitBadInput, "tensor rank above 8");
+    for (const int64_t v : dims) d[static_cast<std::size_t>(rank++)] = v;
+}
+
+Shape::Shape(const std::vector<int64_t>& dims) {
+    if (dims.size() > static_cast<std::size_t>(kMaxRank))
+        throw Error(kExitBadInput, "tensor rank " + std::to_string(dims.size()) + " is above " +
+                                       std::to_string(kMaxRank));
+    rank = static_cast<int>(dims.size());
+    for (int i = 0; i < rank; ++i) d[static_cast<std::size_t>(i)] = dims[static_cast<std::size_t>(i)];
+}
+
+std::size_t Shape::count() const {
+    std::size_t n = 1;
+    for (int i = 0; i < rank; ++i) n *= static_cast<std::size_t>(d[static_cast<std::size_t>(i)]);
+    return n;
+}
+
+std::vector<int64_t> Shape::vec() const { return std::vector<int64_t>(d.begin(), d.begin() + rank); }
+
+bool Shape::operator==(const Shape& other) const {
+    if (rank != other.rank) return false;
+    for (int i = 0; i < rank; ++i)
+        if (d[static_cast<std::size_t>(i)] != other.d[static_cast<std::size_t>(i)]) return false;
+    return true;
+}
+
+std::string format_shape(const Shape& shape) { return format_shape(shape.vec()); }
+
 std::string format_shape(const std::vector<int64_t>& shape) {
     std::string out;
     for (std::size_t i = 0; i < shape.size(); ++i) out += (i ? "x" : "") + std::to_string(shape[i]);
