@@ -239,6 +239,7 @@ def test_bundles_have_the_three_flavours(bundles):
         # and the file is only promised where the capture holds
         "size_multiple": 8,
         "min_size": 16,
+        "max_size": None,
         "tensorrt_profile": None,
     }
     assert rgb["output"] == {"name": "classmap", "kind": "classmap", "dtype": "int32", "layout": "NHW"}
