@@ -78,6 +78,7 @@ class VerificationReport:
     criteria: Thresholds
     results: list[ShapeComparison]
     notes: list[str] = field(default_factory=list)
+    sizes: str | None = None  # the sizes the file promises, in words (Metadata.describe_sizes)
 
     @property
     def passed(self) -> bool:
@@ -112,6 +113,7 @@ class VerificationReport:
             "passed": self.passed,
             "criteria": {k: json_float(v) for k, v in asdict(self.criteria).items()},
             "summary": self.worst(),
+            "sizes": self.sizes,
             "notes": list(self.notes),
             "results": [r.to_dict() for r in self.results],
         }
@@ -189,6 +191,7 @@ def verify(
         thresholds,
         results,
         notes,
+        metadata.describe_sizes() if metadata.trace_shape is not None else None,
     )
 
 
@@ -281,7 +284,7 @@ def verify_file(
         metadata = _engine_metadata(file)
     loaded = rebuild_model(
         metadata, where=str(file), model=model, weights=weights, num_classes=num_classes,
-        in_channels=in_channels, config=config,
+        in_channels=in_channels, config=config, file=file,
     )  # fmt: skip
     if not shapes:
         if metadata.trace_shape is None:
@@ -295,7 +298,9 @@ def verify_file(
     checked = [check_shape(tuple(s), in_channels=loaded.in_channels, min_size=loaded.min_size) for s in shapes]  # type: ignore[arg-type]
     for shape in checked:
         metadata.check_size(shape)
-    return verify(file, loaded.module, shapes=checked, metadata=metadata, seed=seed, progress=progress)
+    report = verify(file, loaded.module, shapes=checked, metadata=metadata, seed=seed, progress=progress)
+    report.notes.extend(loaded.notes)
+    return report
 
 
 def _engine_metadata(engine: Any) -> Metadata:

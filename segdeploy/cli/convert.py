@@ -194,7 +194,7 @@ def _print_export(result: Any) -> None:
         + (", normalized in the graph" if pre.fused else ""),
     )
     table.add_row("output", f"{meta.output.value}, {meta.num_classes} classes, precision {meta.precision.value}")
-    table.add_row("sizes", result.size_rule.describe() if result.size_rule is not None else "-")
+    table.add_row("sizes", meta.describe_sizes())
     table.add_row("rewrites", ", ".join(meta.rewrites) or "-")
     lint = result.lint.summary() if result.lint is not None else "skipped"
     table.add_row("TensorRT", lint if result.tensorrt_ready else f"NOT TensorRT-ready: {lint}")

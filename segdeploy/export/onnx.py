@@ -82,7 +82,7 @@ class ExportResult:
             "dynamic": not self.metadata.static,
             "precision": self.metadata.precision.value,
             "rewrites": list(self.metadata.rewrites),
-            "sizes": self.size_rule.describe() if self.size_rule is not None else None,
+            "sizes": self.metadata.describe_sizes(),
             "metadata": self.metadata.to_props(),
             "tensorrt_ready": self.tensorrt_ready,
             "lint": self.lint.to_dict() if self.lint is not None else None,
@@ -158,6 +158,7 @@ def export_onnx(
     from segdeploy.export.capture import SizeRule, capture, check_runs, network_channels, size_rule
     from segdeploy.export.io import FusedIO
     from segdeploy.export.rewrites import apply_rewrites
+    from segdeploy.models.loading import provenance
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -243,7 +244,7 @@ def export_onnx(
         num_classes=rule.out_channels, in_channels=shape[1], trace_shape=shape,
         dynamic_axes=tuple(axes.values()) if axes else (), min_size=rule.min_size, size_multiple=rule.multiple,
         rewrites=tuple(found.applied), precision=precision, opset=opset, preprocessing=preprocessing,
-        output=output, unpool_inputs=unpool_inputs, segdeploy_version=__version__,
+        output=output, unpool_inputs=unpool_inputs, segdeploy_version=__version__, **provenance(loaded),
     )  # fmt: skip
     fp32_nodes: list[str] = []
     if precision is Precision.FP16:
@@ -366,10 +367,13 @@ def _load(
     from segdeploy.models.loading import LoadedModel, load_model
 
     if isinstance(model_or_name, nn.Module):
+        sha256 = None
         if weights is not None:
             from segdeploy.checkpoints import load_weights
+            from segdeploy.fileio import sha256_file
 
             load_weights(model_or_name, weights)
+            sha256 = sha256_file(weights)
         return LoadedModel(
             module=model_or_name.eval(),
             name=type(model_or_name).__name__,
@@ -378,6 +382,8 @@ def _load(
             in_channels=in_channels,
             min_size=1,
             source="object",
+            weights=os.fspath(weights) if weights is not None else None,
+            weights_sha256=sha256,
         )
     if not isinstance(model_or_name, str):
         raise UserInputError(
