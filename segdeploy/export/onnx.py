@@ -43,7 +43,7 @@ from segdeploy.artifact import (
 )
 from segdeploy.errors import ExportError, UserInputError, VerificationError
 from segdeploy.fileio import check_output_path
-from segdeploy.shapes import Shape, check_shape, format_shape
+from segdeploy.shapes import Shape, check_shape, format_shape, size_problem
 
 if TYPE_CHECKING:
     import torch
@@ -198,7 +198,12 @@ def export_onnx(
     try:
         program = capture(wrapper, example, axes)
     except ExportError:
-        check_runs(loaded.module, shape)  # the model's own error at this shape, if it has one
+        try:
+            check_runs(loaded.module, shape)  # the model's own error at this shape, if it has one
+        except UserInputError as exc:
+            from segdeploy.export.fit import unfit_shape_error
+
+            raise unfit_shape_error(loaded.module, shape, exc) from exc
         raise
 
     clock("sizes")
@@ -210,6 +215,9 @@ def export_onnx(
         )
     else:
         rule = SizeRule(1, max(loaded.min_size, 1), network_channels(loaded.module, program, shape))
+    unfit = size_problem(shape[2], shape[3], rule.multiple, rule.min_size) if dynamic else None
+    if unfit:  # traced off the model's own rule: its output there is not what the rule promises
+        raise UserInputError(f"bad input shape {format_shape(shape)}: {unfit}")
     notes: list[str] = []
     if rule.multiple > 1:
         notes.append(f"the model {rule.describe()}")
@@ -284,9 +292,8 @@ def export_onnx(
             clock(None)
             result.seconds = time.perf_counter() - started
             if not report.passed:
-                error = VerificationError(
-                    f"the exported file disagrees with PyTorch, {path} not written: {report.worst()}"
-                )
+                what = "disagrees with PyTorch" if report.judged else "cannot be verified"
+                error = VerificationError(f"the exported file {what}, {path} not written: {report.worst()}")
                 error.report = report  # type: ignore[attr-defined]
                 error.result = result  # type: ignore[attr-defined]
                 raise error
