@@ -296,6 +296,7 @@ class Metadata:
             "init_seed": _str(self.init_seed),
             "torch_version": self.torch_version or "",
             "segdeploy_version": self.segdeploy_version or __version__,
+            "sizes": self.describe_sizes(),
         }
         return props
 
@@ -384,6 +385,7 @@ METADATA_KEYS = {
     "init_seed": "torch seed the initial weights were drawn with ('' when unknown)",
     "torch_version": "torch version that captured the model",
     "segdeploy_version": "version of segdeploy that wrote the file",
+    "sizes": "the input sizes in words, e.g. 'fixed 1x3x512x512' or 'accepts only multiples of 32, at least 32'",
 }
 """The ``metadata_props`` segdeploy writes, all strings."""
 

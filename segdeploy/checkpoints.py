@@ -54,11 +54,18 @@ def load_checkpoint(path: str | os.PathLike[str], *, keys: Iterable[str] | None 
     """
     state = _read(Path(path))
     if keys is None:
-        for prefix in _PREFIXES:
-            if all(k.startswith(prefix) for k in state):
-                state = _strip(state, (prefix,))
-        return state
+        return _strip(state, _shared_prefixes(list(state)))
     return _strip(state, fit_prefixes(list(state), set(keys)))
+
+
+def _shared_prefixes(keys: list[str]) -> tuple[str, ...]:
+    """The prefixes of ``_PREFIXES`` every key carries, in that order (each stripped once)."""
+    shared: list[str] = []
+    for prefix in _PREFIXES:
+        if keys and all(k.startswith(prefix) for k in keys):
+            shared.append(prefix)
+            keys = [k[len(prefix) :] for k in keys]
+    return tuple(shared)
 
 
 def fit_prefixes(state_keys: list[str], own_keys: set[str]) -> tuple[str, ...]:
@@ -66,9 +73,13 @@ def fit_prefixes(state_keys: list[str], own_keys: set[str]) -> tuple[str, ...]:
 
     Every nesting of ``_PREFIXES`` that all keys carry is a candidate; the one that makes the most keys
     match the model's own wins, and stripping nothing wins ties: keys that already match are never touched.
+    When no candidate matches any key (weights of another model), the shared prefixes go, so that the
+    mismatch message names the keys as the model would.
     """
     best: tuple[str, ...] = ()
     best_score = _overlap(state_keys, own_keys)
+    if not best_score:
+        best = _shared_prefixes(state_keys)
     frontier: list[tuple[tuple[str, ...], list[str]]] = [((), state_keys)]
     for _ in range(_MAX_NESTING):
         grown = []

@@ -87,7 +87,7 @@ def test_a_static_export_says_fixed_and_verifies_at_its_one_shape(in_tmp):
     assert code == 0, output
     assert "fixed 1x3x32x32" in output and "accepts any" not in output
     exported = json.loads((in_tmp / "export.json").read_text())
-    assert exported["sizes"] == "fixed 1x3x32x32"
+    assert exported["sizes"] == exported["metadata"]["sizes"] == "fixed 1x3x32x32"
     code, output = _cli("verify", "segnet.onnx", "--report", "parity.json")
     assert code == 0, output
     report = json.loads((in_tmp / "parity.json").read_text())

@@ -345,3 +345,17 @@ def test_an_output_without_signal_is_refused_not_judged_ok(tmp_path, factory, re
     assert result.exit_code == 4 and "Traceback" not in result.output
     error_lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(error_lines) == 1 and "CANNOT VERIFY" in error_lines[0] and reason in error_lines[0]
+
+
+def test_no_zoo_model_at_its_initial_weights_lacks_signal():
+    # `segdeploy export NAME` without --weights verifies the builder's initial weights: they must be judgeable
+    from segdeploy.artifact import Preprocessing
+    from segdeploy.criteria import no_signal
+    from segdeploy.models import list_models
+    from segdeploy.reference import Reference
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
+    for name in list_models():
+        module = load_model(name, width_mult=0.125).module
+        run = Reference(module, Preprocessing()).run(x)
+        assert no_signal(run.out32, run.out64) is None, name
