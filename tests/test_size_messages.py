@@ -7,7 +7,7 @@ import textwrap
 import numpy as np
 import onnx
 import pytest
-from helpers import STRICT_UNET, TEXTBOOK_SEGNET
+from helpers import STRICT_UNET
 from typer.testing import CliRunner
 
 from segdeploy.artifact import Metadata
@@ -55,32 +55,49 @@ def test_a_size_off_the_rule_names_the_rule_and_the_nearest_sizes_both_ways():
         static.check_size((2, 3, 64, 64))
 
 
+# Pooled by 8 and transposed back without an output size: full resolution at multiples of 8 only.
+POOLED = textwrap.dedent(
+    """
+    import torch.nn.functional as F
+    from torch import nn
+
+    class Pooled(nn.Module):
+        def __init__(self, num_classes=4):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.up = nn.ConvTranspose2d(8, num_classes, 8, stride=8)
+
+        def forward(self, x):
+            return self.up(F.avg_pool2d(F.relu(self.conv(x)), 8))
+    """
+)
+
+
 @pytest.fixture(scope="module")
-def textbook(tmp_path_factory):
-    """TEXTBOOK_SEGNET (multiples of 32) exported at 64x96."""
-    root = tmp_path_factory.mktemp("textbook")
-    (root / "textbook.py").write_text(TEXTBOOK_SEGNET)
-    out = root / "textbook.onnx"
-    export_onnx(f"{root / 'textbook.py'}:build", out, input_shape=(1, 3, 64, 96), num_classes=4, verify=False)
-    return root, out
+def pooled(tmp_path_factory):
+    """POOLED (multiples of 8) exported at 32x48."""
+    root = tmp_path_factory.mktemp("pooled")
+    (root / "pooled.py").write_text(POOLED)
+    out = root / "pooled.onnx"
+    result = export_onnx(f"{root / 'pooled.py'}:Pooled", out, input_shape=(1, 3, 32, 48), num_classes=4)
+    assert result.size_rule.multiple == 8 and result.verification.passed
+    return out
 
 
-def test_an_exported_files_output_dims_read_batch_height_width(textbook):
-    _, out = textbook
-    (output,) = onnx.load(str(out)).graph.output
+def test_an_exported_files_output_dims_read_batch_height_width(pooled):
+    (output,) = onnx.load(str(pooled)).graph.output
     dims = [d.dim_param or d.dim_value for d in output.type.tensor_type.shape.dim]
-    assert dims == ["batch", 4, "height", "width"]  # torch wrote 32*((s53//32))
+    assert dims == ["batch", 4, "height", "width"]  # torch wrote 8*((s53//8))
 
 
-def test_the_onnx_runtime_runner_refuses_a_size_off_the_rule_in_one_line(textbook):
-    _, out = textbook
-    with open_runner(out) as runner:
-        assert runner.infer(np.zeros((1, 3, 64, 128), np.float32)).shape == (1, 4, 64, 128)
+def test_the_onnx_runtime_runner_refuses_a_size_off_the_rule_in_one_line(pooled):
+    with open_runner(pooled) as runner:
+        assert runner.infer(np.zeros((1, 3, 40, 64), np.float32)).shape == (1, 4, 40, 64)
         with pytest.raises(UserInputError) as info:
-            runner.infer(np.zeros((1, 3, 64, 100), np.float32))
+            runner.infer(np.zeros((1, 3, 40, 60), np.float32))
     assert str(info.value) == (
-        "bad input shape 1x3x64x100: this model takes heights and widths that are multiples of 32, "
-        "at least 32 (nearest: 64x96 or 64x128)"
+        "bad input shape 1x3x40x60: this model takes heights and widths that are multiples of 8, "
+        "at least 8 (nearest: 40x56 or 40x64)"
     )
 
 
