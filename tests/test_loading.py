@@ -202,3 +202,14 @@ def test_a_seeded_rebuild_redraws_the_exported_weights_and_notes_another_torch(u
     assert _same_weights(rebuilt.module, exported) and not rebuilt.notes
     meta.torch_version = "1.0.0"
     assert "torch 1.0.0" in rebuild_model(meta, where="m.onnx").notes[0]
+
+
+def test_every_zoo_model_is_rebuilt_with_the_same_initial_weights():
+    from segdeploy.models import list_models
+
+    for name in list_models():
+        torch.manual_seed(1)
+        first = load_model(name, width_mult=0.125).module.state_dict()
+        torch.manual_seed(2)
+        second = load_model(name, width_mult=0.125).module.state_dict()
+        assert all(torch.equal(first[k], second[k]) for k in first), name
