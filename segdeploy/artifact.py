@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from segdeploy._version import __version__
 from segdeploy.errors import UserInputError
-from segdeploy.shapes import Shape, format_shape, parse_shape
+from segdeploy.shapes import Shape, format_shape, parse_shape, size_problem
 
 if TYPE_CHECKING:
     import onnx
@@ -201,6 +201,7 @@ class Metadata:
         unpool_inputs: for index unpooling, the value name of each unpooling's pooling input and its window,
             in graph order (verification reads the window choices through them).
         weights: the checkpoint the model was built with, as given (None: the builder's initial weights).
+        weights_path: that checkpoint's absolute path at export, to find it from another directory.
         weights_sha256: that checkpoint's sha256, so a moved or changed file is noticed.
         init_seed: the torch seed the model's initial weights were drawn with (rebuilds them identically).
         torch_version: the torch that captured the model.
@@ -224,6 +225,7 @@ class Metadata:
     output: OutputKind = OutputKind.LOGITS
     unpool_inputs: tuple[tuple[str, int], ...] = ()
     weights: str | None = None
+    weights_path: str | None = None
     weights_sha256: str | None = None
     init_seed: int | None = None
     torch_version: str | None = None
@@ -233,21 +235,33 @@ class Metadata:
     def static(self) -> bool:
         return not self.dynamic_axes
 
+    def describe_sizes(self) -> str:
+        """The input sizes the file takes, in words: ``fixed 1x3x64x64`` or ``accepts only multiples of 32, ...``."""
+        if self.static:
+            return f"fixed {format_shape(self.trace_shape)}" if self.trace_shape else "fixed (shape unknown)"
+        m = max(self.size_multiple, 1)
+        sizes = "any height and width" if m == 1 else f"only multiples of {m}"
+        upper = f" and at most {self.max_size}" if self.max_size else ""
+        return f"accepts {sizes}, at least {self.min_size}{upper}"
+
     def check_size(self, nchw: Shape, what: str = "input") -> None:
-        """Refuse an NCHW shape whose sides the model does not accept (``size_multiple``, ``min_size``).
+        """Refuse an NCHW shape the file does not take: a static file's other shapes, or sides off its rule
+        (``size_multiple``, ``min_size``, ``max_size``).
 
         Raises:
             UserInputError: naming the rule and the nearest valid sizes.
         """
-        h, w = int(nchw[2]), int(nchw[3])
-        m = max(self.size_multiple, 1)
-        if h % m or w % m or min(h, w) < self.min_size:
-            up = [max(-(-side // m) * m, self.min_size) for side in (h, w)]
-            rule = f"multiples of {m}, " if m > 1 else ""
-            raise UserInputError(
-                f"bad {what} shape {format_shape(nchw)}: this model takes heights and widths that "
-                f"are {rule}at least {self.min_size} (nearest: {up[0]}x{up[1]})"
-            )
+        n, c, h, w = (int(d) for d in nchw)
+        if self.static and self.trace_shape is not None:
+            if (n, c, h, w) != tuple(self.trace_shape):
+                raise UserInputError(
+                    f"bad {what} shape {format_shape(nchw)}: this file is static, it takes only its fixed "
+                    f"{format_shape(self.trace_shape)}"
+                )
+            return
+        problem = size_problem(h, w, self.size_multiple, self.min_size, self.max_size)
+        if problem:
+            raise UserInputError(f"bad {what} shape {format_shape(nchw)}: {problem}")
 
     @property
     def index_unpooling(self) -> bool:
@@ -277,10 +291,12 @@ class Metadata:
             "output": self.output.value,
             "unpool_inputs": ",".join(f"{name}:{k}" for name, k in self.unpool_inputs),
             "weights": self.weights or "",
+            "weights_path": self.weights_path or "",
             "weights_sha256": self.weights_sha256 or "",
             "init_seed": _str(self.init_seed),
             "torch_version": self.torch_version or "",
             "segdeploy_version": self.segdeploy_version or __version__,
+            "sizes": self.describe_sizes(),
         }
         return props
 
@@ -322,6 +338,7 @@ class Metadata:
                 output=parse_choice(OutputKind, get("output") or "logits", "output"),
                 unpool_inputs=tuple(_unpool_entry(e) for e in (get("unpool_inputs") or "").split(",") if e),
                 weights=get("weights"),
+                weights_path=get("weights_path"),
                 weights_sha256=get("weights_sha256"),
                 init_seed=_int(get("init_seed")),
                 torch_version=get("torch_version"),
@@ -363,10 +380,12 @@ METADATA_KEYS = {
     "output": "logits, probs or classmap",
     "unpool_inputs": "name:window of each index unpooling's pooling input, in graph order",
     "weights": "the checkpoint the model was built with, as given ('' when none)",
+    "weights_path": "that checkpoint's absolute path at export",
     "weights_sha256": "sha256 of that checkpoint",
     "init_seed": "torch seed the initial weights were drawn with ('' when unknown)",
     "torch_version": "torch version that captured the model",
     "segdeploy_version": "version of segdeploy that wrote the file",
+    "sizes": "the input sizes in words, e.g. 'fixed 1x3x512x512' or 'accepts only multiples of 32, at least 32'",
 }
 """The ``metadata_props`` segdeploy writes, all strings."""
 

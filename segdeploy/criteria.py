@@ -141,6 +141,9 @@ def thresholds_for(precision: Precision | str = Precision.FP32, index_unpooling:
 
 _METRICS_ONLY = Thresholds("metrics", note="measured, not judged")
 
+NO_SIGNAL = "no signal"
+"""The criterion of a shape whose reference output carries nothing to judge (``no_signal``)."""
+
 FALLBACK_FP32 = Thresholds(
     "relative",
     max_rel_error=1e-4,
@@ -271,6 +274,41 @@ def compare(
         # a change of label needs the top-2 margin within twice the allowed error
         result.unexplained_flips = int((flips & (top2_margin(np.asarray(s64, np.float64)) > 2 * result.limit)).sum())
     _judge(result, thresholds, kind)
+    return result
+
+
+def no_signal(r32: np.ndarray, r64: np.ndarray | None) -> str | None:
+    """Why the reference output cannot judge a candidate, or None when it can.
+
+    A constant output (every value equal, in float32 or float64) is matched by any file that outputs
+    that constant; an output below float32's normal range (e.g. 1e-50 in float64 from untouched
+    BatchNorm statistics) is zero or denormal in float32, where no error or class can be measured.
+    """
+    if not np.issubdtype(np.asarray(r32).dtype, np.floating):
+        return None  # a class map (a file as the reference): one class everywhere is a legitimate answer
+    reference = np.asarray(r64 if r64 is not None else r32, dtype=np.float64)
+    if not reference.size or not np.all(np.isfinite(reference)):
+        return None  # non-finite references are the candidate comparison's business
+    peak = float(np.abs(reference).max())
+    if peak == 0:
+        return "the PyTorch output is zero everywhere: a dead network (uncalibrated BatchNorm?) gives nothing to judge"
+    if peak < float(np.finfo(np.float32).tiny):
+        return (
+            f"the PyTorch output carries no signal (max |x| {peak:.3g}, below float32's normal range): "
+            "uncalibrated BatchNorm or untrained weights?"
+        )
+    for out in (r32, r64):
+        if out is not None and float(np.max(out)) == float(np.min(out)):
+            return (
+                f"the PyTorch output is constant (every value {float(np.max(out)):.6g}): it does not depend "
+                "on the input, so any file that outputs that constant would pass"
+            )
+    return None
+
+
+def cannot_judge(result: ShapeComparison, reason: str) -> ShapeComparison:
+    """``result`` (its metrics kept) marked failed for want of a signal: ``reason`` comes from ``no_signal``."""
+    result.criterion, result.passed, result.failed = NO_SIGNAL, False, [f"cannot judge: {reason}"]
     return result
 
 

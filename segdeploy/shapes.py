@@ -44,3 +44,23 @@ def check_shape(shape: Shape, *, in_channels: int | None = None, min_size: int =
 def format_shape(shape: tuple[int, ...]) -> str:
     """``(1, 3, 512, 512)`` -> ``"1x3x512x512"``."""
     return "x".join(str(int(d)) for d in shape)
+
+
+def size_problem(h: int, w: int, multiple: int = 1, min_size: int = 1, max_size: int | None = None) -> str | None:
+    """Why ``h`` x ``w`` is off a size rule, naming the rule and the nearest valid sizes; None when it fits."""
+    m = max(int(multiple), 1)
+    low = -(-max(int(min_size), 1) // m) * m
+    high = max_size // m * m if max_size else None
+    if h % m == 0 and w % m == 0 and min(h, w) >= low and (high is None or max(h, w) <= high):
+        return None
+
+    def clamp(side: int) -> int:
+        side = max(side, low)
+        return min(side, high) if high is not None else side
+
+    below = (clamp(h // m * m), clamp(w // m * m))
+    above = (clamp(-(-h // m) * m), clamp(-(-w // m) * m))
+    shown = " or ".join(dict.fromkeys(f"{a}x{b}" for a, b in (below, above)))
+    rule = f"multiples of {m}, " if m > 1 else ""
+    upper = f" and at most {high}" if high is not None else ""
+    return f"this model takes heights and widths that are {rule}at least {low}{upper} (nearest: {shown})"

@@ -19,11 +19,14 @@ import numpy as np
 from segdeploy.artifact import Metadata, OutputKind, Precision, parse_precision
 from segdeploy.criteria import (
     FALLBACK_FP32,
+    NO_SIGNAL,
     ShapeComparison,
     Thresholds,
+    cannot_judge,
     check_pool_inputs,
     compare,
     json_float,
+    no_signal,
     probabilities,
     ratio_text,
     thresholds_for,
@@ -78,19 +81,27 @@ class VerificationReport:
     criteria: Thresholds
     results: list[ShapeComparison]
     notes: list[str] = field(default_factory=list)
+    sizes: str | None = None  # the sizes the file promises, in words (Metadata.describe_sizes)
 
     @property
     def passed(self) -> bool:
         return bool(self.results) and all(r.passed for r in self.results)
+
+    @property
+    def judged(self) -> bool:
+        """Every shape's reference carried a signal to judge by (see ``criteria.no_signal``)."""
+        return all(r.criterion != NO_SIGNAL for r in self.results)
 
     def worst(self) -> str:
         """One line: the verdict, the worst shape's numbers and the criterion."""
         if not self.results:
             return "no shapes verified"
         verdict = "passed" if self.passed else "FAILED"
-        failing = [r for r in self.results if not r.passed]
+        failing = sorted((r for r in self.results if not r.passed), key=lambda r: r.criterion == NO_SIGNAL)
         worst = failing[0] if failing else max(self.results, key=lambda r: r.ratio or r.max_rel_error)
         where = f" at {format_shape(worst.shape)}" if failing else f", worst at {format_shape(worst.shape)}"
+        if worst.criterion == NO_SIGNAL:
+            return f"CANNOT VERIFY at {format_shape(worst.shape)}: {worst.failed[0].removeprefix('cannot judge: ')}"
         if worst.ratio is not None and worst.criterion == "noise-floor":
             numbers = (
                 f"error {worst.error:.3g} = {ratio_text(worst)} noise floor {worst.floor:.3g} "
@@ -112,6 +123,7 @@ class VerificationReport:
             "passed": self.passed,
             "criteria": {k: json_float(v) for k, v in asdict(self.criteria).items()},
             "summary": self.worst(),
+            "sizes": self.sizes,
             "notes": list(self.notes),
             "results": [r.to_dict() for r in self.results],
         }
@@ -178,6 +190,10 @@ def verify(
             if run.float64_error and not notes:
                 notes.append(f"no float64 reference ({run.float64_error}): {FALLBACK_FP32.note}")
             results.append(_compare_run(outs[0], run, criteria, metadata.output, shape))
+            reason = no_signal(run.out32, run.out64)
+            if reason:
+                cannot_judge(results[-1], reason)
+                continue
             if forced and run.out64 is not None:
                 check_pool_inputs(results[-1], outs[1:], run.pool32, run.pool64, windows)
     if forced:
@@ -189,6 +205,7 @@ def verify(
         thresholds,
         results,
         notes,
+        metadata.describe_sizes() if metadata.trace_shape is not None else None,
     )
 
 
@@ -281,7 +298,7 @@ def verify_file(
         metadata = _engine_metadata(file)
     loaded = rebuild_model(
         metadata, where=str(file), model=model, weights=weights, num_classes=num_classes,
-        in_channels=in_channels, config=config,
+        in_channels=in_channels, config=config, file=file,
     )  # fmt: skip
     if not shapes:
         if metadata.trace_shape is None:
@@ -295,7 +312,9 @@ def verify_file(
     checked = [check_shape(tuple(s), in_channels=loaded.in_channels, min_size=loaded.min_size) for s in shapes]  # type: ignore[arg-type]
     for shape in checked:
         metadata.check_size(shape)
-    return verify(file, loaded.module, shapes=checked, metadata=metadata, seed=seed, progress=progress)
+    report = verify(file, loaded.module, shapes=checked, metadata=metadata, seed=seed, progress=progress)
+    report.notes.extend(loaded.notes)
+    return report
 
 
 def _engine_metadata(engine: Any) -> Metadata:

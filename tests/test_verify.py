@@ -288,3 +288,74 @@ def test_verify_cli_refuses_files_that_are_not_onnx_in_one_line(workdir, tmp_pat
     assert "Traceback" not in result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and f"{kind}.onnx" in lines[0]
+
+
+# --------------------------------------------------------------------------- outputs without signal
+
+DEAD_NETS = """
+import torch
+from torch import nn
+
+
+class Zero(nn.Module):
+    # every ReLU input negative: a dead network outputs zeros
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, num_classes, 3, padding=1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x) - 1e6)
+
+
+class Vanishing(nn.Module):
+    # activations shrunk by untouched BatchNorm statistics, layer after layer: ~1e-50 in float64, 0 in float32
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, num_classes, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) * 1e-25 * 1e-25
+"""
+
+
+def test_no_signal_names_zero_tiny_and_constant_outputs_and_passes_real_ones():
+    from segdeploy.criteria import no_signal
+
+    rng = np.random.default_rng(0)
+    normal = rng.standard_normal((1, 3, 8, 8))
+    assert no_signal(normal.astype(np.float32), normal) is None
+    assert "zero everywhere" in no_signal(np.zeros((1, 3, 8, 8), np.float32), np.zeros((1, 3, 8, 8)))
+    tiny = normal * 1e-50
+    assert "max |x| " in no_signal(tiny.astype(np.float32), tiny) and "BatchNorm" in no_signal(tiny, tiny)
+    assert "constant" in no_signal(np.full((1, 3, 8, 8), 0.25, np.float32), np.full((1, 3, 8, 8), 0.25))
+    assert no_signal(np.zeros((1, 8, 8), np.int32), None) is None  # a class map: one class is an answer
+
+
+@pytest.mark.parametrize(("factory", "reason"), [("Zero", "zero everywhere"), ("Vanishing", "max |x| 3")])
+def test_an_output_without_signal_is_refused_not_judged_ok(tmp_path, factory, reason):
+    from segdeploy.export.onnx import export_onnx
+
+    (tmp_path / "dead.py").write_text(DEAD_NETS)
+    spec = f"{tmp_path / 'dead.py'}:{factory}"
+    with pytest.raises(VerificationError, match=f"cannot be verified.*CANNOT VERIFY at 1x3x32x32: .*{reason}"):
+        export_onnx(spec, tmp_path / "dead.onnx", input_shape=(1, 3, 32, 32))
+    assert not (tmp_path / "dead.onnx").exists()
+    export_onnx(spec, tmp_path / "dead.onnx", input_shape=(1, 3, 32, 32), verify=False)
+    result = CliRunner().invoke(app, ["verify", str(tmp_path / "dead.onnx")])
+    assert result.exit_code == 4 and "Traceback" not in result.output
+    error_lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and "CANNOT VERIFY" in error_lines[0] and reason in error_lines[0]
+
+
+def test_no_zoo_model_at_its_initial_weights_lacks_signal():
+    # `segdeploy export NAME` without --weights verifies the builder's initial weights: they must be judgeable
+    from segdeploy.artifact import Preprocessing
+    from segdeploy.criteria import no_signal
+    from segdeploy.models import list_models
+    from segdeploy.reference import Reference
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64), dtype=np.float32)
+    for name in list_models():
+        module = load_model(name, width_mult=0.125).module
+        run = Reference(module, Preprocessing()).run(x)
+        assert no_signal(run.out32, run.out64) is None, name

@@ -194,7 +194,7 @@ def _print_export(result: Any) -> None:
         + (", normalized in the graph" if pre.fused else ""),
     )
     table.add_row("output", f"{meta.output.value}, {meta.num_classes} classes, precision {meta.precision.value}")
-    table.add_row("sizes", result.size_rule.describe() if result.size_rule is not None else "-")
+    table.add_row("sizes", meta.describe_sizes())
     table.add_row("rewrites", ", ".join(meta.rewrites) or "-")
     lint = result.lint.summary() if result.lint is not None else "skipped"
     table.add_row("TensorRT", lint if result.tensorrt_ready else f"NOT TensorRT-ready: {lint}")
@@ -218,7 +218,10 @@ def verify_cmd(
     model: Annotated[
         Optional[str], typer.Option("--model", help="Zoo name or file.py:factory (default: the file's metadata).")
     ] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint for the PyTorch reference.")] = None,
+    weights: Annotated[
+        Optional[Path],
+        typer.Option(help="Checkpoint for the PyTorch reference (default: the one the file records, by sha256)."),
+    ] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Classes (default: metadata, else 21).")] = None,
     in_channels: Annotated[Optional[int], typer.Option(help="Input channels (default: metadata, else 3).")] = None,
     config: ConfigOption = None,
@@ -230,9 +233,11 @@ def verify_cmd(
 ) -> None:
     """Check an exported model against PyTorch at several valid input shapes.
 
+    The PyTorch model is rebuilt from the file's metadata: the checkpoint it records (found by its
+    sha256; exit 2 asking for --weights when it moved or changed) or the seed of its initial weights.
     An FP32 file passes when its error against the float64 model is within 4x PyTorch's own
     float32 error and class changes are confined to near-ties; FP16 files by relative error and
-    agreement. Exit code 4 when verification fails.
+    agreement. Exit code 4 when verification fails, or when PyTorch's output carries no signal to judge.
     """
     from segdeploy.errors import VerificationError
     from segdeploy.fileio import check_output_path

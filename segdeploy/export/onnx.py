@@ -43,7 +43,7 @@ from segdeploy.artifact import (
 )
 from segdeploy.errors import ExportError, UserInputError, VerificationError
 from segdeploy.fileio import check_output_path
-from segdeploy.shapes import Shape, check_shape, format_shape
+from segdeploy.shapes import Shape, check_shape, format_shape, size_problem
 
 if TYPE_CHECKING:
     import torch
@@ -82,7 +82,7 @@ class ExportResult:
             "dynamic": not self.metadata.static,
             "precision": self.metadata.precision.value,
             "rewrites": list(self.metadata.rewrites),
-            "sizes": self.size_rule.describe() if self.size_rule is not None else None,
+            "sizes": self.metadata.describe_sizes(),
             "metadata": self.metadata.to_props(),
             "tensorrt_ready": self.tensorrt_ready,
             "lint": self.lint.to_dict() if self.lint is not None else None,
@@ -158,6 +158,7 @@ def export_onnx(
     from segdeploy.export.capture import SizeRule, capture, check_runs, network_channels, size_rule
     from segdeploy.export.io import FusedIO
     from segdeploy.export.rewrites import apply_rewrites
+    from segdeploy.models.loading import provenance
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -197,7 +198,12 @@ def export_onnx(
     try:
         program = capture(wrapper, example, axes)
     except ExportError:
-        check_runs(loaded.module, shape)  # the model's own error at this shape, if it has one
+        try:
+            check_runs(loaded.module, shape)  # the model's own error at this shape, if it has one
+        except UserInputError as exc:
+            from segdeploy.export.fit import unfit_shape_error
+
+            raise unfit_shape_error(loaded.module, shape, exc) from exc
         raise
 
     clock("sizes")
@@ -209,6 +215,9 @@ def export_onnx(
         )
     else:
         rule = SizeRule(1, max(loaded.min_size, 1), network_channels(loaded.module, program, shape))
+    unfit = size_problem(shape[2], shape[3], rule.multiple, rule.min_size) if dynamic else None
+    if unfit:  # traced off the model's own rule: its output there is not what the rule promises
+        raise UserInputError(f"bad input shape {format_shape(shape)}: {unfit}")
     notes: list[str] = []
     if rule.multiple > 1:
         notes.append(f"the model {rule.describe()}")
@@ -243,7 +252,7 @@ def export_onnx(
         num_classes=rule.out_channels, in_channels=shape[1], trace_shape=shape,
         dynamic_axes=tuple(axes.values()) if axes else (), min_size=rule.min_size, size_multiple=rule.multiple,
         rewrites=tuple(found.applied), precision=precision, opset=opset, preprocessing=preprocessing,
-        output=output, unpool_inputs=unpool_inputs, segdeploy_version=__version__,
+        output=output, unpool_inputs=unpool_inputs, segdeploy_version=__version__, **provenance(loaded),
     )  # fmt: skip
     fp32_nodes: list[str] = []
     if precision is Precision.FP16:
@@ -283,9 +292,8 @@ def export_onnx(
             clock(None)
             result.seconds = time.perf_counter() - started
             if not report.passed:
-                error = VerificationError(
-                    f"the exported file disagrees with PyTorch, {path} not written: {report.worst()}"
-                )
+                what = "disagrees with PyTorch" if report.judged else "cannot be verified"
+                error = VerificationError(f"the exported file {what}, {path} not written: {report.worst()}")
                 error.report = report  # type: ignore[attr-defined]
                 error.result = result  # type: ignore[attr-defined]
                 raise error
@@ -366,10 +374,13 @@ def _load(
     from segdeploy.models.loading import LoadedModel, load_model
 
     if isinstance(model_or_name, nn.Module):
+        sha256 = None
         if weights is not None:
             from segdeploy.checkpoints import load_weights
+            from segdeploy.fileio import sha256_file
 
             load_weights(model_or_name, weights)
+            sha256 = sha256_file(weights)
         return LoadedModel(
             module=model_or_name.eval(),
             name=type(model_or_name).__name__,
@@ -378,6 +389,8 @@ def _load(
             in_channels=in_channels,
             min_size=1,
             source="object",
+            weights=os.fspath(weights) if weights is not None else None,
+            weights_sha256=sha256,
         )
     if not isinstance(model_or_name, str):
         raise UserInputError(

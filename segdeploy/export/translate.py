@@ -12,6 +12,7 @@ import contextlib
 import functools
 import inspect
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -131,13 +132,59 @@ def _run_torch_exporter(program: Any, example: torch.Tensor, output_name: str, o
 
 
 def _name_dynamic_axes(proto: onnx.ModelProto, axes: dict[int, str]) -> None:
-    """Give the input's symbolic dims their names (batch, height, width) everywhere they appear."""
+    """Give the input's symbolic dims their names (batch, height, width) everywhere they appear, and the
+    outputs' dims computed from them a name a reader understands (``height``, ``height/4``; see ``readable_dim``)."""
     dims = proto.graph.input[0].type.tensor_type.shape.dim
     renames = {dims[axis].dim_param: name for axis, name in axes.items() if dims[axis].dim_param}
     for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in renames:
                 dim.dim_param = renames[dim.dim_param]
+    for value in proto.graph.output:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param and dim.dim_param not in renames.values():
+                dim.dim_param = readable_dim(dim.dim_param, renames)
+
+
+_DIM_MULTIPLES = (1, 2, 4, 8, 16, 32, 64, 128)
+_DIM_EXPRESSION = re.compile(r"^(?:[\s\d()+\-*/,]|s\d+|Max|Min|floor|ceiling|Mod)+$")
+
+
+def readable_dim(expression: str, renames: dict[str, str]) -> str:
+    """An output dim written by torch (``32*((s53//32))``) in the input's axis names.
+
+    A dim that equals a fixed fraction of one input side at all its multiples of some ``m`` (the sizes a
+    model accepts are such multiples) is named by it: ``height``, ``height/4``, ``2*width``. Anything
+    else keeps its expression, with the names put in (``floor(height/16)*floor(width/16) + 1``).
+    """
+    import sympy
+
+    if not _DIM_EXPRESSION.match(expression):
+        return expression  # not torch's symbolic arithmetic: leave it as it is
+    symbols = {name: sympy.Symbol(name, integer=True, positive=True) for name in renames}
+    try:
+        expr = sympy.sympify(expression, locals=symbols)
+    except (sympy.SympifyError, SyntaxError, TypeError):
+        return expression
+    free = [s for s in expr.free_symbols if s.name in renames]
+    if len(free) != len(expr.free_symbols) or not free:
+        return expression
+    if len(free) == 1:
+        (side,) = free
+        k = sympy.Symbol("k", integer=True, positive=True)
+        for m in _DIM_MULTIPLES:
+            ratio = sympy.simplify(expr.subs(side, m * k) / (m * k))
+            if ratio.is_Rational and ratio > 0:
+                return _scaled(renames[side.name], ratio)
+    named = expr.subs({s: sympy.Symbol(renames[s.name]) for s in free})
+    return str(named)
+
+
+def _scaled(name: str, ratio: Any) -> str:
+    """``height``, ``height/4``, ``2*height``, ``3*height/4``."""
+    p, q = int(ratio.p), int(ratio.q)
+    text = name if p == 1 else f"{p}*{name}"
+    return text if q == 1 else f"{text}/{q}"
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import numpy as np
 
 from segdeploy.artifact import Precision, Runtime, parse_precision
 from segdeploy.errors import UserInputError
-from segdeploy.shapes import format_shape
+from segdeploy.shapes import format_shape, size_problem
 
 DEFAULT_SECONDS = 3.0
 MIN_ITERATIONS = 10
@@ -36,6 +36,7 @@ class InputSpec:
     layout: str = "NCHW"
     channels: int | None = None
     fixed: dict[int, int] = field(default_factory=dict)  # axis -> size for static dimensions
+    sizes: tuple[int, int, int | None] | None = None  # (multiple, min, max) of H and W: a file's size rule
 
     def expected(self) -> str:
         """E.g. ``"Nx3xHxW float32"`` or ``"1x512x512x3 uint8"``."""
@@ -75,6 +76,11 @@ def check_batch(batch: np.ndarray, spec: InputSpec) -> np.ndarray:
     wrong_fixed = any(batch.shape[axis] != size for axis, size in spec.fixed.items())
     if wrong_channels or wrong_fixed:
         raise UserInputError(f"bad input shape {format_shape(batch.shape)}: the model expects {spec.expected()}")
+    if spec.sizes is not None:
+        h, w = (batch.shape[spec.layout.index(axis)] for axis in "HW")
+        problem = size_problem(int(h), int(w), *spec.sizes)
+        if problem:
+            raise UserInputError(f"bad input shape {format_shape(batch.shape)}: {problem}")
     want = np.dtype(spec.dtype)
     if want == np.uint8 and batch.dtype != np.uint8:
         raise UserInputError(f"bad input dtype {batch.dtype}: this model takes raw uint8 pixels ({spec.expected()})")

@@ -119,7 +119,7 @@ class OrtRunner(Runner):
         layout = self._layout(dtype)
         fixed = {axis: int(d) for axis, d in enumerate(chosen.shape) if isinstance(d, int) and d > 0}
         channels = fixed.pop(layout.index("C"), None)
-        self.input_spec = InputSpec(dtype, layout, channels, fixed)
+        self.input_spec = InputSpec(dtype, layout, channels, fixed, self._size_rule(layout, fixed))
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_name = outputs[main_output_index(outputs)]
 
@@ -129,6 +129,17 @@ class OrtRunner(Runner):
             return "NCHW"
         meta = self.session.get_modelmeta().custom_metadata_map
         return parse_choice(InputFormat, meta.get("input_format", "uint8-nchw"), "input_format").layout
+
+    def _size_rule(self, layout: str, fixed: dict[int, int]) -> tuple[int, int, int | None] | None:
+        """The heights and widths a segdeploy file's metadata says it takes (None: a static or foreign file)."""
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if "size_multiple" not in meta or layout.index("H") in fixed or layout.index("W") in fixed:
+            return None
+        try:
+            maximum = meta.get("max_size", "").strip()
+            return int(meta["size_multiple"] or 1), int(meta.get("min_size") or 1), int(maximum) if maximum else None
+        except ValueError:
+            return None  # unreadable metadata: ONNX Runtime's own checks still apply
 
     @property
     def input_shape(self) -> list[Any]:
