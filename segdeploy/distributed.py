@@ -1,10 +1,11 @@
-"""``--ray``: predict and eval spread over a Ray cluster (an existing one, or a local one started here).
+"""``--ray``: work spread over a Ray cluster (an existing one, or a local one started here).
 
-Ray is the engine: each worker is a Ray actor that opens one runner per candidate once and then takes
-chunks of the set through ``ray.util.ActorPool``. Workers read the images where they lie (the paths
-must be visible to them, as on a shared filesystem or a one-machine cluster); eval workers return
-``EvalPartial``s whose confusion matrices are summed exactly, so the scores equal the one-process run's;
-predict workers run the same ``Predictor`` and write the same files into the output directory.
+Ray is the engine. ``run_on_ray`` starts one actor per worker; each actor builds its worker object once
+(``predict``'s ``Predictor`` or ``eval``'s ``Evaluator``: one runner per candidate, opened at the first
+chunk) and then takes chunks of the inputs through ``ray.util.ActorPool``. Workers read the files where
+they lie: the paths must be visible to them (a shared filesystem, or a one-machine cluster). The caller
+merges what the chunks return (eval sums confusion matrices, exact in any order); this module knows
+nothing of what the workers do.
 """
 
 from __future__ import annotations
@@ -14,19 +15,35 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError, first_line
 
-if TYPE_CHECKING:
-    from segdeploy.candidates import CandidateSpec
-    from segdeploy.datasets import Sample
-    from segdeploy.evaluate import EvalOptions, EvalPartial
-    from segdeploy.predict import PredictInput, PredictOptions, PredictSummary
-
 TASKS_PER_WORKER = 4
-"""The set is cut into about this many chunks per worker: late chunks balance uneven workers."""
+"""The inputs are cut into about this many chunks per worker: late chunks even out uneven workers."""
 MAX_CHUNK = 64
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how wide to run.
+
+    Attributes:
+        address: an existing cluster (``ray://host:10001`` or ``host:6379``); None starts a local one.
+        workers: actors (default: the cluster's CPUs / ``cpus_per_worker``, at most one per chunk).
+        cpus_per_worker: CPUs reserved per actor; its runners use that many threads.
+        gpus_per_worker: GPUs per actor (default: 1 when a candidate runs on TensorRT, else 0).
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float | None = None
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.cpus_per_worker))
 
 
 def ray_module() -> Any:
@@ -39,66 +56,97 @@ def ray_module() -> Any:
 
 
 @contextmanager
-def cluster(address: str | None, workers: int | None) -> Iterator[Any]:
-    """Ray connected to ``address``, or a local cluster of ``workers`` CPUs (shut down on exit).
+def cluster(options: RayOptions) -> Iterator[Any]:
+    """Ray connected to ``options.address``, or a local cluster (shut down on exit).
 
     An already initialized Ray (a caller's) is used as it is and left running.
 
     Raises:
-        UserInputError: no cluster at ``address``.
+        UserInputError: no cluster at the address.
     """
     ray = ray_module()
     if ray.is_initialized():
         yield ray
         return
+    quiet = {"logging_level": logging.ERROR, "log_to_driver": False}
     try:
-        if address:
-            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        if options.address:
+            ray.init(address=options.address, **quiet)
         else:
-            ray.init(
-                num_cpus=workers or os.cpu_count() or 1, include_dashboard=False, logging_level=logging.ERROR,
-                log_to_driver=False,
-            )  # fmt: skip
+            cpus = max(int(math.ceil((options.workers or 0) * options.cpus_per_worker)), 0) or os.cpu_count() or 1
+            ray.init(num_cpus=cpus, include_dashboard=False, **quiet)
     except (ConnectionError, ValueError, RuntimeError) as exc:
-        raise UserInputError(
-            f"cannot connect to a Ray cluster at {address or 'a new local cluster'}: {first_line(exc)}"
-        ) from None
+        where = options.address or "a new local cluster"
+        raise UserInputError(f"cannot start or reach a Ray cluster at {where}: {first_line(exc)}") from None
     try:
         yield ray
     finally:
         ray.shutdown()
 
 
-def _workers(ray: Any, requested: int | None, cpus_per_worker: float, items: int) -> int:
-    available = int(float(ray.cluster_resources().get("CPU", 1)) // max(cpus_per_worker, 1e-9))
-    return max(1, min(requested or available or 1, items))
+class ChunkWorker:
+    """A Ray actor: builds its worker object once, from a picklable factory, and runs chunks on it."""
+
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self.factory = factory
+        self.target: Any = None
+
+    def run(self, chunk: list[Any]) -> tuple[int, Any]:
+        if self.target is None:
+            self.target = self.factory().__enter__()
+        return len(chunk), self.target.run(chunk)
 
 
-def _chunks(items: Sequence[Any], workers: int) -> list[list[Any]]:
-    size = max(1, min(MAX_CHUNK, math.ceil(len(items) / (workers * TASKS_PER_WORKER))))
-    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+def chunks(items: Sequence[Any], workers: int, whole: Callable[[Any], bool] | None = None) -> list[list[Any]]:
+    """Items cut into about ``TASKS_PER_WORKER`` chunks per worker; an item ``whole`` says so is a chunk alone."""
+    alone = [[item] for item in items if whole is not None and whole(item)]
+    rest = [item for item in items if whole is None or not whole(item)]
+    size = max(1, min(MAX_CHUNK, math.ceil(len(rest) / (max(workers, 1) * TASKS_PER_WORKER))))
+    return [rest[i : i + size] for i in range(0, len(rest), size)] + alone
 
 
-def _run_pool(
-    ray: Any, actor_class: Any, args: tuple[Any, ...], chunks: list[list[Any]], workers: int, resources: dict[str, Any]
-) -> Iterator[Any]:
-    """Each chunk's result, in the order workers finish them."""
+def run_on_ray(
+    factory: Callable[[], Any],
+    items: Sequence[Any],
+    options: RayOptions,
+    *,
+    needs_gpu: bool = False,
+    whole: Callable[[Any], bool] | None = None,
+) -> Iterator[tuple[int, Any]]:
+    """``factory().run(chunk)`` for chunks of ``items`` on Ray actors: ``(len(chunk), result)`` as each finishes.
+
+    Args:
+        factory: builds a worker object (a context manager with ``run(chunk)``); pickled to every actor.
+        items: what to spread (picklable).
+        options: the cluster and the workers' size.
+        needs_gpu: a runner needs a GPU (TensorRT): actors get one unless ``options`` says otherwise.
+        whole: items that run as a chunk of their own (a video: its frames stay in order on one worker).
+
+    Raises:
+        MissingDependencyError: Ray is not installed.
+        UserInputError: no cluster, or a worker's input error (raised as the worker raised it).
+    """
     from ray.util import ActorPool
 
-    remote = ray.remote(**resources)(actor_class)
-    actors = [remote.remote(*args) for _ in range(workers)]
-    pool = ActorPool(actors)
-    for chunk in chunks:
-        pool.submit(lambda actor, value: actor.run.remote(value), chunk)
-    try:
-        while pool.has_next():
-            try:
-                yield pool.get_next_unordered()
-            except Exception as exc:  # a worker's error arrives wrapped: raise what it was
-                raise _unwrap(exc) from None
-    finally:
-        for actor in actors:
-            ray.kill(actor)
+    gpus = options.gpus_per_worker if options.gpus_per_worker is not None else (1.0 if needs_gpu else 0.0)
+    with cluster(options) as ray:
+        available = int(float(ray.cluster_resources().get("CPU", 1)) // max(options.cpus_per_worker, 1e-9))
+        count = max(1, min(options.workers or available or 1, len(items) or 1))
+        pieces = chunks(items, count, whole)
+        remote = ray.remote(num_cpus=options.cpus_per_worker, num_gpus=gpus)(ChunkWorker)
+        actors = [remote.remote(factory) for _ in range(min(count, len(pieces)) or 1)]
+        pool = ActorPool(actors)
+        for piece in pieces:
+            pool.submit(lambda actor, chunk: actor.run.remote(chunk), piece)
+        try:
+            while pool.has_next():
+                try:
+                    yield pool.get_next_unordered()
+                except Exception as exc:  # a worker's error arrives wrapped: raise what it was
+                    raise _unwrap(exc) from None
+        finally:
+            for actor in actors:
+                ray.kill(actor)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -106,121 +154,3 @@ def _unwrap(exc: BaseException) -> BaseException:
     if isinstance(cause, SegdeployError):
         return cause
     return SegdeployError(f"a Ray worker failed: {first_line(cause or exc)}")
-
-
-def _resources(specs: Sequence[CandidateSpec], cpus_per_worker: float, gpus_per_worker: float | None) -> dict[str, Any]:
-    from segdeploy.artifact import Runtime
-
-    if gpus_per_worker is None:
-        gpus_per_worker = 1.0 if any(spec.runtime is Runtime.TRT for spec in specs) else 0.0
-    return {"num_cpus": cpus_per_worker, "num_gpus": gpus_per_worker}
-
-
-# --------------------------------------------------------------------------- eval
-class EvalWorker:
-    """A Ray actor: one ``Evaluator`` (a runner per candidate), opened at its first chunk."""
-
-    def __init__(self, specs: Sequence[CandidateSpec], options: EvalOptions, threads: int) -> None:
-        self.specs, self.options, self.threads = list(specs), options, threads
-        self.evaluator: Any = None
-
-    def run(self, samples: list[Sample]) -> tuple[int, EvalPartial]:
-        from segdeploy.evaluate import Evaluator
-
-        if self.evaluator is None:
-            self.evaluator = Evaluator(self.specs, self.options, self.threads).__enter__()
-        return len(samples), self.evaluator.run(samples)
-
-
-def ray_evaluate(
-    specs: Sequence[CandidateSpec],
-    samples: Sequence[Sample],
-    options: EvalOptions,
-    *,
-    address: str | None = None,
-    workers: int | None = None,
-    cpus_per_worker: float = 1,
-    gpus_per_worker: float | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> EvalPartial:
-    """Score ``samples`` on a Ray cluster; the merged partial equals the one-process run's exactly.
-
-    Args:
-        specs, samples, options: as ``Evaluator`` takes them.
-        address: an existing cluster (``ray://host:10001`` or ``host:6379``); None starts a local one.
-        workers: actors (default: the cluster's CPUs / ``cpus_per_worker``).
-        cpus_per_worker: CPUs per actor (and its runners' threads).
-        gpus_per_worker: GPUs per actor (default 1 when a candidate runs on TensorRT, else 0).
-        progress: called with the images of each finished chunk.
-
-    Raises:
-        MissingDependencyError: Ray is not installed.
-        UserInputError: no cluster, or a worker's input error (raised as the worker raised it).
-    """
-    from segdeploy.evaluate import EvalPartial
-
-    merged = EvalPartial.empty(len(specs), options.num_classes, options.worst)
-    with cluster(address, workers) as ray:
-        count = _workers(ray, workers, cpus_per_worker, len(samples))
-        chunks = _chunks(samples, count)
-        threads = max(1, int(cpus_per_worker))
-        resources = _resources(specs, cpus_per_worker, gpus_per_worker)
-        for done, partial in _run_pool(ray, EvalWorker, (list(specs), options, threads), chunks, count, resources):
-            merged.merge(partial)
-            if progress:
-                progress(done)
-    return merged
-
-
-# --------------------------------------------------------------------------- predict
-class PredictWorker:
-    """A Ray actor: one ``Predictor`` (one runner), opened at its first chunk."""
-
-    def __init__(self, spec: CandidateSpec, options: PredictOptions, threads: int) -> None:
-        self.spec, self.options, self.threads = spec, options, threads
-        self.predictor: Any = None
-
-    def run(self, items: list[PredictInput]) -> tuple[int, PredictSummary]:
-        from segdeploy.predict import Predictor
-
-        if self.predictor is None:
-            self.predictor = Predictor(self.spec, self.options, self.threads).__enter__()
-        summary = self.predictor.run(items)
-        return summary.images + summary.frames, summary
-
-
-def ray_predict(
-    spec: CandidateSpec,
-    items: Sequence[PredictInput],
-    options: PredictOptions,
-    *,
-    address: str | None = None,
-    workers: int | None = None,
-    cpus_per_worker: float = 1,
-    gpus_per_worker: float | None = None,
-    progress: Callable[[int, str], None] | None = None,
-) -> PredictSummary:
-    """Predict on a Ray cluster: images in chunks, each video whole on one worker; the same files as locally.
-
-    Args: as ``ray_evaluate``; ``options.out_dir`` must be writable by the workers at the same path.
-
-    Raises:
-        MissingDependencyError: Ray is not installed.
-        UserInputError: no cluster, or a worker's input error.
-    """
-    from segdeploy.predict import PredictSummary
-
-    summary = PredictSummary()
-    images = [item for item in items if item.kind == "image"]
-    videos = [[item] for item in items if item.kind == "video"]
-    with cluster(address, workers) as ray:
-        count = _workers(ray, workers, cpus_per_worker, len(images) + len(videos))
-        chunks = _chunks(images, count) + videos
-        threads = max(1, int(cpus_per_worker))
-        resources = _resources([spec], cpus_per_worker, gpus_per_worker)
-        for frames, part in _run_pool(ray, PredictWorker, (spec, options, threads), chunks, count, resources):
-            summary.merge(part)
-            if progress:
-                progress(frames, f"{summary.images} images, {summary.videos} videos")
-    summary.files.sort()
-    return summary

@@ -24,6 +24,7 @@ from segdeploy.streams import prefetch
 
 if TYPE_CHECKING:
     from segdeploy.candidates import CandidateSpec
+    from segdeploy.distributed import RayOptions
 
 DEFAULT_WORST = 5
 
@@ -230,7 +231,7 @@ def evaluate(
     worst: int = DEFAULT_WORST,
     batch: int = 1,
     threads: int | None = None,
-    ray: dict[str, Any] | None = None,
+    ray: RayOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> EvalResult:
     """Score each candidate on a labeled set.
@@ -244,7 +245,7 @@ def evaluate(
         worst: the lowest-scoring images kept per candidate.
         batch: images of one size run together.
         threads: CPU threads per runner.
-        ray: run on a Ray cluster: ``{"address": ..., "workers": ...}`` (``segdeploy.distributed``).
+        ray: run on a Ray cluster (``segdeploy.distributed``); the scores equal the one-process run's.
         progress: ``progress(done, total)`` as images are scored.
 
     Raises:
@@ -268,9 +269,17 @@ def evaluate(
             progress(done, len(dataset))
 
     if ray is not None:
-        from segdeploy.distributed import ray_evaluate
+        from functools import partial as bind
 
-        partial = ray_evaluate(specs, dataset.samples, options, progress=step, **ray)
+        from segdeploy.artifact import Runtime
+        from segdeploy.distributed import run_on_ray
+
+        partial = EvalPartial.empty(len(specs), num_classes, worst)
+        needs_gpu = any(spec.runtime is Runtime.TRT for spec in specs)
+        factory = bind(Evaluator, specs, options, ray.threads)
+        for count, part in run_on_ray(factory, dataset.samples, ray, needs_gpu=needs_gpu):
+            partial.merge(part)
+            step(count)
     else:
         with Evaluator(specs, options, threads) as evaluator:
             partial = evaluator.run(dataset.samples, step)

@@ -27,6 +27,7 @@ from segdeploy.streams import prefetch
 
 if TYPE_CHECKING:
     from segdeploy.candidates import CandidateSpec
+    from segdeploy.distributed import RayOptions
 
 Progress = Callable[[int, str], None]
 """Called with the frames done since the last call and what is being worked on."""
@@ -312,7 +313,7 @@ def predict(
     overlay: bool = True,
     palette_file: str | os.PathLike[str] | None = None,
     threads: int | None = None,
-    ray: dict[str, Any] | None = None,
+    ray: RayOptions | None = None,
     progress: Callable[[int, int, str], None] | None = None,
 ) -> PredictSummary:
     """Predict class maps for images and videos and write them to ``out_dir``.
@@ -326,7 +327,7 @@ def predict(
         overlay: also write the overlays.
         palette_file: class colors (``name,r,g,b`` CSV or ``R G B name`` lines).
         threads: CPU threads for the runner.
-        ray: run on a Ray cluster: ``{"address": ..., "workers": ...}`` (``segdeploy.distributed``).
+        ray: run on a Ray cluster (``segdeploy.distributed``); workers write the same files.
         progress: ``progress(done, total, what)`` after each frame.
 
     Raises:
@@ -353,8 +354,18 @@ def predict(
             progress(done, max(total, done), what)
 
     if ray is not None:
-        from segdeploy.distributed import ray_predict
+        from functools import partial as bind
 
-        return ray_predict(spec, items, options, progress=step, **ray)
+        from segdeploy.artifact import Runtime
+        from segdeploy.distributed import run_on_ray
+
+        summary = PredictSummary()
+        factory = bind(Predictor, spec, options, ray.threads)
+        video = lambda item: item.kind == "video"
+        for count, part in run_on_ray(factory, items, ray, needs_gpu=spec.runtime is Runtime.TRT, whole=video):
+            summary.merge(part)
+            step(count, f"{summary.images} images, {summary.videos} videos")
+        summary.files.sort()
+        return summary
     with Predictor(spec, options, threads) as predictor:
         return predictor.run(items, step)

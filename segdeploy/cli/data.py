@@ -14,6 +14,7 @@ from segdeploy.errors import UserInputError
 
 if TYPE_CHECKING:
     from segdeploy.datasets import DatasetSpec
+    from segdeploy.distributed import RayOptions
 
 RayOption = Annotated[
     bool, typer.Option("--ray", help="Spread the work over a Ray cluster (pip install 'segdeploy[ray]').")
@@ -27,17 +28,17 @@ RayWorkersOption = Annotated[
 ThreadsOption = Annotated[Optional[int], typer.Option(help="CPU threads per runner (default: the runtime's).")]
 
 
-def _ray(enabled: bool, address: str | None, workers: int | None) -> dict[str, Any] | None:
+def _ray(enabled: bool, address: str | None, workers: int | None) -> RayOptions | None:
     if not enabled:
         if address or workers:
             raise UserInputError("--ray-address and --ray-workers go with --ray")
         return None
     if workers is not None and workers < 1:
         raise UserInputError(f"--ray-workers must be at least 1, got {workers}")
-    from segdeploy.distributed import ray_module
+    from segdeploy.distributed import RayOptions, ray_module
 
     ray_module()  # a missing extra fails before any work
-    return {"address": address, "workers": workers}
+    return RayOptions(address=address, workers=workers)
 
 
 class _Bar:
