@@ -406,3 +406,76 @@ def _video_frames(path: Path) -> np.ndarray:
     while (read := capture.read())[0]:
         frames.append(read[1])
     return np.stack(frames)
+
+
+# --------------------------------------------------------------------------- candidates
+def _fake_plan(onnx_path: Path, directory: Path) -> Path:
+    """Plan bytes and the sidecar `segdeploy build` writes beside them (made with its own functions)."""
+    import onnx
+
+    from segdeploy.fileio import sha256_file
+    from segdeploy.runtime.sidecar import sidecar_path
+    from segdeploy.runtime.trt_build import derive_profile, make_sidecar, plan_build
+
+    engine = directory / "strict.engine"
+    engine.write_bytes(b"\x00fake TensorRT plan bytes" * 40)
+    metadata = {p.key: p.value for p in onnx.load(onnx_path).metadata_props}
+    sidecar = make_sidecar(
+        plan=plan_build(10, "fp16", None),
+        profile=derive_profile(metadata, min_shape="1x32x32x3", opt_shape="1x32x32x3", max_shape="1x64x64x3"),
+        input_name="input", input_format="uint8-nhwc", trt_version="10.3.0.30", gpu_name="Orin (nvgpu)",
+        compute_capability="8.7", onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path),
+        engine_sha256=sha256_file(engine), workspace_gb=1.0, timing_cache=None, build_seconds=1.0,
+    )  # fmt: skip
+    sidecar_path(engine).write_text(json.dumps(sidecar))
+    return engine
+
+
+def test_a_plan_is_fed_as_its_onnx_or_its_bundle_describes(world, tmp_path):
+    from segdeploy.artifact import Runtime
+    from segdeploy.candidates import resolve_candidates
+    from segdeploy.errors import UserInputError
+
+    onnx_copy = tmp_path / "strict.onnx"
+    shutil.copy(world["strict"], onnx_copy)
+    plan = _fake_plan(onnx_copy, tmp_path)
+    expected = FramePipeline.from_metadata(read_metadata(world["strict"]))
+    (spec,) = resolve_candidates([str(plan)])
+    assert (spec.runtime, spec.precision.value, spec.pipeline) == (Runtime.TRT, "fp16", expected)
+    bundle = write_bundle(onnx_copy, tmp_path / "bundle", engine=plan)
+    for name, runtime in ((str(bundle), "trt"), (str(bundle / "model.plan"), None)):
+        (spec,) = resolve_candidates([name], runtime=runtime)
+        assert spec.path == bundle / "model.plan" and spec.pipeline == expected
+        assert spec.sidecar["input_format"] == "uint8-nhwc" and spec.sidecar["compute_capability"] == "8.7"
+    onnx_copy.write_bytes(onnx_copy.read_bytes() + b"\x00")
+    with pytest.raises(UserInputError, match="missing or changed since the build"):
+        resolve_candidates([str(plan)])
+    plan.with_name(plan.name + ".json").unlink()
+    with pytest.raises(UserInputError, match="has no sidecar"):
+        resolve_candidates([str(plan)])
+
+
+def test_a_plan_without_tensorrt_here_is_refused_in_one_line(world, tmp_path):
+    plan = _fake_plan(world["strict"], tmp_path)
+    result = runner.invoke(app, ["predict", str(plan), str(world["images"] / "im0.png"), "-o", str(tmp_path / "o")])
+    assert result.exit_code in (2, 5) and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "o" / "im0.png").exists()
+
+
+def test_pytorch_beside_a_bgr_uint8_file_is_fed_normalized_rgb_like_the_files_network(world, tmp_path):
+    from segdeploy.candidates import resolve_candidates
+
+    strict, torch_spec = resolve_candidates([str(world["strict"]), "pytorch"])
+    assert (strict.pipeline.color.value, strict.pipeline.dtype, strict.pipeline.layout) == ("bgr", "uint8", "NHWC")
+    network = torch_spec.pipeline
+    assert (network.color.value, network.dtype, network.layout, network.normalize_in_graph) == (
+        "rgb",
+        "float32",
+        "NCHW",
+        False,
+    )
+    assert network.mean == pytest.approx(tuple(MEAN)) and network.std == pytest.approx(tuple(STD))
+    strict_pt = world["root"] / "strict.pt"
+    report = _eval_json(str(world["strict"]), "pytorch", "--weights", str(strict_pt), *_pairs(world))
+    # the fused graph and PyTorch differ by float noise only: a color or normalization slip moves whole regions
+    assert report["changes"][1]["agreement"] > 0.999
