@@ -327,22 +327,31 @@ class Segmenter:
     def segment(self, frames: Sequence[np.ndarray]) -> list[np.ndarray]:
         """One class map per frame (uint8 when the classes fit, else int32), frames of one size.
 
-        A file with a fixed batch gets batches of exactly that size (the last one padded with its last frame).
-
         Raises:
             UserInputError: frames of different sizes, or a runner that refuses the batch.
         """
-        if not frames:
-            return []
-        step = self.pipeline.fixed_batch or len(frames)
-        maps: list[np.ndarray] = []
+        return self.classmaps(self.infer(frames), frames)
+
+    def infer(self, frames: Sequence[np.ndarray]) -> list[tuple[np.ndarray, int]]:
+        """The model's outputs for frames of one size, with how many frames each holds.
+
+        A file with a fixed batch gets batches of exactly that size (the last one padded with its last frame).
+        """
+        step = self.pipeline.fixed_batch or len(frames) or 1
+        outputs = []
         for start in range(0, len(frames), step):
             group = list(frames[start : start + step])
             padded = group + [group[-1]] * (step - len(group))
-            batch = self.pipeline.to_input(padded, frame_color="bgr")
-            classmaps = self.pipeline.to_classmap(self.runner.infer(batch))
-            for frame, classmap in zip(group, classmaps):
-                maps.append(self.pipeline.restore(_compact(classmap, self.spec.num_classes), frame.shape[:2]))
+            outputs.append((self.runner.infer(self.pipeline.to_input(padded, frame_color="bgr")), len(group)))
+        return outputs
+
+    def classmaps(self, outputs: list[tuple[np.ndarray, int]], frames: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The class maps of ``infer``'s outputs, each back at its frame's size."""
+        maps: list[np.ndarray] = []
+        for output, count in outputs:
+            for classmap in self.pipeline.to_classmap(output)[:count]:
+                size = frames[len(maps)].shape[:2]
+                maps.append(self.pipeline.restore(_compact(classmap, self.spec.num_classes), size))
         return maps
 
 

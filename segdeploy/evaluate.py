@@ -10,7 +10,7 @@ over a Ray cluster (``segdeploy.distributed``) scores exactly as the run in one 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from segdeploy.distributed import RayOptions
 
 DEFAULT_WORST = 5
+
+Loaded = tuple[Sample, np.ndarray, np.ndarray]
+"""A sample with its decoded image (BGR) and mask (class indices)."""
 
 
 @dataclass(frozen=True)
@@ -112,26 +115,33 @@ class Evaluator:
     def run(self, samples: Sequence[Sample], progress: Callable[[int], None] | None = None) -> EvalPartial:
         """Score ``samples``: consecutive images of one size run in batches of ``options.batch``.
 
+        Three stages overlap, like a data loader's: a thread decodes images and masks, a thread runs the
+        models (ONNX Runtime, TensorRT and torch release the GIL), and this thread turns outputs into
+        class maps and confusion matrices; bounded queues between them keep memory bounded.
+
         Raises:
             UserInputError: an unreadable image or mask, sizes that differ, or mask values outside the classes.
         """
-        options = self.options
-        partial = EvalPartial.empty(len(self.segmenters), options.num_classes, options.worst)
-        pending: list[tuple[Sample, np.ndarray, np.ndarray]] = []
-        for loaded in prefetch(samples, self._load):
-            if pending and (len(pending) >= options.batch or pending[0][1].shape[:2] != loaded[1].shape[:2]):
-                self._score(pending, partial)
-                if progress:
-                    progress(len(pending))
-                pending = []
-            pending.append(loaded)
-        if pending:
-            self._score(pending, partial)
+        partial = EvalPartial.empty(len(self.segmenters), self.options.num_classes, self.options.worst)
+        groups = self._groups(prefetch(samples, self._load))
+        for group, outputs in prefetch(groups, self._infer, depth=2):
+            self._score(group, outputs, partial)
             if progress:
-                progress(len(pending))
+                progress(len(group))
         return partial
 
-    def _load(self, sample: Sample) -> tuple[Sample, np.ndarray, np.ndarray]:
+    def _groups(self, loaded: Iterator[Loaded]) -> Iterator[list[Loaded]]:
+        """Consecutive samples of one image size, at most ``options.batch`` together."""
+        pending: list[Loaded] = []
+        for item in loaded:
+            if pending and (len(pending) >= self.options.batch or pending[0][1].shape[:2] != item[1].shape[:2]):
+                yield pending
+                pending = []
+            pending.append(item)
+        if pending:
+            yield pending
+
+    def _load(self, sample: Sample) -> Loaded:
         if sample.mask is None:
             raise UserInputError(f"{sample.image} has no mask")
         image = read_image(sample.image)
@@ -143,12 +153,16 @@ class Evaluator:
             )
         return sample, image, truth
 
-    def _score(self, group: list[tuple[Sample, np.ndarray, np.ndarray]], partial: EvalPartial) -> None:
+    def _infer(self, group: list[Loaded]) -> tuple[list[Loaded], list[Any]]:
+        frames = [image for _, image, _ in group]
+        return group, [segmenter.infer(frames) for segmenter in self.segmenters]
+
+    def _score(self, group: list[Loaded], outputs: list[Any], partial: EvalPartial) -> None:
         options = self.options
         frames = [image for _, image, _ in group]
         first: list[np.ndarray] = []
-        for index, segmenter in enumerate(self.segmenters):
-            maps = segmenter.segment(frames)
+        for index, (segmenter, output) in enumerate(zip(self.segmenters, outputs)):
+            maps = segmenter.classmaps(output, frames)
             for (sample, _, truth), prediction in zip(group, maps):
                 where = str(sample.mask)
                 confusion = confusion_matrix(

@@ -171,8 +171,10 @@ class Predictor:
         summary = PredictSummary()
         self.options.out_dir.mkdir(parents=True, exist_ok=True)
         images = [item for item in items if item.kind == "image"]
-        for item, frame in prefetch(images, lambda it: (it, read_image(it.path))):
-            classmap = self.segmenter.segment([frame])[0]
+        # decoding, the model and encoding overlap: a thread each for the first two (see segdeploy.streams)
+        decoded = prefetch(images, lambda it: (it, read_image(it.path)))
+        for item, frame, outputs in prefetch(decoded, self._infer, depth=2):
+            classmap = self.segmenter.classmaps(outputs, [frame])[0]
             summary.files.extend(self._write_image(item.stem, frame, classmap))
             summary.images += 1
             if progress:
@@ -181,6 +183,10 @@ class Predictor:
             if item.kind == "video":
                 self._video(item, summary, progress)
         return summary
+
+    def _infer(self, decoded: tuple[PredictInput, np.ndarray]) -> tuple[PredictInput, np.ndarray, Any]:
+        item, frame = decoded
+        return item, frame, self.segmenter.infer([frame])
 
     # ------------------------------------------------------------------ images
     def _write_image(self, stem: str, frame: np.ndarray, classmap: np.ndarray) -> list[str]:
@@ -227,8 +233,9 @@ class Predictor:
         writer = None
         count = 0
         try:
-            for frame in prefetch(_frames(capture), lambda f: f):
-                classmap = self.segmenter.segment([frame])[0]
+            decoded = prefetch(_frames(capture), lambda frame: (item, frame))
+            for _, frame, outputs in prefetch(decoded, self._infer, depth=2):
+                classmap = self.segmenter.classmaps(outputs, [frame])[0]
                 png = frames_dir / f"{count:06d}.png"
                 summary.files.append(str(write_bytes_atomic(png, self.encode_classmap(classmap))))
                 if self.options.overlay:

@@ -1,8 +1,10 @@
-"""Decoding ahead of the model: a bounded queue filled by one background thread.
+"""Stages that overlap: each ``prefetch`` is a background thread feeding a bounded queue.
 
-OpenCV and Pillow decode with the GIL released, and so does ONNX Runtime while it runs, so one
-thread decoding the next images while the model runs the current one takes decoding off the critical
-path; the bounded queue keeps memory at ``depth`` decoded items, whatever the set's size.
+OpenCV and Pillow decode with the GIL released, and ONNX Runtime, TensorRT and torch run with it
+released, so a thread decoding the next images and a thread running the model on the previous ones
+overlap with the main thread's post-processing, as a data loader's workers do; each bounded queue
+keeps memory at ``depth`` items, whatever the set's size. Chained, a ``prefetch`` over another's
+output closes it when it stops, so no thread outlives the run.
 """
 
 from __future__ import annotations
@@ -38,13 +40,18 @@ def prefetch(items: Iterable[T], load: Callable[[T], R], depth: int = DEFAULT_DE
         return False
 
     def work() -> None:
+        iterator = iter(items)
         try:
-            for item in items:
+            for item in iterator:
                 if not put(("ok", load(item))):
                     return
         except BaseException as exc:  # handed to the consumer, raised where it reads the item
             put(("error", exc))
             return
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:  # an upstream prefetch stops its own thread
+                close()
         put(_DONE)
 
     thread = threading.Thread(target=work, name="segdeploy-prefetch", daemon=True)
