@@ -479,3 +479,26 @@ def test_pytorch_beside_a_bgr_uint8_file_is_fed_normalized_rgb_like_the_files_ne
     report = _eval_json(str(world["strict"]), "pytorch", "--weights", str(strict_pt), *_pairs(world))
     # the fused graph and PyTorch differ by float noise only: a color or normalization slip moves whole regions
     assert report["changes"][1]["agreement"] > 0.999
+
+
+def test_ray_without_the_extra_is_refused_before_any_work(world, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where it is not installed
+    result = runner.invoke(app, ["eval", str(world["fp32"]), *_pairs(world), "--ray"])
+    assert result.exit_code == 5 and "pip install 'segdeploy[ray]'" in result.output
+    result = runner.invoke(app, ["eval", str(world["fp32"]), *_pairs(world), "--ray-workers", "2"])
+    assert result.exit_code == 2 and "go with --ray" in result.output
+
+
+@pytest.mark.slow
+def test_a_ray_workers_input_error_is_the_one_line_it_raised(world, tmp_path):
+    pytest.importorskip("ray")
+    masks = tmp_path / "masks"
+    shutil.copytree(world["masks"], masks)
+    bad = cv2.imread(str(masks / "im3.png"), cv2.IMREAD_UNCHANGED)
+    bad[0, 0] = 9
+    cv2.imwrite(str(masks / "im3.png"), bad)
+    result = runner.invoke(app, ["eval", str(world["fp32"]), *_pairs(world, masks), "--ray", "--ray-workers", "2"])
+    assert result.exit_code == 2, result.output
+    assert "im3.png holds class 9" in result.output and "Traceback" not in result.output

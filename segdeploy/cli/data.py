@@ -147,15 +147,16 @@ def dataset_spec(
         if not (images and masks):
             raise UserInputError("--images and --masks go together: masks pair with images by file stem")
         return DatasetSpec("pairs", images, masks=masks, palette=palette)
-    if palette is not None and not camvid:
-        raise UserInputError("--palette maps color masks: use it with --images/--masks or --camvid")
     if data:
         spec = DatasetSpec.parse(data, default_split=split)
         if spec.layout == "images":
             raise UserInputError(f"--data {data}: name a layout (voc:ROOT:SPLIT, cityscapes:..., camvid:...)")
-        return spec
-    layout, root = next((n, r) for n, r in (("voc", voc), ("cityscapes", cityscapes), ("camvid", camvid)) if r)
-    return DatasetSpec(layout, root, split=split, palette=palette)
+    else:
+        layout, root = next((n, r) for n, r in (("voc", voc), ("cityscapes", cityscapes), ("camvid", camvid)) if r)
+        spec = DatasetSpec(layout, root, split=split)
+    if palette is not None and spec.layout != "camvid":
+        raise UserInputError("--palette maps color masks: use it with --images/--masks or CamVid")
+    return DatasetSpec(spec.layout, spec.root, split=spec.split, palette=palette)
 
 
 @app.command("eval")
