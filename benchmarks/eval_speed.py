@@ -70,9 +70,9 @@ def eval_throughput(onnx: Path, images: Path, masks: Path, threads: int) -> dict
 def overhead_per_image(onnx: Path, images: Path, masks: Path, num_classes: int, count: int = 30) -> dict[str, float]:
     """Milliseconds per image of what eval does besides running the model, each part alone, on this thread."""
     from segdeploy.artifact import read_metadata
-    from segdeploy.datasets import MaskReader, read_image
     from segdeploy.frames import FramePipeline
     from segdeploy.metrics import confusion_matrix
+    from segdeploy.pixels import MaskReader, read_image
 
     pipeline = FramePipeline.from_metadata(read_metadata(onnx))
     files = sorted(images.iterdir())[:count]

@@ -160,7 +160,7 @@ def plot_per_class(result: EvalResult, path: str | os.PathLike[str]) -> Path:
 # --------------------------------------------------------------------------- worst images
 def save_worst(result: EvalResult, out_dir: str | os.PathLike[str]) -> list[Path]:
     """Each candidate's worst images as panels in ``out_dir/worst/<index>_<candidate>/<rank>_<stem>.png``."""
-    from segdeploy.datasets import opencv, read_image
+    from segdeploy.pixels import opencv, read_image
 
     cv2 = opencv()
     colors = np.array([c[::-1] for c in result.colors], dtype=np.uint8)  # BGR

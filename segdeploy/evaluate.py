@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segdeploy.datasets import DEFAULT_IGNORE_INDEX, Dataset, DatasetSpec, MaskReader, Sample, read_image
+from segdeploy.datasets import Dataset, DatasetSpec, Sample
 from segdeploy.errors import UserInputError
 from segdeploy.metrics import Scores, confusion_matrix, image_miou
+from segdeploy.pixels import DEFAULT_IGNORE_INDEX, MaskReader, read_image
 from segdeploy.streams import prefetch
 
 if TYPE_CHECKING:

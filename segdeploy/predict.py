@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segdeploy.datasets import IMAGE_SUFFIXES, VIDEO_SUFFIXES, opencv, read_image
 from segdeploy.errors import UserInputError
 from segdeploy.fileio import write_bytes_atomic
+from segdeploy.pixels import IMAGE_SUFFIXES, VIDEO_SUFFIXES, opencv, read_image
 from segdeploy.streams import prefetch
 
 if TYPE_CHECKING:
@@ -199,7 +199,7 @@ class Predictor:
 
     def encode_classmap(self, classmap: np.ndarray) -> bytes:
         """A PNG whose pixel values are the class indices: a palette PNG up to 256 classes, else 16-bit grey."""
-        from segdeploy.datasets import pillow
+        from segdeploy.pixels import pillow
 
         image_module = pillow()
         buffer = io.BytesIO()
@@ -298,7 +298,7 @@ def class_colors(
 
     count = spec.num_classes
     if palette_file is not None:
-        from segdeploy.datasets import read_palette_file
+        from segdeploy.pixels import read_palette_file
 
         names, colors = read_palette_file(palette_file)
         if len(colors) < count:

@@ -99,7 +99,7 @@ def test_the_leaf_module_that_describes_a_file_imports_nothing_of_the_stages():
 
 STAGES = [
     # where labeled images come from: read by INT8 calibration (export) and by eval alike
-    ("segdeploy.datasets",),
+    ("segdeploy.pixels", "segdeploy.datasets"),
     ("segdeploy.models",),
     ("segdeploy.export", "segdeploy.precision"),
     ("segdeploy.runtime",),

@@ -10,15 +10,9 @@ import pytest
 from PIL import Image
 
 from segdeploy.bundle.manifest import palette
-from segdeploy.datasets import (
-    CITYSCAPES_CLASSES,
-    VOC_CLASSES,
-    DatasetSpec,
-    MaskReader,
-    pair_by_stem,
-    read_palette_file,
-)
+from segdeploy.datasets import CITYSCAPES_CLASSES, VOC_CLASSES, DatasetSpec, pair_by_stem
 from segdeploy.errors import UserInputError
+from segdeploy.pixels import MaskReader, read_palette_file
 from segdeploy.quantize import load_calibration
 
 

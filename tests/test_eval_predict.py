@@ -176,6 +176,16 @@ def test_pytorch_and_the_fp32_file_score_miou_1_on_masks_pytorch_drew(world):
     assert report["changes"][1] == {"candidate": "pytorch", "miou": 0.0, "pixel_accuracy": 0.0, "agreement": 1.0}
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="export does not yet record the checkpoint (weights, weights_sha256) and rebuild_model does not yet "
+    "rebuild from it; when both land this passes and the marker goes",
+)
+def test_pytorch_without_weights_is_rebuilt_from_the_checkpoint_the_file_records(world):
+    report = _eval_json(str(world["fp32"]), "pytorch", *_pairs(world))
+    assert report["results"][1]["miou"] == 1.0
+
+
 def test_an_int8_file_scores_what_onnx_runtime_and_the_per_class_formula_say(world):
     report = _eval_json(str(world["fp32"]), str(world["int8"]), *_pairs(world))
     ious, miou, accuracy = reference_scores(_int8_predictions(world), _truths(world["masks"]), NUM_CLASSES, 255)

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from segdeploy.artifact import IMAGENET_MEAN, IMAGENET_STD
-from segdeploy.datasets import IMAGE_SUFFIXES, DatasetSpec
+from segdeploy.datasets import DatasetSpec
 from segdeploy.errors import MissingDependencyError, UserInputError, first_line
+from segdeploy.pixels import IMAGE_SUFFIXES
 from segdeploy.quantize.common import DEFAULT_CALIB_SIZE
 
 CALIBRATION_SPLIT = "train"
