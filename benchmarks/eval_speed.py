@@ -1,15 +1,18 @@
 """Is ``segdeploy eval`` bounded by the model? Its images/s against ``segdeploy bench``'s throughput, one file.
 
 Writes a labeled set of N JPEG images (synthetic shapes, H x W) with PNG masks into a temporary
-directory, exports (or takes from the cache) one zoo model, then in one process, with the same thread
-count:
+directory and takes one zoo model from the export cache. Then, in one process and with one thread
+count, rounds alternate between
 
-1. ``segdeploy bench``'s ONNX Runtime throughput for the file at 1x3xHxW (``run_benchmarks``),
-2. ``segdeploy eval`` over the set (``evaluate``: decoding, the frame pipeline, the model, argmax,
-   confusion matrices), wall clock from the first image to the scores, images/s,
-3. the bench throughput again (the machine drifts: the two are averaged),
-4. what eval adds besides the model, alone: decoding an image and its mask, the frame pipeline both
-   ways and the confusion matrix, on one thread, per image.
+- ``segdeploy bench``'s measurement (``segdeploy.bench.benchmark``: timed steps of the ONNX Runtime
+  runner on one 1x3xHxW batch), and
+- ``segdeploy eval``'s loop (``evaluate.Evaluator.run``: decoding, the frame pipeline, the model,
+  argmax, confusion matrices) over the next slice of the set,
+
+with a last bench after the last slice. A slice's ratio is its images/s over the mean of the benches
+around it: on a shared machine whose speed drifts by tens of percent within minutes, neighbouring
+measurements see the same machine. Reported: the median ratio, and the whole set's images/s over the
+mean of all benches. Also timed, alone and on one thread: what eval adds besides the model per image.
 
 Writes ``<out>/eval_speed.json`` and ``<out>/eval_speed.md``. See benchmarks/README.md.
 """
@@ -20,6 +23,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -47,24 +51,52 @@ def write_set(root: Path, count: int, size: int, num_classes: int) -> tuple[Path
     return images, masks
 
 
-def bench_throughput(onnx: Path, size: int, threads: int, seconds: float) -> dict[str, float]:
-    from segdeploy.bench import run_benchmarks
-
-    suite = run_benchmarks([str(onnx)], ["ort"], shape=(1, 3, size, size), seconds=seconds, threads=threads)
-    record = suite.records[0]
-    return {"images_per_s": record.throughput, "mean_ms": record.latency.mean}
-
-
-def eval_throughput(onnx: Path, images: Path, masks: Path, threads: int) -> dict[str, Any]:
+def measure(onnx: Path, images: Path, masks: Path, size: int, rounds: int, threads: int, steps: int) -> dict[str, Any]:
+    """Alternate bench measurements and eval slices; per-slice ratios and the totals."""
+    from segdeploy.bench import benchmark
+    from segdeploy.candidates import resolve_candidates
     from segdeploy.datasets import DatasetSpec
-    from segdeploy.evaluate import evaluate
+    from segdeploy.evaluate import EvalOptions, EvalPartial, Evaluator
+    from segdeploy.pixels import MaskReader
+    from segdeploy.runtime import open_runner
 
-    spec = DatasetSpec("pairs", images, masks=masks)
-    count = len(spec.open())
-    start = time.perf_counter()
-    result = evaluate([str(onnx)], spec, threads=threads, worst=5)
-    seconds = time.perf_counter() - start
-    return {"images": count, "seconds": seconds, "images_per_s": count / seconds, "miou": result.partial.scores[0].miou}
+    samples = DatasetSpec("pairs", images, masks=masks).open().samples
+    specs = resolve_candidates([str(onnx)])
+    options = EvalOptions(specs[0].num_classes, MaskReader())
+    slices = [samples[i * len(samples) // rounds : (i + 1) * len(samples) // rounds] for i in range(rounds)]
+    bench_runner = open_runner(onnx, threads=threads)
+    batch = np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)
+    benches: list[float] = []
+    evals: list[dict[str, float]] = []
+    merged = EvalPartial.empty(1, options.num_classes, 0)
+
+    def bench() -> None:
+        record = benchmark(bench_runner, batch, warmup=1, iters=steps, min_iters=steps, threads=threads)
+        benches.append(1000.0 / record.latency.mean)
+
+    with bench_runner, Evaluator(specs, options, threads) as evaluator:
+        evaluator.run(slices[0][:2])  # sessions warmed like the bench's, outside the timing
+        for piece in slices:
+            bench()
+            start = time.perf_counter()
+            merged.merge(evaluator.run(piece))
+            seconds = time.perf_counter() - start
+            evals.append({"images": len(piece), "seconds": seconds, "images_per_s": len(piece) / seconds})
+        bench()
+    ratios = [e["images_per_s"] / ((benches[i] + benches[i + 1]) / 2) for i, e in enumerate(evals)]
+    total_images = sum(e["images"] for e in evals)
+    total_seconds = sum(e["seconds"] for e in evals)
+    return {
+        "bench_images_per_s": benches,
+        "eval_slices": evals,
+        "slice_ratios": ratios,
+        "median_ratio": statistics.median(ratios),
+        "eval_images": total_images,
+        "eval_images_per_s": total_images / total_seconds,
+        "bench_mean_images_per_s": statistics.mean(benches),
+        "overall_ratio": (total_images / total_seconds) / statistics.mean(benches),
+        "miou": merged.scores[0].miou,
+    }
 
 
 def overhead_per_image(onnx: Path, images: Path, masks: Path, num_classes: int, count: int = 30) -> dict[str, float]:
@@ -105,7 +137,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--seconds", type=float, default=10.0, help="per bench measurement")
+    parser.add_argument("--rounds", type=int, default=10, help="eval slices (a bench before each, one after)")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per bench measurement")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -115,11 +148,8 @@ def main() -> None:
     onnx = cached_onnx(args.model, config=config, shape=(1, 3, args.size, args.size), num_classes=args.classes)
     with tempfile.TemporaryDirectory() as tmp:
         images, masks = write_set(Path(tmp), args.images, args.size, args.classes)
-        before = bench_throughput(onnx, args.size, args.threads, args.seconds)
-        evaluated = eval_throughput(onnx, images, masks, args.threads)
-        after = bench_throughput(onnx, args.size, args.threads, args.seconds)
+        measured = measure(onnx, images, masks, args.size, args.rounds, args.threads, args.steps)
         overhead = overhead_per_image(onnx, images, masks, args.classes)
-    bench = (before["images_per_s"] + after["images_per_s"]) / 2
     record = {
         "date": dt.date.today().isoformat(),
         "model": args.model,
@@ -128,10 +158,8 @@ def main() -> None:
         "size": args.size,
         "threads": args.threads,
         "cpu": _cpu(),
-        "bench_before": before,
-        "bench_after": after,
-        "eval": evaluated,
-        "eval_over_bench": evaluated["images_per_s"] / bench,
+        "rounds": args.rounds,
+        **measured,
         "overhead_ms_per_image": overhead,
     }
     args.out.mkdir(parents=True, exist_ok=True)
@@ -141,25 +169,32 @@ def main() -> None:
 
 
 def markdown(record: dict[str, Any]) -> str:
-    ev, over = record["eval"], record["overhead_ms_per_image"]
-    before, after = record["bench_before"], record["bench_after"]
+    over = record["overhead_ms_per_image"]
+    benches = record["bench_images_per_s"]
     lines = [
         f"Eval speed, {record['date']}: {record['cpu']}, {record['threads']} threads; {record['model']} "
         f"{json.dumps(record['config'])}, {record['classes']} classes, ONNX Runtime, "
-        f"{ev['images']} JPEG images {record['size']}x{record['size']} with PNG masks, batch 1.",
+        f"{record['eval_images']} JPEG images {record['size']}x{record['size']} with PNG masks, batch 1, "
+        f"in {record['rounds']} slices alternating with bench measurements.",
         "",
-        "| measurement | images/s | ms/image |",
-        "|---|---:|---:|",
-        f"| bench before eval | {before['images_per_s']:.2f} | {before['mean_ms']:.1f} |",
-        f"| eval (decode, pipeline, model, argmax, confusion) | {ev['images_per_s']:.2f} "
-        f"| {1000 / ev['images_per_s']:.1f} |",
-        f"| bench after eval | {after['images_per_s']:.2f} | {after['mean_ms']:.1f} |",
+        "| slice | images | eval images/s | bench images/s (before, after) | eval / bench |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for i, (piece, ratio) in enumerate(zip(record["eval_slices"], record["slice_ratios"])):
+        lines.append(
+            f"| {i + 1} | {piece['images']} | {piece['images_per_s']:.2f} | {benches[i]:.2f}, {benches[i + 1]:.2f} "
+            f"| {ratio:.1%} |"
+        )
+    lines += [
         "",
-        f"eval / bench (mean of before and after): **{record['eval_over_bench']:.1%}**.",
+        f"Median eval / bench over the slices: **{record['median_ratio']:.1%}**; the whole set: "
+        f"{record['eval_images_per_s']:.2f} images/s against the benches' mean {record['bench_mean_images_per_s']:.2f} "
+        f"({record['overall_ratio']:.1%}).",
         "",
         "What eval adds besides the model, each part alone on one thread, ms per image: "
         + ", ".join(f"{key.replace('_', ' ')} {value:.1f}" for key, value in over.items())
-        + f" (sum {sum(over.values()):.1f}; image and mask decoding run in a thread ahead of the model).",
+        + f" (sum {sum(over.values()):.1f}); decoding runs in a thread ahead of the model, the model in a "
+        "thread ahead of the post-processing.",
         "",
     ]
     return "\n".join(lines)

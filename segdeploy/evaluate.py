@@ -173,8 +173,11 @@ class Evaluator:
                 score = image_miou(confusion)
                 if score is not None:
                     partial.consider(index, WorstImage(score, sample.stem, sample.image, sample.mask, prediction))  # type: ignore[arg-type]
-            first = first or maps
-            partial.agreement[index] += sum(int(np.count_nonzero(a == b)) for a, b in zip(maps, first))
+            if index == 0:
+                first = maps
+                partial.agreement[0] += sum(m.size for m in maps)
+            else:
+                partial.agreement[index] += sum(int(np.count_nonzero(a == b)) for a, b in zip(maps, first))
         partial.pixels += sum(frame.shape[0] * frame.shape[1] for frame in frames)
 
 

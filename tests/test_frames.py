@@ -72,6 +72,8 @@ def test_the_fast_argmax_is_numpys_first_maximum_bit_for_bit():
     assert first_argmax(scores).dtype == np.int32
     np.testing.assert_array_equal(first_argmax(scores), expected)
     np.testing.assert_array_equal(first_argmax(scores[:, :, ::2, 1::3]), scores[:, :, ::2, 1::3].argmax(axis=1))
+    scores[0, 3, 5, 6] = np.inf
+    np.testing.assert_array_equal(first_argmax(scores), scores.argmax(axis=1))
     scores[1, 7, 3, 4] = np.nan  # numpy counts a NaN as the maximum
     np.testing.assert_array_equal(first_argmax(scores), scores.argmax(axis=1))
     many = rng.standard_normal((1, 300, 4, 5)).astype(np.float32)
