@@ -123,11 +123,19 @@ def world(tmp_path_factory):
         with torch.no_grad():
             prediction = module(torch.from_numpy(_normalized(rgb))).argmax(1)[0].numpy()
         cv2.imwrite(str(masks / f"im{i}.png"), prediction.astype(np.uint8))
+    camvid = root / "camvid"  # the same set in CamVid's layout: calibrate on "train", score "val"
+    for split in ("train", "val"):
+        shutil.copytree(images, camvid / split)
+        shutil.copytree(masks, camvid / f"{split}annot")
     shape = (1, 3, 32, 32)
     fp32 = export_onnx(tiny, root / "tiny.onnx", input_shape=shape, num_classes=NUM_CLASSES, weights=tiny_pt).path
     int8 = export_onnx(
         tiny, root / "tiny.int8.onnx", input_shape=shape, num_classes=NUM_CLASSES, weights=tiny_pt,
-        precision="int8", calibration=images, verify=False,
+        precision="int8", calibration=f"camvid:{camvid}:train", verify=False,
+    ).path  # fmt: skip
+    fp16 = export_onnx(
+        tiny, root / "tiny.fp16.onnx", input_shape=shape, num_classes=NUM_CLASSES, weights=tiny_pt,
+        precision="fp16", verify=False,
     ).path  # fmt: skip
     frames = export_onnx(
         strict, root / "strict.onnx", input_shape=shape, num_classes=NUM_CLASSES, weights=strict_pt,
@@ -136,8 +144,8 @@ def world(tmp_path_factory):
     assert frames.metadata.size_multiple == 4
     bundle = write_bundle(frames.path, root / "strict_bundle")
     return {
-        "root": root, "tiny_pt": tiny_pt, "fp32": fp32, "int8": int8, "strict": frames.path, "bundle": bundle,
-        "images": images, "masks": masks,
+        "root": root, "tiny_pt": tiny_pt, "fp32": fp32, "int8": int8, "fp16": fp16, "strict": frames.path,
+        "bundle": bundle, "images": images, "masks": masks, "camvid": camvid,
     }  # fmt: skip
 
 
@@ -155,9 +163,9 @@ def _truths(masks: Path) -> list[np.ndarray]:
     return [cv2.imread(str(masks / f"im{i}.png"), cv2.IMREAD_UNCHANGED) for i in range(len(SIZES))]
 
 
-def _int8_predictions(world: dict) -> list[np.ndarray]:
-    """ONNX Runtime on the INT8 file, fed by hand: the images are at sizes the model takes."""
-    session = ort.InferenceSession(str(world["int8"]), providers=["CPUExecutionProvider"])
+def _ort_predictions(world: dict, name: str = "int8") -> list[np.ndarray]:
+    """ONNX Runtime on one of the files, fed by hand: the images are at sizes the model takes."""
+    session = ort.InferenceSession(str(world[name]), providers=["CPUExecutionProvider"])
     out = []
     for i in range(len(SIZES)):
         rgb = cv2.imread(str(world["images"] / f"im{i}.png"))[:, :, ::-1]
@@ -187,9 +195,9 @@ def test_pytorch_without_weights_is_rebuilt_from_the_checkpoint_the_file_records
 
 
 def test_an_int8_file_scores_what_onnx_runtime_and_the_per_class_formula_say(world):
-    report = _eval_json(str(world["fp32"]), str(world["int8"]), *_pairs(world))
-    ious, miou, accuracy = reference_scores(_int8_predictions(world), _truths(world["masks"]), NUM_CLASSES, 255)
-    int8 = report["results"][1]
+    report = _eval_json(str(world["fp32"]), str(world["int8"]), str(world["fp16"]), *_pairs(world))
+    ious, miou, accuracy = reference_scores(_ort_predictions(world), _truths(world["masks"]), NUM_CLASSES, 255)
+    int8, fp16 = report["results"][1:]
     assert int8["per_class_iou"] == pytest.approx(ious, abs=1e-12)
     assert int8["miou"] == pytest.approx(miou, abs=1e-12) and int8["pixel_accuracy"] == pytest.approx(
         accuracy, abs=1e-12
@@ -197,6 +205,10 @@ def test_an_int8_file_scores_what_onnx_runtime_and_the_per_class_formula_say(wor
     assert int8["miou"] < 1.0  # INT8 moves some pixels: the comparison is not between two perfect scores
     assert report["changes"][1]["miou"] == pytest.approx(miou - 1.0, abs=1e-12)
     assert report["candidates"][1]["precision"] == "int8"
+    # FP16 (float32 I/O) the same way: what its own ONNX Runtime predictions score
+    _, fp16_miou, _ = reference_scores(_ort_predictions(world, "fp16"), _truths(world["masks"]), NUM_CLASSES, 255)
+    assert report["candidates"][2]["precision"] == "fp16" and fp16["miou"] == pytest.approx(fp16_miou, abs=1e-12)
+    assert report["changes"][2]["agreement"] > 0.99
 
 
 def test_ignored_pixels_change_nothing(world, tmp_path):
@@ -215,11 +227,19 @@ def test_ignored_pixels_change_nothing(world, tmp_path):
     results = _eval_json(*candidates, *_pairs(world, ignored))["results"]
     assert results[0]["miou"] == 1.0 and results[0]["pixel_accuracy"] == 1.0
     marked = [cv2.imread(str(ignored / f"im{i}.png"), cv2.IMREAD_UNCHANGED) for i in range(len(SIZES))]
-    ious, miou, _ = reference_scores(_int8_predictions(world), marked, NUM_CLASSES, 255)
+    ious, miou, _ = reference_scores(_ort_predictions(world), marked, NUM_CLASSES, 255)
     assert results[1]["miou"] == pytest.approx(miou, abs=1e-12)
     # another ignore index: 255 is then a class value outside the model's classes, refused in one line
     refused = runner.invoke(app, ["eval", *candidates, *_pairs(world, ignored), "--ignore-index", "0"])
     assert refused.exit_code == 2 and "holds class 255" in refused.output
+
+
+def test_a_layout_named_by_options_or_by_a_specification_scores_as_the_stem_matched_directories(world):
+    candidates = [str(world["fp32"]), str(world["int8"])]
+    pairs = _eval_json(*candidates, *_pairs(world))["results"]
+    camvid = world["camvid"]
+    assert _eval_json(*candidates, "--camvid", str(camvid), "--split", "val")["results"] == pairs
+    assert _eval_json(*candidates, "--data", f"camvid:{camvid}:val")["results"] == pairs
 
 
 def test_the_reports_hold_the_json_contract_and_markdown_tables(world, tmp_path):
