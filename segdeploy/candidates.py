@@ -157,10 +157,10 @@ def _spec(
     name: str, runtime: Runtime, path: Path, metadata: Metadata, precision: Precision = Precision.FP32
 ) -> CandidateSpec:
     pipeline = FramePipeline.from_metadata(metadata)
-    return CandidateSpec(name, runtime, path, pipeline, _classes(pipeline, metadata.num_classes, path), precision)
+    return CandidateSpec(name, runtime, path, pipeline, _classes(metadata.num_classes, path), precision)
 
 
-def _classes(pipeline: FramePipeline, num_classes: int | None, where: Path) -> int:
+def _classes(num_classes: int | None, where: Path) -> int:
     if not num_classes:
         raise UserInputError(f"{where} does not record its class count (num_classes): export it with segdeploy export")
     return max(int(num_classes), 2)  # a one-channel output still draws two classes
