@@ -98,12 +98,24 @@ def test_the_leaf_module_that_describes_a_file_imports_nothing_of_the_stages():
 
 
 STAGES = [
+    # where labeled images come from: read by INT8 calibration (export) and by eval alike
+    ("segdeploy.pixels", "segdeploy.datasets"),
     ("segdeploy.models",),
     ("segdeploy.export", "segdeploy.precision"),
     ("segdeploy.runtime",),
     ("segdeploy.reference", "segdeploy.criteria", "segdeploy.verify"),
     ("segdeploy.bench", "segdeploy.report"),
     ("segdeploy.bundle",),
+    # your data: predict and eval run files, plans and bundles (they read the manifest) on images
+    (
+        "segdeploy.metrics",
+        "segdeploy.streams",
+        "segdeploy.distributed",
+        "segdeploy.candidates",
+        "segdeploy.predict",
+        "segdeploy.evaluate",
+        "segdeploy.eval_report",
+    ),
 ]
 # The export pipeline verifies its file before writing it: the one place an earlier stage calls later ones.
 ORCHESTRATION = {("segdeploy.export.onnx", "segdeploy.verify"), ("segdeploy.export.onnx", "segdeploy.runtime")}
@@ -117,7 +129,7 @@ def _stage(module: str) -> int | None:
 
 
 def test_stages_import_only_earlier_stages():
-    # model -> export -> runtime -> verify -> bench -> bundle: nothing imports a later stage
+    # datasets -> model -> export -> runtime -> verify -> bench -> bundle -> predict/eval: nothing imports a later stage
     for module, imported in import_graph().items():
         here = _stage(module)
         for target in imported:

@@ -62,6 +62,24 @@ def test_outputs_become_class_maps_and_return_to_the_frame_size():
     assert back.shape == (4, 6) and back[0, 0] == 2 and back[3, 5] == 1
 
 
+def test_the_fast_argmax_is_numpys_first_maximum_bit_for_bit():
+    from segdeploy.frames import first_argmax
+
+    rng = np.random.default_rng(0)
+    # rounded scores: many exact ties between classes, where the first maximum must win
+    scores = np.round(rng.standard_normal((2, 21, 37, 53)), 1).astype(np.float32)
+    expected = scores.argmax(axis=1)
+    assert first_argmax(scores).dtype == np.int32
+    np.testing.assert_array_equal(first_argmax(scores), expected)
+    np.testing.assert_array_equal(first_argmax(scores[:, :, ::2, 1::3]), scores[:, :, ::2, 1::3].argmax(axis=1))
+    scores[0, 3, 5, 6] = np.inf
+    np.testing.assert_array_equal(first_argmax(scores), scores.argmax(axis=1))
+    scores[1, 7, 3, 4] = np.nan  # numpy counts a NaN as the maximum
+    np.testing.assert_array_equal(first_argmax(scores), scores.argmax(axis=1))
+    many = rng.standard_normal((1, 300, 4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(first_argmax(many), many.argmax(axis=1))
+
+
 def test_the_manifest_form_round_trips_and_refuses_unknown_policies():
     pipe = FramePipeline.from_metadata(_metadata(max_size=256))
     data = pipe.to_dict()

@@ -4,7 +4,7 @@ Every command body imports the library lazily (``--help`` must not import
 torch) and raises ``SegdeployError`` for problems the user can fix; the
 ``guarded`` wrapper (``common``) turns those into one line on stderr and an exit code.
 Commands live by stage: ``convert`` (models, export, verify, lint), ``deploy``
-(build, bundle, doctor), ``bench``.
+(build, bundle, doctor), ``bench``, ``data`` (predict, eval).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 from segdeploy.cli import (
     bench,  # noqa: F401
     convert,  # noqa: F401
+    data,  # noqa: F401
     deploy,  # noqa: F401
 )
 from segdeploy.cli.common import app

@@ -102,7 +102,12 @@ def export_cmd(
         typer.Option("--output-kind", case_sensitive=False, help="logits, probs (softmax) or classmap (int32 argmax)."),
     ] = OutputKind.LOGITS,
     calib: Annotated[
-        Optional[Path], typer.Option("--calib", help="INT8: a directory of images or an .npy of NCHW float32 batches.")
+        Optional[Path],
+        typer.Option(
+            "--calib",
+            help="INT8: a directory of images, a dataset split as eval --data names it (voc:ROOT:train, "
+            "cityscapes:ROOT:train, camvid:ROOT:train) or an .npy of NCHW float32 batches.",
+        ),
     ] = None,
     calib_size: Annotated[int, typer.Option("--calib-size", help="INT8: the most calibration images used.")] = 64,
     quantizer: Annotated[str, typer.Option(help="INT8: ort (ONNX Runtime) or modelopt (optional extra).")] = "ort",

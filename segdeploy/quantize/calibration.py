@@ -1,20 +1,24 @@
-"""Calibration data: a directory of images, or an .npy of preprocessed batches, as the export's input expects."""
+"""Calibration data as the export's input expects it: a directory of images, a dataset split (the
+specification ``segdeploy eval --data`` takes: ``voc:ROOT:train``, ``cityscapes:ROOT:train``,
+``camvid:ROOT:train``), or an .npy of preprocessed batches."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from segdeploy.artifact import IMAGENET_MEAN, IMAGENET_STD
+from segdeploy.datasets import DatasetSpec
 from segdeploy.errors import MissingDependencyError, UserInputError, first_line
-from segdeploy.quantize.common import DEFAULT_CALIB_SIZE, IMAGE_SUFFIXES
+from segdeploy.pixels import IMAGE_SUFFIXES
+from segdeploy.quantize.common import DEFAULT_CALIB_SIZE
 
-if TYPE_CHECKING:
-    pass
+CALIBRATION_SPLIT = "train"
+"""The split a dataset specification without one calibrates on (eval scores another: val)."""
 
 
 def load_calibration(
@@ -27,9 +31,11 @@ def load_calibration(
     std: float | Sequence[float] | None = None,
     normalize: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> np.ndarray:
-    """Calibration inputs from a directory of images or an ``.npy`` of preprocessed batches.
+    """Calibration inputs from a directory of images, a dataset split, or an ``.npy`` of preprocessed batches.
 
-    Images (sorted by file name, the first ``calib_size``) are read with Pillow,
+    Images (a directory's sorted by file name, the first ``calib_size``; a dataset split's
+    ``calib_size`` spread evenly over the split, so that they are not all from one city or
+    sequence) are read with Pillow,
     resized to ``shape`` (bilinear), scaled to [0, 1] and normalised with
     ``(x - mean) / std`` per channel, or with ``normalize`` (which gets float32
     ``[C, H, W]`` in [0, 1] and returns the model's input for that image). An
@@ -37,7 +43,8 @@ def load_calibration(
     loaded without pickles and its first ``calib_size`` images are used.
 
     Args:
-        path: a directory of images or an ``.npy`` file.
+        path: a directory of images, ``voc:ROOT[:SPLIT]``, ``cityscapes:ROOT[:SPLIT]``,
+            ``camvid:ROOT[:SPLIT]`` (split default ``train``; masks are not needed), or an ``.npy`` file.
         shape: ``(H, W)`` the images are resized to (the export's trace size).
         in_channels: channels the model takes; images must have exactly that many.
         calib_size: the most images to use (at least 1).
@@ -60,10 +67,18 @@ def load_calibration(
     if len(shape) != 2 or any(int(s) < 1 for s in shape):
         raise UserInputError(f"calibration image size must be (height, width), got {tuple(shape)}")
     source = Path(path)
+    size = (int(shape[0]), int(shape[1]))
     if not source.exists():
-        raise UserInputError(f"calibration data {source} does not exist; pass a directory of images or an .npy file")
+        spec = DatasetSpec.parse(str(path), default_split=CALIBRATION_SPLIT)
+        if spec.layout == "images":
+            raise UserInputError(
+                f"calibration data {source} does not exist; pass a directory of images, a dataset split "
+                "(voc:ROOT:train, cityscapes:ROOT:train, camvid:ROOT:train) or an .npy file"
+            )
+        files = [sample.image for sample in spec.open(need_masks=False).spread(calib_size)]
+        return _load_images(files, size, in_channels, mean, std, normalize)
     if source.is_dir():
-        return _load_image_dir(source, (int(shape[0]), int(shape[1])), in_channels, calib_size, mean, std, normalize)
+        return _load_image_dir(source, size, in_channels, calib_size, mean, std, normalize)
     if source.suffix.lower() == ".npy":
         return _load_npy(source, in_channels, calib_size)
     raise UserInputError(f"calibration data {source} is neither a directory of images nor an .npy file")
@@ -112,6 +127,17 @@ def _load_image_dir(
         raise UserInputError(f"cannot read calibration directory {directory}: {exc.strerror or exc}") from None
     if not files:
         raise UserInputError(f"calibration directory {directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return _load_images(files[:calib_size], size, in_channels, mean, std, normalize)
+
+
+def _load_images(
+    files: Sequence[Path],
+    size: tuple[int, int],
+    in_channels: int,
+    mean: float | Sequence[float] | None,
+    std: float | Sequence[float] | None,
+    normalize: Callable[[np.ndarray], np.ndarray] | None,
+) -> np.ndarray:
     try:
         from PIL import Image
     except ImportError:
@@ -123,7 +149,7 @@ def _load_image_dir(
         mean_arr, std_arr = _statistics(mean, std, in_channels)
     height, width = size
     images = []
-    for file in files[:calib_size]:
+    for file in files:
         pixels = _read_image(Image, file, (width, height), in_channels)
         if normalize is None:
             image = (pixels - mean_arr) / std_arr
