@@ -314,7 +314,7 @@ def _classes(
     spec: CandidateSpec, dataset: Dataset, num_classes: int, labels_file: str | os.PathLike[str] | None
 ) -> tuple[tuple[str, ...], tuple[tuple[int, int, int], ...]]:
     """Class names and colors: the labels file's, the set's, the model's, or defaults; checked against the model."""
-    from segdeploy.bundle.manifest import palette, read_labels
+    from segdeploy.bundle.layout import palette, read_labels
 
     if dataset.labels is not None and len(dataset.labels) != num_classes:
         raise UserInputError(

@@ -294,7 +294,7 @@ def class_colors(
     Raises:
         UserInputError: a palette file with fewer colors than the model has classes.
     """
-    from segdeploy.bundle.manifest import default_labels, palette
+    from segdeploy.bundle.layout import default_labels, palette
 
     count = spec.num_classes
     if palette_file is not None:

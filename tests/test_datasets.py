@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segdeploy.bundle.manifest import palette
+from segdeploy.bundle.layout import palette
 from segdeploy.datasets import CITYSCAPES_CLASSES, VOC_CLASSES, DatasetSpec, pair_by_stem
 from segdeploy.errors import UserInputError
 from segdeploy.pixels import MaskReader, read_palette_file

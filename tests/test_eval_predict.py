@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from segdeploy.artifact import read_metadata
 from segdeploy.bundle import write_bundle
-from segdeploy.bundle.manifest import palette
+from segdeploy.bundle.layout import palette
 from segdeploy.cli import app
 from segdeploy.data import make_shapes, train_tiny
 from segdeploy.export.onnx import export_onnx
