@@ -3,8 +3,8 @@
 The float64 judgement (``segdeploy.verify``) runs at a few shapes, where it decides whether the file
 computes the model within PyTorch's own float32 noise. A size rule promises much more: every height and
 width it admits. So the file also runs at the traced shape, the rule's minimum (batch 2) and, per side,
-well above the traced size (about 2x and 1.5x, each paired with a smaller other side so that the work
-stays near one traced forward), non-square both ways. Those extra shapes are judged more cheaply
+well above the traced size (about 2x and 1.5x, each paired with a much smaller other side so that the
+work stays near half a traced forward), non-square both ways. Those extra shapes are judged more cheaply
 against PyTorch's float32 output, within a multiple of the noise the float64 shapes measured
 (``compare_probe``). A rule whose probes fail is narrowed to what was proven (``narrowed_rule``):
 a maximum size, or the traced size alone.
@@ -44,8 +44,9 @@ def proof_shapes(
         min_size, size_multiple, max_size: the rule (``max_size`` None: unbounded).
 
     Returns:
-        Distinct NCHW shapes, the traced one first; tall (~2x height, ~1/4 width) and wide (~1/3 height,
-        ~1.5x width), odd-sized when the rule takes any size; all valid for the rule.
+        Distinct NCHW shapes, the traced one first; tall (~2x height, ~1/8 width) and wide (~1/8 height,
+        ~1.5x width), odd-sized when the rule takes any size; all valid for the rule. Tall and wide
+        together cost about half a traced forward.
     """
     n, c, h, w = (int(d) for d in trace_shape)
     m = max(size_multiple, 1)
@@ -59,8 +60,8 @@ def proof_shapes(
         return value if high is None else min(value, high)
 
     minimum = (2, c, low, side(low + m))
-    tall = (1, c, side(2 * h, odd=True), side(w // 4))
-    wide = (1, c, side(h // 3), side(3 * w // 2, odd=True))
+    tall = (1, c, side(2 * h, odd=True), side(w // 8))
+    wide = (1, c, side(h // 8), side(3 * w // 2, odd=True))
     shapes: list[Shape] = []
     for shape in ((n, c, h, w), minimum, tall, wide):
         if shape not in shapes:

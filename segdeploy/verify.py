@@ -45,9 +45,10 @@ def verification_shapes(
 ) -> list[Shape]:
     """The traced shape, a smaller odd-sized one and a batch-2 one, all valid for the model.
 
-    The extra shapes are about half the traced sides and differ from it in every dynamic dimension:
-    an odd, non-square size (the nearest valid size when the model takes only multiples) and batch 2
-    at another aspect ratio, about a fifth of the traced work. A static file is checked at its one shape.
+    The extra shapes are smaller than the trace and differ from it in every dynamic dimension: an odd,
+    non-square size of about half the traced sides (the nearest valid size when the model takes only
+    multiples) and batch 2 at about a quarter by three eighths, together about half the traced work.
+    A static file is checked at its one shape.
     """
     n, c, h, w = (int(d) for d in check_shape(tuple(trace_shape)))  # type: ignore[arg-type]
     if static:
@@ -71,7 +72,7 @@ def verification_shapes(
     if odd[3] == odd[2]:
         bigger = odd[3] + max(m, 2)
         odd = (1, c, odd[2], bigger if high is None or bigger <= high else max(odd[3] - max(m, 2), low))
-    batch2 = (2, c, valid((3 * h) // 8, -1, False), valid(w // 2, -1, False))
+    batch2 = (2, c, valid(h // 4, -1, False), valid((3 * w) // 8, -1, False))
     shapes: list[Shape] = []
     for shape in ((n, c, h, w), odd, batch2):
         if shape not in shapes:

@@ -101,7 +101,7 @@ STAGES = [
     ("segdeploy.models",),
     ("segdeploy.export", "segdeploy.precision"),
     ("segdeploy.runtime",),
-    ("segdeploy.reference", "segdeploy.criteria", "segdeploy.verify"),
+    ("segdeploy.reference", "segdeploy.criteria", "segdeploy.proof", "segdeploy.verify"),
     ("segdeploy.bench", "segdeploy.report"),
     ("segdeploy.bundle",),
 ]

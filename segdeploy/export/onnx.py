@@ -158,6 +158,7 @@ def export_onnx(
     from segdeploy.export import translate
     from segdeploy.export.capture import SizeRule, capture, check_runs, network_channels, size_rule
     from segdeploy.export.io import FusedIO
+    from segdeploy.export.layout import contiguous_reshapes
     from segdeploy.export.rewrites import apply_rewrites
 
     started = time.perf_counter()
@@ -232,6 +233,7 @@ def export_onnx(
         rule = _narrowed(rule, CaptureGuards.from_program(program, axes).narrow(rule, example_shape), notes)  # type: ignore[arg-type]
 
     clock("onnx")
+    contiguous_reshapes(program)
     tracked = [name for name, _ in found.unpool_inputs]
     proto, renamed = translate.to_onnx(program, example, OUTPUT_NAMES[output], axes, tracked)
 
