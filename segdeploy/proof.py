@@ -23,12 +23,15 @@ from segdeploy.artifact import OutputKind
 from segdeploy.criteria import NOISE_MULTIPLE, ShapeComparison, labels, top2_margin
 from segdeploy.shapes import Shape
 
-PROBE_MULTIPLE = 2 * (NOISE_MULTIPLE + 1)
+PROBE_MULTIPLE = 20 * (NOISE_MULTIPLE + 1)
 """A probe passes within this multiple of the largest relative noise floor measured at the float64 shapes.
 
 A correct file is within ``NOISE_MULTIPLE`` floors of float64 and PyTorch's float32 within one, so within
-``NOISE_MULTIPLE + 1`` of each other; the factor 2 allows a floor at another size up to twice the largest
-measured one. Wrong files (sizes baked from the trace) are off by tens of percent or do not run.
+``NOISE_MULTIPLE + 1`` of each other at the probe's own floor; that floor is not measured, and floors vary
+with the size: the zoo SegNet (calibrated test widths) measured 2.2e-6 relative at 33x35 and 2.4e-5 at
+its traced 64x64, a correct file at 0.6-1.1 of each. The factor 20 covers that spread twice over and
+keeps the limit near 1e-4 relative for such a model; sizes baked from the trace are off by 0.15 and more
+(measured on adaptive pooling) or do not run.
 """
 
 PROBE_CRITERION = "float32-probe"

@@ -365,7 +365,7 @@ def test_textbook_segnet_exports_at_multiples_of_32_with_a_clear_note(tmp_path):
     report = result.verification
     assert report.passed, report.worst()
     assert all(h % 32 == 0 and w % 32 == 0 for _, _, h, w in (r.shape for r in report.results))
-    assert len({r.shape for r in report.results}) == 3 and any(r.shape[0] == 2 for r in report.results)
+    assert len({r.shape for r in report.results}) >= 5 and any(r.shape[0] == 2 for r in report.results)
 
 
 def test_textbook_segnet_exports_through_the_cli_with_default_options(tmp_path):
