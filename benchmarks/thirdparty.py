@@ -50,8 +50,12 @@ def _stock(model, path: Path) -> str:
     verdicts = []
     for shape in STOCK_SHAPES:
         x = torch.randn(shape)
-        with torch.no_grad():
-            expected = model(x).numpy()
+        try:
+            with torch.no_grad():
+                expected = model(x).numpy()
+        except Exception:
+            verdicts.append("PyTorch itself raises")
+            continue
         try:
             got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
             rel = float(np.abs(got - expected).max() / np.abs(expected).max())
