@@ -80,13 +80,16 @@ class Reference:
         self._module64: Any = None
         self._float64_error: str | None = None
 
-    def run(self, raw: np.ndarray, forced_pool_inputs: Sequence[np.ndarray] | None = None) -> ReferenceRun:
+    def run(
+        self, raw: np.ndarray, forced_pool_inputs: Sequence[np.ndarray] | None = None, float64: bool = True
+    ) -> ReferenceRun:
         """Both runs on ``raw`` (a batch in the file's input format).
 
         Args:
             raw: the input the candidate got.
             forced_pool_inputs: the candidate's pooling input of each unpooling (float32 NCHW), whose
                 first-maximum window choices both runs then unpool with; None lets PyTorch choose.
+            float64: also run the float64 copy (False: the float32 run only, ``out64`` None).
 
         Raises:
             UserInputError: the model raises on this input (its own error, in one line).
@@ -105,11 +108,11 @@ class Reference:
         with torch.inference_mode():
             out32, pool32 = self._forward(self.module, torch.from_numpy(np.ascontiguousarray(x32)), forced_pool_inputs)
             out64, pool64 = None, []
-            module64 = self._float64()
+            module64 = self._float64() if float64 else None
             if module64 is not None:
                 with _default_dtype(torch.float64):
                     out64, pool64 = self._forward(module64, torch.from_numpy(x64), forced_pool_inputs)
-        return ReferenceRun(out32, out64, pool32, pool64, self._float64_error)
+        return ReferenceRun(out32, out64, pool32, pool64, self._float64_error if float64 else None)
 
     def _float64(self) -> Any:
         if self._module64 is None and self._float64_error is None:

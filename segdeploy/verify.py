@@ -32,6 +32,7 @@ from segdeploy.criteria import (
     thresholds_for,
 )
 from segdeploy.errors import UserInputError
+from segdeploy.proof import PROBE_CRITERION, PROBE_MULTIPLE, compare_probe
 from segdeploy.shapes import Shape, check_shape, format_shape
 
 if TYPE_CHECKING:
@@ -39,36 +40,79 @@ if TYPE_CHECKING:
 
 
 def verification_shapes(
-    trace_shape: Sequence[int], min_size: int = 1, size_multiple: int = 1, static: bool = False
+    trace_shape: Sequence[int],
+    min_size: int = 1,
+    size_multiple: int = 1,
+    static: bool = False,
+    max_size: int | None = None,
 ) -> list[Shape]:
     """The traced shape, a smaller odd-sized one and a batch-2 one, all valid for the model.
 
-    The extra shapes are about half the traced sides (a quarter of the work each) and differ from it
-    in every dynamic dimension: an odd, non-square size (the nearest valid size when the model takes
-    only multiples) and batch 2 at another aspect ratio. A static file is checked at its one shape.
+    The extra shapes are smaller than the trace and differ from it in every dynamic dimension: an odd,
+    non-square size of about half the traced sides (the nearest valid size when the model takes only
+    multiples) and batch 2 at about a quarter by three eighths, together about half the traced work.
+    A static file is checked at its one shape.
     """
     n, c, h, w = (int(d) for d in check_shape(tuple(trace_shape)))  # type: ignore[arg-type]
     if static:
         return [(n, c, h, w)]
+    m = max(size_multiple, 1)
+    low = -(-max(min_size, 1) // m) * m
+    high = None if max_size is None else max(max_size // m * m, low)
 
     def valid(side: int, trace: int, odd: bool) -> int:
         """A valid side near ``side`` and different from the traced one: odd when any size goes."""
-        if size_multiple == 1:
-            side = max(side, min_size, 1)
-            side = side + 1 if odd and side % 2 == 0 else side
-        else:
-            side = max(side // size_multiple * size_multiple, -(-min_size // size_multiple) * size_multiple)
-        return side if side != trace else side + (size_multiple if size_multiple > 1 else 2)
+        side = max(side // m * m, low)
+        if odd and m == 1 and side % 2 == 0:
+            side += 1
+        if high is not None:
+            side = min(side, high)
+        if side == trace:
+            side = side - m if high is not None and side + m > high and side - m >= low else side + m
+        return side
 
     odd = (1, c, valid(h // 2 + 1, h, True), valid(w // 2 + 3, w, True))
     if odd[3] == odd[2]:
-        odd = (1, c, odd[2], odd[3] + max(size_multiple, 2))  # non-square, so a transposed H/W mix-up cannot pass
-    batch2 = (2, c, valid((3 * h) // 8, -1, False), valid((5 * w) // 8, -1, False))
+        bigger = odd[3] + max(m, 2)
+        odd = (1, c, odd[2], bigger if high is None or bigger <= high else max(odd[3] - max(m, 2), low))
+    batch2 = (2, c, valid(h // 4, -1, False), valid((3 * w) // 8, -1, False))
     shapes: list[Shape] = []
     for shape in ((n, c, h, w), odd, batch2):
         if shape not in shapes:
             shapes.append(shape)
     return shapes
+
+
+def verification_plan(
+    trace_shape: Sequence[int],
+    min_size: int = 1,
+    size_multiple: int = 1,
+    max_size: int | None = None,
+    dynamic: Sequence[str] = ("batch", "height", "width"),
+) -> tuple[list[Shape], list[Shape]]:
+    """The shapes judged against float64, and the probes judged against PyTorch's float32 (``segdeploy.proof``).
+
+    The float64 judgement runs where it decides, away from the traced shape: the odd-sized and batch-2
+    shapes of ``verification_shapes``. The traced shape itself (the one size the capture cannot get
+    wrong), the rule's minimum and sizes well above the trace are probes. A file of fixed height and
+    width is judged in float64 at its one size, plus batch 2 when its batch is dynamic.
+
+    Args:
+        trace_shape, min_size, size_multiple, max_size: the traced shape and the file's size rule.
+        dynamic: the file's dynamic input axes (``Metadata.dynamic_axes``).
+
+    Returns:
+        ``(float64_shapes, probe_shapes)``.
+    """
+    from segdeploy.proof import proof_shapes
+
+    n, c, h, w = (int(d) for d in trace_shape)
+    if "height" not in dynamic or "width" not in dynamic:
+        return [(n, c, h, w)], ([(2, c, h, w)] if "batch" in dynamic and n != 2 else [])
+    shapes = verification_shapes(trace_shape, min_size, size_multiple, False, max_size)
+    exact = [s for s in shapes if s != shapes[0]] or shapes[:1]
+    probes = [s for s in proof_shapes(shapes[0], min_size, size_multiple, max_size) if s not in exact]
+    return exact, probes
 
 
 @dataclass
@@ -137,6 +181,7 @@ def verify(
     metadata: Metadata | None = None,
     seed: int = 0,
     progress: Callable[[str], None] | None = None,
+    probe_shapes: Sequence[Sequence[int]] = (),
 ) -> VerificationReport:
     """Run candidate and PyTorch reference on the same inputs and judge the candidate per shape.
 
@@ -148,6 +193,8 @@ def verify(
             unpooling inputs); default: read from an ONNX candidate, else plain FP32 logits.
         seed: seed of the random inputs.
         progress: optional callable receiving one line per shape.
+        probe_shapes: more shapes, judged against PyTorch's float32 output only, within a multiple of
+            the relative noise floor measured at ``shapes`` (``segdeploy.proof.compare_probe``).
 
     Returns:
         A ``VerificationReport``; check ``.passed`` (nothing is raised on failure).
@@ -161,6 +208,7 @@ def verify(
     if not shapes:
         raise UserInputError("verify needs at least one input shape")
     checked = [check_shape(tuple(s)) for s in shapes]  # type: ignore[arg-type]
+    probes = [check_shape(tuple(s)) for s in probe_shapes if tuple(s) not in checked]  # type: ignore[arg-type]
     if metadata is None:
         metadata = _candidate_metadata(candidate)
     runner = open_runner(candidate, precision=metadata.precision)
@@ -174,18 +222,25 @@ def verify(
         runner.expose(names)  # type: ignore[attr-defined]  # one session that also returns the pooling inputs
     with runner:
         thresholds = thresholds_for(metadata.precision, index_unpooling=metadata.index_unpooling and not forced)
-        for shape in checked:
+        floors: list[float] = []
+        for shape in [*checked, *probes]:
+            probe = shape in probes and shape not in checked
             if progress:
-                progress(f"verifying {runner.label} against PyTorch at {format_shape(shape)}")
+                what = "probing" if probe else "verifying"
+                progress(f"{what} {runner.label} against PyTorch at {format_shape(shape)}")
             raw = runner.input_spec.random_batch(shape, rng)
             try:
                 outs = runner.infer_outputs(raw, names) if forced else [runner.infer(raw)]
             except UserInputError:
                 raise
             except Exception as exc:  # the file itself fails at this shape (e.g. a pooling baked at another size)
-                results.append(_crashed(shape, exc))
+                results.append(_crashed(shape, exc, PROBE_CRITERION if probe else "runtime error"))
                 continue
-            run = ref.run(raw, outs[1:] if forced else None)
+            run = ref.run(raw, outs[1:] if forced else None, float64=not probe)
+            if probe and thresholds.criterion == "noise-floor":
+                floor = max(floors) if floors else FALLBACK_FP32.max_rel_error / PROBE_MULTIPLE  # type: ignore[operator]
+                results.append(compare_probe(outs[0], run.out32, floor, metadata.output, shape))
+                continue
             criteria = thresholds if run.out64 is not None or thresholds.criterion != "noise-floor" else FALLBACK_FP32
             if run.float64_error and not notes:
                 notes.append(f"no float64 reference ({run.float64_error}): {FALLBACK_FP32.note}")
@@ -194,6 +249,8 @@ def verify(
             if reason:
                 cannot_judge(results[-1], reason)
                 continue
+            if run.out64 is not None:
+                floors.append(_relative_floor(run))
             if forced and run.out64 is not None:
                 check_pool_inputs(results[-1], outs[1:], run.pool32, run.pool64, windows)
     if forced:
@@ -209,13 +266,20 @@ def verify(
     )
 
 
-def _crashed(shape: Shape, exc: BaseException) -> ShapeComparison:
+def _relative_floor(run: Any) -> float:
+    """PyTorch's own float32 error relative to the output's scale: max |r32 - r64| / max |r64|."""
+    r64 = np.asarray(run.out64, dtype=np.float64)
+    scale = max(float(np.abs(r64).max()) if r64.size else 0.0, float(np.finfo(np.float32).tiny))
+    return float(np.abs(np.asarray(run.out32, np.float64) - r64).max()) / scale if r64.size else 0.0
+
+
+def _crashed(shape: Shape, exc: BaseException, criterion: str = "runtime error") -> ShapeComparison:
     from segdeploy.errors import first_line
 
     return ShapeComparison(
         tuple(shape),
         (),
-        "runtime error",
+        criterion,
         error=math.inf,
         max_rel_error=math.inf,
         p99_rel_error=math.inf,
@@ -300,21 +364,65 @@ def verify_file(
         metadata, where=str(file), model=model, weights=weights, num_classes=num_classes,
         in_channels=in_channels, config=config, file=file,
     )  # fmt: skip
+    probes: list[Shape] = []
     if not shapes:
         if metadata.trace_shape is None:
             raise UserInputError(f"{file} has no trace_shape metadata: pass --shape NxCxHxW (repeatable)")
-        shapes = verification_shapes(
+        shapes, probes = verification_plan(
             metadata.trace_shape,
             max(metadata.min_size, loaded.min_size),
             metadata.size_multiple,
-            static=metadata.static,
+            metadata.max_size,
+            metadata.dynamic_axes,
         )
     checked = [check_shape(tuple(s), in_channels=loaded.in_channels, min_size=loaded.min_size) for s in shapes]  # type: ignore[arg-type]
     for shape in checked:
         metadata.check_size(shape)
-    report = verify(file, loaded.module, shapes=checked, metadata=metadata, seed=seed, progress=progress)
+    report = verify(
+        file, loaded.module, shapes=checked, metadata=metadata, seed=seed, progress=progress, probe_shapes=probes
+    )
     report.notes.extend(loaded.notes)
     return report
+
+
+def verify_rule(
+    path: str | os.PathLike[str],
+    module: Any,
+    metadata: Metadata,
+    rule: Any,
+    trace_shape: Shape,
+    narrow: Callable[[Any], Metadata],
+    progress: Callable[[str], None] | None = None,
+) -> tuple[VerificationReport, Any]:
+    """Verify a just-written ONNX file over its size rule, narrowing the rule to what its runs prove.
+
+    Args:
+        path: the ONNX file (run with ONNX Runtime).
+        module: the PyTorch network.
+        metadata: the file's metadata.
+        rule: its ``segdeploy.export.capture.SizeRule``.
+        trace_shape: the NCHW shape it was traced at.
+        narrow: called with a narrower rule; rewrites the file for it and returns its new metadata.
+        progress: optional callable receiving one line per shape.
+
+    Returns:
+        The last ``VerificationReport`` and the rule it verified. A failing probe narrows the rule
+        (``segdeploy.proof.narrowed_rule``: a maximum size, or the traced size alone), and the narrowed
+        file is verified again over its own plan; a failure that no narrowing leaves out stays a failure.
+    """
+    from segdeploy.proof import narrowed_rule
+    from segdeploy.runtime import open_runner
+
+    while True:
+        shapes, probes = verification_plan(
+            trace_shape, rule.min_size, rule.multiple, rule.max_size, metadata.dynamic_axes
+        )
+        runner = open_runner(path, runtime="ort", precision=metadata.precision)  # a temporary file: name the runtime
+        report = verify(runner, module, shapes=shapes, metadata=metadata, progress=progress, probe_shapes=probes)
+        narrower = narrowed_rule(rule, trace_shape, report.results)
+        if report.passed or narrower == rule:
+            return report, rule
+        rule, metadata = narrower, narrow(narrower)
 
 
 def _engine_metadata(engine: Any) -> Metadata:

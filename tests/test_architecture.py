@@ -103,7 +103,7 @@ STAGES = [
     ("segdeploy.models",),
     ("segdeploy.export", "segdeploy.precision"),
     ("segdeploy.runtime",),
-    ("segdeploy.reference", "segdeploy.criteria", "segdeploy.verify"),
+    ("segdeploy.reference", "segdeploy.criteria", "segdeploy.proof", "segdeploy.verify"),
     ("segdeploy.bench", "segdeploy.report"),
     ("segdeploy.bundle",),
     # your data: predict and eval run files, plans and bundles (they read the manifest) on images

@@ -48,7 +48,8 @@ def test_the_readme_flow_at_a_small_size_export_then_verify_passes(in_tmp):
     )
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads((in_tmp / "parity.json").read_text())
-    assert report["passed"] is True and len(report["results"]) == 3
+    criteria = [r["criterion"] for r in report["results"]]
+    assert report["passed"] is True and criteria.count("noise-floor") == 2 and criteria.count("float32-probe") >= 3
     assert report["sizes"] == "accepts any height and width, at least 32"
 
 

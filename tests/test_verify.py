@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import warnings
 
 import numpy as np
@@ -240,8 +241,12 @@ def test_verify_cli_reads_shapes_from_metadata_and_writes_the_json_report(workdi
     assert result.exit_code == 0, result.output
     assert "[noise-floor, fp32]" in result.output and "passed" in result.output
     data = json.loads(report_path.read_text())
-    # the shapes come from the metadata: trace shape, an odd size at half scale, batch 2
-    assert [r["shape"] for r in data["results"]] == ["1x3x32x32", "1x3x17x19", "2x3x12x20"]
+    # the shapes come from the metadata: float64 at an odd size at half scale and batch 2; the trace,
+    # the minimum and sizes well above the trace as float32 probes
+    exact = [r["shape"] for r in data["results"] if r["criterion"] == "noise-floor"]
+    probes = [r["shape"] for r in data["results"] if r["criterion"] == "float32-probe"]
+    assert exact == ["1x3x17x19", "2x3x8x12"]
+    assert probes[0] == "1x3x32x32" and any(int(s.split("x")[2]) >= 64 for s in probes)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]  # no temp files left
 
 
@@ -331,7 +336,7 @@ def test_no_signal_names_zero_tiny_and_constant_outputs_and_passes_real_ones():
     assert no_signal(np.zeros((1, 8, 8), np.int32), None) is None  # a class map: one class is an answer
 
 
-@pytest.mark.parametrize(("factory", "reason"), [("Zero", "zero everywhere"), ("Vanishing", "max |x| 3")])
+@pytest.mark.parametrize(("factory", "reason"), [("Zero", "zero everywhere"), ("Vanishing", "normal range")])
 def test_an_output_without_signal_is_refused_not_judged_ok(tmp_path, factory, reason):
     from segdeploy.export.onnx import export_onnx
 
@@ -344,7 +349,7 @@ def test_an_output_without_signal_is_refused_not_judged_ok(tmp_path, factory, re
     result = CliRunner().invoke(app, ["verify", str(tmp_path / "dead.onnx")])
     assert result.exit_code == 4 and "Traceback" not in result.output
     error_lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
-    assert len(error_lines) == 1 and "CANNOT VERIFY" in error_lines[0] and reason in error_lines[0]
+    assert len(error_lines) == 1 and "CANNOT VERIFY" in error_lines[0] and re.search(reason, error_lines[0])
 
 
 def test_no_zoo_model_at_its_initial_weights_lacks_signal():

@@ -32,24 +32,36 @@ _MULTIPLES = (1, 2, 4, 8, 16, 32, 64, 128)
 
 @dataclass(frozen=True)
 class SizeRule:
-    """The input sizes a model accepts: height and width multiples of ``multiple``, at least ``min_size``.
+    """The input sizes a file accepts: height and width multiples of ``multiple`` in ``[min_size, max_size]``.
 
     Attributes:
         multiple: the size multiple (1: any size).
         min_size: the smallest side that works.
         out_channels: the channels of the main output at the trace shape.
+        max_size: the largest side (None: unbounded).
+        fixed: ``(height, width)`` when only the traced size is accepted.
+        narrowed: why the rule is narrower than what the model itself accepts ("" when it is not).
     """
 
     multiple: int
     min_size: int
     out_channels: int
+    max_size: int | None = None
+    fixed: tuple[int, int] | None = None
+    narrowed: str = ""
 
     def describe(self) -> str:
+        if self.fixed is not None:
+            return f"accepts only its traced size, fixed height x width {self.fixed[0]}x{self.fixed[1]}"
         sizes = "any height and width" if self.multiple == 1 else f"only multiples of {self.multiple}"
+        if self.max_size is not None:
+            return f"accepts {sizes}, from {self.min_size} to {self.max_size}"
         return f"accepts {sizes}, at least {self.min_size}"
 
     def valid(self, side: int) -> bool:
-        return side >= self.min_size and side % self.multiple == 0
+        if self.fixed is not None:
+            return side in self.fixed
+        return side >= self.min_size and side % self.multiple == 0 and (self.max_size is None or side <= self.max_size)
 
 
 class ModelRaised(UserInputError):

@@ -83,6 +83,7 @@ class ExportResult:
             "precision": self.metadata.precision.value,
             "rewrites": list(self.metadata.rewrites),
             "sizes": self.metadata.describe_sizes(),
+            "sizes_narrowed": self.size_rule.narrowed if self.size_rule is not None else "",
             "metadata": self.metadata.to_props(),
             "tensorrt_ready": self.tensorrt_ready,
             "lint": self.lint.to_dict() if self.lint is not None else None,
@@ -157,6 +158,7 @@ def export_onnx(
     from segdeploy.export import translate
     from segdeploy.export.capture import SizeRule, capture, check_runs, network_channels, size_rule
     from segdeploy.export.io import FusedIO
+    from segdeploy.export.layout import contiguous_reshapes
     from segdeploy.export.rewrites import apply_rewrites
     from segdeploy.models.loading import provenance
 
@@ -214,7 +216,9 @@ def export_onnx(
             program, loaded.module, shape, spatial_axes=spatial, out_axes=out_axes, min_size_hint=loaded.min_size
         )
     else:
-        rule = SizeRule(1, max(loaded.min_size, 1), network_channels(loaded.module, program, shape))
+        rule = SizeRule(
+            1, max(loaded.min_size, 1), network_channels(loaded.module, program, shape), fixed=(shape[2], shape[3])
+        )
     unfit = size_problem(shape[2], shape[3], rule.multiple, rule.min_size) if dynamic else None
     if unfit:  # traced off the model's own rule: its output there is not what the rule promises
         raise UserInputError(f"bad input shape {format_shape(shape)}: {unfit}")
@@ -231,8 +235,14 @@ def export_onnx(
         # a small shape keeps the check cheap; the traced one is valid wherever the capture's guards are not
         shapes = [_check_shape(shape, rule), example_shape] if dynamic else [shape]
         _check_rewritten(wrapper, program, shapes, preprocessing, found.applied)
+    if dynamic:  # what the capture assumed about sizes, rewrites included: a rule it cannot keep is narrowed
+        clock("sizes")
+        from segdeploy.export.guards import CaptureGuards
+
+        rule = _narrowed(rule, CaptureGuards.from_program(program, axes).narrow(rule, example_shape), notes)  # type: ignore[arg-type]
 
     clock("onnx")
+    contiguous_reshapes(program)
     tracked = [name for name, _ in found.unpool_inputs]
     proto, renamed = translate.to_onnx(program, example, OUTPUT_NAMES[output], axes, tracked)
 
@@ -242,6 +252,8 @@ def export_onnx(
     proto = translate.to_opset(proto, opset)
     if preprocessing.fused:
         translate.shapes_after_cast(proto)
+    if dynamic and rule.fixed is not None:
+        translate.fix_spatial_dims(proto, rule.fixed, preprocessing.input_format)
     values = {out for node in proto.graph.node for out in node.output} | {i.name for i in proto.graph.input}
     unpool_inputs = tuple((renamed[name], k) for name, k in found.unpool_inputs if renamed.get(name) in values)
     if len(unpool_inputs) != len(found.unpool_inputs):
@@ -250,7 +262,8 @@ def export_onnx(
     metadata = Metadata(
         architecture=loaded.name, source=loaded.source, config=dict(config or {}) if loaded.source != "object" else {},
         num_classes=rule.out_channels, in_channels=shape[1], trace_shape=shape,
-        dynamic_axes=tuple(axes.values()) if axes else (), min_size=rule.min_size, size_multiple=rule.multiple,
+        dynamic_axes=_file_axes(axes, rule), min_size=rule.min_size, size_multiple=rule.multiple,
+        max_size=rule.max_size,
         rewrites=tuple(found.applied), precision=precision, opset=opset, preprocessing=preprocessing,
         output=output, unpool_inputs=unpool_inputs, segdeploy_version=__version__, **provenance(loaded),
     )  # fmt: skip
@@ -283,12 +296,20 @@ def export_onnx(
         result.lint = lint_onnx(proto, checker=False)  # the file's own proto, fully checked above
         if verify:
             clock("verify")
-            from segdeploy.runtime import open_runner
-            from segdeploy.verify import verification_shapes, verify
+            from segdeploy.verify import verify_rule
 
-            shapes = verification_shapes(shape, rule.min_size, rule.multiple, static=not dynamic)
-            candidate = open_runner(tmp, runtime="ort", precision=precision)  # the temporary file: name the runtime
-            result.verification = report = verify(candidate, loaded.module, shapes=shapes, metadata=metadata)
+            def narrow(narrower: SizeRule) -> Metadata:
+                nonlocal rule
+                rule = result.size_rule = _narrowed(rule, narrower, notes)
+                metadata.max_size, metadata.dynamic_axes = rule.max_size, _file_axes(axes, rule)
+                if rule.fixed is not None:
+                    translate.fix_spatial_dims(proto, rule.fixed, preprocessing.input_format)
+                translate.set_metadata(proto, metadata)
+                translate.save(proto, tmp)
+                return metadata
+
+            result.verification, _ = verify_rule(tmp, loaded.module, metadata, rule, shape, narrow)
+            report = result.verification
             clock(None)
             result.seconds = time.perf_counter() - started
             if not report.passed:
@@ -407,6 +428,19 @@ def _example(shape: Sequence[int], preprocessing: Preprocessing) -> torch.Tensor
     if preprocessing.fused:
         return torch.randint(0, 256, tuple(shape), dtype=torch.uint8)
     return torch.randn(*shape)
+
+
+def _narrowed(rule: Any, narrower: Any, notes: list[str]) -> Any:
+    """``narrower`` in place of ``rule``, with a note saying what the file now accepts and why."""
+    if narrower != rule:
+        notes.append(f"sizes narrowed: the file {narrower.describe()}, because {narrower.narrowed}")
+    return narrower
+
+
+def _file_axes(axes: dict[int, str] | None, rule: Any) -> tuple[str, ...]:
+    """The file's dynamic axes: height and width are fixed when the rule admits only the traced size."""
+    names = tuple(axes.values()) if axes else ()
+    return tuple(n for n in names if n == "batch") if rule.fixed is not None else names
 
 
 def _check_shape(shape: Shape, rule: Any) -> Shape:

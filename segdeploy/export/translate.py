@@ -229,19 +229,53 @@ def _translations() -> dict[Any, Any]:
     return TRANSLATIONS
 
 
+# onnxsim passes that fuse standard ops into ONNX Runtime contrib ops (com.microsoft::Attention,
+# GroupQueryAttention): TensorRT's parser cannot import them, and a segdeploy file is standard ONNX.
+_CONTRIB_FUSIONS = ("fuse_attention", "fuse_gqa")
+STANDARD_DOMAINS = frozenset({"", "ai.onnx"})
+
+
 def simplify(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
-    """onnxsim; where it fails, onnxscript's optimizer instead (the model is kept as it is if both fail)."""
+    """onnxsim; where it fails, onnxscript's optimizer instead (the model is kept as it is if both fail).
+
+    Neither may leave an op outside the standard ONNX domains that the translated model did not
+    have (ONNX Runtime contrib fusions such as ``com.microsoft::Attention``, FusedConv,
+    SkipLayerNormalization, BiasGelu): such a result is dropped for the unsimplified model.
+    """
     try:
         import onnxsim
 
-        simplified, ok = onnxsim.simplify(proto)
+        simplified, ok = onnxsim.simplify(proto, **_onnxsim_options(onnxsim))
         if not ok:
             raise ValueError("onnxsim could not validate its result")
     except Exception as exc:  # onnxsim is an optimisation: fall back, never fail the export for it
         notes.append(f"onnxsim failed ({type(exc).__name__}: {first_line(exc)}); used onnxscript's optimizer")
-        return _optimize(proto, notes)
+        return _standard_only(proto, _optimize(proto, notes), "onnxscript's optimizer", notes)
     simplified.ir_version = proto.ir_version
-    return simplified
+    return _standard_only(proto, simplified, "onnxsim", notes)
+
+
+def nonstandard_ops(proto: onnx.ModelProto) -> list[str]:
+    """``domain::op`` of every node outside the standard ONNX domains, sorted and unique."""
+    return sorted({f"{n.domain}::{n.op_type}" for n in proto.graph.node if n.domain not in STANDARD_DOMAINS})
+
+
+def _onnxsim_options(onnxsim: Any) -> dict[str, Any]:
+    """Skip onnxsim's contrib-op fusions where this onnxsim has them (older releases have neither)."""
+    try:
+        if "skipped_optimizers" in inspect.signature(onnxsim.simplify).parameters:
+            return {"skipped_optimizers": list(_CONTRIB_FUSIONS)}
+    except (TypeError, ValueError):
+        pass
+    return {}
+
+
+def _standard_only(before: onnx.ModelProto, after: onnx.ModelProto, tool: str, notes: list[str]) -> onnx.ModelProto:
+    added = sorted(set(nonstandard_ops(after)) - set(nonstandard_ops(before)))
+    if not added:
+        return after
+    notes.append(f"{tool} fused ops into {', '.join(added)} (not standard ONNX): kept the model unsimplified")
+    return before
 
 
 def _optimize(proto: onnx.ModelProto, notes: list[str]) -> onnx.ModelProto:
@@ -272,6 +306,28 @@ def shapes_after_cast(proto: onnx.ModelProto) -> None:
     nodes = [n for n in proto.graph.node if n is not cast]
     del proto.graph.node[:]
     proto.graph.node.extend([cast, *nodes])
+
+
+def fix_spatial_dims(proto: onnx.ModelProto, size: tuple[int, int], input_format: Any) -> None:
+    """Fix the input's height and width (and the dims named after them) at ``size``; the batch stays as it is.
+
+    For a file whose size rule was narrowed to its traced size: ONNX Runtime and TensorRT then refuse
+    any other size at the input instead of failing inside the graph.
+    """
+    from segdeploy.artifact import dynamic_axes
+
+    names = {name: axis for axis, name in dynamic_axes(input_format).items()}
+    dims = proto.graph.input[0].type.tensor_type.shape.dim
+    values = {"height": int(size[0]), "width": int(size[1])}
+    renamed = {dims[names[n]].dim_param: v for n, v in values.items() if dims[names[n]].dim_param}
+    renamed.update(values)
+    for value in (*proto.graph.input, *proto.graph.output, *proto.graph.value_info):
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renamed:
+                dim.dim_value = renamed[dim.dim_param]
+    for name, axis in names.items():
+        if name in values:
+            dims[axis].dim_value = values[name]
 
 
 def set_metadata(proto: onnx.ModelProto, metadata: Metadata) -> None:

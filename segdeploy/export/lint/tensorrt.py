@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import onnx
 from segdeploy.export.lint.qdq import check_qdq
 from segdeploy.export.lint.report import LintIssue, LintReport, _attr, _type_name
+from segdeploy.export.lint.sizes import baked_sizes
 
 # Operators TensorRT 10's ONNX parser imports ("Y" in onnx-tensorrt's docs/operators.md).
 TRT10_SUPPORTED_OPS = frozenset(
@@ -145,7 +146,19 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto, *, checker: bool 
     issues.extend(_check_types(proto))
     issues.extend(_check_uint8_inputs(proto))
     issues.extend(check_qdq(proto))
+    trace = _trace_hw(proto)
+    if trace is not None:
+        issues.extend(baked_sizes(proto, trace))
     return report
+
+
+def _trace_hw(proto: onnx.ModelProto) -> tuple[int, int] | None:
+    """The traced height and width a segdeploy file records (None for other files)."""
+    text = next((p.value for p in proto.metadata_props if p.key == "trace_shape"), "")
+    parts = text.lower().split("x")
+    if len(parts) != 4 or not all(p.strip().isdigit() for p in parts):
+        return None
+    return int(parts[2]), int(parts[3])
 
 
 def _check_uint8_inputs(proto: onnx.ModelProto) -> list[LintIssue]:

@@ -1,0 +1,117 @@
+"""Third-party segmentation models: segdeploy's default export against the stock exporter, and the sizes proven.
+
+Tiny configurations with random weights and calibrated BatchNorm (``tests/thirdparty_models.py``; needs
+``pip install -e '.[thirdparty]'``), traced at 1x3x128x128, opset 17:
+
+- segdeploy: ``export_onnx`` with defaults (verified, sizes proven or narrowed);
+- stock: ``torch.onnx.export(dynamo=True)`` with dynamic batch/height/width, then ONNX Runtime against
+  PyTorch at the traced shape and at 2x3x160x96 and 1x3x192x256 (sizes PyTorch runs);
+- sizes proven: the shapes segdeploy's runs of the written file passed at.
+
+Writes ``benchmarks/results/thirdparty.{json,md}``.
+
+    python benchmarks/thirdparty.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+TRACE = (1, 3, 128, 128)
+STOCK_SHAPES = [(1, 3, 128, 128), (2, 3, 160, 96), (1, 3, 192, 256)]
+
+
+def _stock(model, path: Path) -> str:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from segdeploy.errors import first_line
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (torch.randn(2, 3, 128, 128),), str(path), dynamo=True, opset_version=17,
+                input_names=["input"], output_names=["logits"], external_data=False, verbose=False,
+                dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
+            )  # fmt: skip
+    except Exception as exc:
+        return f"no file: {type(exc).__name__}: {first_line(exc)[:120]}"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    verdicts = []
+    for shape in STOCK_SHAPES:
+        x = torch.randn(shape)
+        try:
+            with torch.no_grad():
+                expected = model(x).numpy()
+        except Exception:
+            verdicts.append("PyTorch itself raises")
+            continue
+        try:
+            got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+            rel = float(np.abs(got - expected).max() / np.abs(expected).max())
+            verdicts.append("exact" if rel <= 1e-3 else f"wrong (rel {rel:.2g})")
+        except Exception:
+            verdicts.append("fails")
+    return ", ".join(f"{'x'.join(map(str, s))} {v}" for s, v in zip(STOCK_SHAPES, verdicts))
+
+
+def _segdeploy(model, path: Path) -> tuple[str, str]:
+    from segdeploy import export_onnx
+    from segdeploy.errors import SegdeployError
+    from segdeploy.shapes import format_shape
+
+    try:
+        result = export_onnx(model, path, input_shape=TRACE, opset=17)
+    except SegdeployError as exc:
+        return f"exit {exc.exit_code}: {str(exc)[:160]}", "-"
+    rule = result.size_rule
+    verdict = f"verified; {rule.describe()}"
+    if rule.narrowed:
+        verdict += f" (narrowed: {rule.narrowed[:140]})"
+    proven = [format_shape(r.shape) for r in result.verification.results if r.passed]
+    return verdict, ", ".join(proven)
+
+
+def main() -> None:
+    import torch
+    from helpers import calibrate_batchnorm
+    from thirdparty_models import MODELS, prepare
+
+    prepare()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, build in MODELS.items():
+            torch.manual_seed(0)
+            model = calibrate_batchnorm(build(), (2, 3, 128, 128))
+            started = time.perf_counter()
+            ours, proven = _segdeploy(model, Path(tmp) / "ours.onnx")
+            seconds = time.perf_counter() - started
+            stock = _stock(model, Path(tmp) / "stock.onnx")
+            rows.append({"model": name, "segdeploy": ours, "s": round(seconds, 1), "stock": stock, "proven": proven})
+            print(json.dumps(rows[-1]), flush=True)
+    header = (
+        f"Third-party models, {time.strftime('%Y-%m-%d')}, tiny configurations with random weights and calibrated "
+        f"BatchNorm, traced at {'x'.join(map(str, TRACE))}, opset 17 (`python benchmarks/thirdparty.py`):"
+    )
+    lines = [header, "", "| model | segdeploy default | stock exporter | sizes proven |", "|---|---|---|---|"]
+    for r in rows:
+        cells = [r["model"], r["segdeploy"], r["stock"], r["proven"]]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "thirdparty.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (RESULTS / "thirdparty.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Proving a file's size rule: runs of the written file at sizes spread over what the rule admits.
+
+The float64 judgement (``segdeploy.verify``) runs at a few shapes, where it decides whether the file
+computes the model within PyTorch's own float32 noise. A size rule promises much more: every height and
+width it admits. So the file also runs at the traced shape, the rule's minimum (batch 2) and, per side,
+well above the traced size (about 2x and 1.5x, each paired with a much smaller other side so that the
+work stays near half a traced forward), non-square both ways. Those extra shapes are judged more cheaply
+against PyTorch's float32 output, within a multiple of the noise the float64 shapes measured
+(``compare_probe``). A rule whose probes fail is narrowed to what was proven (``narrowed_rule``):
+a maximum size, or the traced size alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+
+from segdeploy.artifact import OutputKind
+from segdeploy.criteria import NOISE_MULTIPLE, ShapeComparison, labels, top2_margin
+from segdeploy.shapes import Shape
+
+PROBE_MULTIPLE = 20 * (NOISE_MULTIPLE + 1)
+"""A probe passes within this multiple of the largest relative noise floor measured at the float64 shapes.
+
+A correct file is within ``NOISE_MULTIPLE`` floors of float64 and PyTorch's float32 within one, so within
+``NOISE_MULTIPLE + 1`` of each other at the probe's own floor; that floor is not measured, and floors vary
+with the size: the zoo SegNet (calibrated test widths) measured 2.2e-6 relative at 33x35 and 2.4e-5 at
+its traced 64x64, a correct file at 0.6-1.1 of each. The factor 20 covers that spread twice over and
+keeps the limit near 1e-4 relative for such a model; sizes baked from the trace are off by 0.15 and more
+(measured on adaptive pooling) or do not run.
+"""
+
+PROBE_CRITERION = "float32-probe"
+
+
+def proof_shapes(
+    trace_shape: Sequence[int], min_size: int = 1, size_multiple: int = 1, max_size: int | None = None
+) -> list[Shape]:
+    """The traced shape and the shapes that spread the rule: its minimum at batch 2, and each side well above.
+
+    Args:
+        trace_shape: the NCHW shape the file was traced at.
+        min_size, size_multiple, max_size: the rule (``max_size`` None: unbounded).
+
+    Returns:
+        Distinct NCHW shapes, the traced one first; tall (~2x height, ~1/8 width) and wide (~1/8 height,
+        ~1.5x width), odd-sized when the rule takes any size; all valid for the rule. Tall and wide
+        together cost about half a traced forward.
+    """
+    n, c, h, w = (int(d) for d in trace_shape)
+    m = max(size_multiple, 1)
+    low = -(-max(min_size, 1) // m) * m
+    high = None if max_size is None else max(max_size // m * m, low)
+
+    def side(value: int, odd: bool = False) -> int:
+        value = max(value // m * m, low)
+        if odd and m == 1 and value % 2 == 0:
+            value += 1
+        return value if high is None else min(value, high)
+
+    minimum = (2, c, low, side(low + m))
+    tall = (1, c, side(2 * h, odd=True), side(w // 8))
+    wide = (1, c, side(h // 8), side(3 * w // 2, odd=True))
+    shapes: list[Shape] = []
+    for shape in ((n, c, h, w), minimum, tall, wide):
+        if shape not in shapes:
+            shapes.append(shape)
+    return shapes
+
+
+def compare_probe(
+    candidate: np.ndarray, r32: np.ndarray, floor_rel: float, kind: OutputKind, shape: Sequence[int]
+) -> ShapeComparison:
+    """Judge a probe: the candidate against PyTorch's float32 output, within ``PROBE_MULTIPLE`` floors.
+
+    Args:
+        candidate: the file's output (logits, probabilities, or a class map).
+        r32: PyTorch's float32 output, in the same kind (logits for a class map).
+        floor_rel: the largest relative noise floor (floor / max |output|) seen at the float64 shapes.
+        kind: the output kind.
+        shape: the input shape.
+    """
+    from segdeploy.criteria import mean_iou, probabilities
+
+    reference = probabilities(r32) if kind is OutputKind.PROBS else r32
+    ref = np.asarray(reference, dtype=np.float64)
+    scale = max(float(np.abs(ref).max()) if ref.size else 0.0, float(np.finfo(np.float32).tiny))
+    limit = PROBE_MULTIPLE * floor_rel * scale + float(np.finfo(np.float32).eps) * scale
+    result = ShapeComparison(tuple(int(d) for d in shape), tuple(int(d) for d in candidate.shape), PROBE_CRITERION)
+    expected = ref.shape if kind is not OutputKind.CLASSMAP else (ref.shape[0], *ref.shape[2:])
+    if tuple(candidate.shape) != tuple(expected):
+        result.passed = False
+        result.error = result.max_rel_error = result.p99_rel_error = math.inf
+        result.failed.append(f"output shape {tuple(candidate.shape)} differs from PyTorch's {tuple(expected)}")
+        return result
+    result.limit = limit
+    if kind is not OutputKind.CLASSMAP:
+        cand = np.asarray(candidate, dtype=np.float64)
+        if not np.all(np.isfinite(cand)):
+            result.error = math.inf
+        else:
+            diff = np.abs(cand - ref)
+            result.error = float(diff.max()) if diff.size else 0.0
+            result.p99_rel_error = float(np.percentile(diff, 99)) / scale if diff.size else 0.0
+        result.max_rel_error = result.error / scale
+    cand_labels = labels(candidate, kind)
+    ref_labels = labels(ref, OutputKind.LOGITS if kind is OutputKind.CLASSMAP else kind)
+    flips = cand_labels != ref_labels
+    result.agreement = float(1.0 - flips.mean()) if flips.size else 1.0
+    result.miou = mean_iou(cand_labels, ref_labels, max(ref.shape[1], 2))
+    result.unexplained_flips = int((flips & (top2_margin(ref) > 2 * limit)).sum())
+    if kind is not OutputKind.CLASSMAP and not result.error <= limit:
+        result.failed.append(
+            f"error {result.error:.3g} against PyTorch float32 > {PROBE_MULTIPLE:g}x the relative noise floor "
+            f"{floor_rel:.3g} measured at the float64 shapes"
+        )
+    if result.unexplained_flips:
+        result.failed.append(f"{result.unexplained_flips} pixels change class away from near-ties")
+    result.passed = not result.failed
+    return result
+
+
+def narrowed_rule(rule: Any, trace: Shape, results: Sequence[ShapeComparison]) -> Any:
+    """The widest rule of the form "``rule`` up to a maximum side" that no failing result contradicts.
+
+    Args:
+        rule: the ``SizeRule`` the runs tested.
+        trace: the traced shape (it must stay valid).
+        results: every shape's result (float64 and probes).
+
+    Returns:
+        ``rule`` itself when nothing failed; ``rule`` with ``max_size`` below the smallest failing shape
+        when that still admits the traced size (its own probes must then pass too); else the traced size
+        alone (``fixed``).
+    """
+    failed = [r for r in results if not r.passed]
+    if not failed:
+        return rule
+    why = _failure_text(failed[0])
+    if rule.fixed is None:
+        m = max(rule.multiple, 1)
+        bound = (min(max(r.shape[2], r.shape[3]) for r in failed) - 1) // m * m
+        if bound >= max(trace[2], trace[3]) and bound >= rule.min_size:
+            return replace(rule, max_size=min(bound, rule.max_size or bound), narrowed=why)
+    return replace(rule, fixed=(trace[2], trace[3]), narrowed=why)
+
+
+def _failure_text(result: ShapeComparison) -> str:
+    from segdeploy.shapes import format_shape
+
+    reason = result.failed[0] if result.failed else "failed"
+    return f"the file fails at {format_shape(result.shape)}: {reason}"
