@@ -11,7 +11,6 @@ frames' sizes through the candidate's ``FramePipeline``.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,9 @@ from segdeploy.errors import UserInputError
 from segdeploy.frames import FramePipeline
 
 if TYPE_CHECKING:
+    from segdeploy.bundle.manifest import BundleManifest
     from segdeploy.runtime.base import Runner
+    from segdeploy.runtime.sidecar import EngineLoadFacts, EngineSidecar
 
 PYTORCH = "pytorch"
 """The candidate name that stands for the PyTorch model the files were exported from."""
@@ -43,7 +44,7 @@ class CandidateSpec:
         precision: the model's precision (``fp32`` for ``pytorch``).
         labels, colors: class names and RGB colors when the candidate carries them (a bundle).
         weights: ``pytorch`` only: a checkpoint overriding the one the metadata records.
-        sidecar: a plan's facts when they come from a bundle manifest instead of a sidecar file.
+        engine_facts: a plan's facts when they come from a bundle manifest instead of a sidecar file.
     """
 
     name: str
@@ -55,7 +56,7 @@ class CandidateSpec:
     labels: tuple[str, ...] | None = None
     colors: tuple[tuple[int, int, int], ...] | None = None
     weights: str | None = None
-    sidecar: dict[str, Any] | None = None
+    engine_facts: EngineLoadFacts | None = None
 
     def open_runner(self, threads: int | None = None) -> Runner:
         """A runner for this candidate (not yet activated).
@@ -72,10 +73,11 @@ class CandidateSpec:
 
             loaded = rebuild_model(read_metadata(self.path), where=str(self.path), weights=self.weights)
             return open_runner(loaded.module, runtime=Runtime.TORCH, precision=Precision.FP32, threads=threads)
-        runner = open_runner(self.path, runtime=self.runtime, precision=self.precision, threads=threads)
-        if self.sidecar is not None:
-            runner.sidecar = self.sidecar  # type: ignore[attr-defined]
-        return runner
+        if self.engine_facts is not None:
+            from segdeploy.runtime.trt_runner import TrtRunner
+
+            return TrtRunner(self.path, precision=self.precision, facts=self.engine_facts)
+        return open_runner(self.path, runtime=self.runtime, precision=self.precision, threads=threads)
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -126,6 +128,7 @@ def resolve_candidates(
 
 def _file_candidate(name: str, runtime: Runtime | None) -> tuple[CandidateSpec, Path]:
     from segdeploy.artifact import ENGINE_SUFFIXES, ONNX_SUFFIX, require_metadata
+    from segdeploy.bundle.manifest import MANIFEST, PLAN
 
     path = Path(name)
     if not path.exists():
@@ -136,11 +139,11 @@ def _file_candidate(name: str, runtime: Runtime | None) -> tuple[CandidateSpec, 
     if suffix in ENGINE_SUFFIXES:
         if runtime not in (None, Runtime.TRT):
             raise UserInputError(f"{path} is a TensorRT plan: it runs on the trt engine, not {runtime.value}")
-        if (path.parent / _bundle_files()["manifest"]).is_file() and path.name == _bundle_files()["plan"]:
+        if (path.parent / MANIFEST).is_file() and path.name == PLAN:
             return _bundle_candidate(path.parent, name, Runtime.TRT)
-        onnx_path = _engine_onnx(path)
-        metadata = require_metadata(onnx_path)
-        return _spec(name, Runtime.TRT, path, metadata, _engine_precision(path, metadata)), onnx_path
+        sidecar = _engine_sidecar(path)
+        onnx_path = _engine_onnx(path, sidecar)
+        return _spec(name, Runtime.TRT, path, require_metadata(onnx_path), sidecar.precision), onnx_path
     if suffix != ONNX_SUFFIX:
         raise UserInputError(
             f"{path}: unknown model file type {path.suffix!r}; expected .onnx, .engine, .plan or a bundle"
@@ -171,7 +174,7 @@ def _pytorch_candidate(base: CandidateSpec, onnx_path: Path, weights: str | None
     pipeline = network_pipeline(base.pipeline)
     return dataclasses.replace(
         base, name=name, runtime=Runtime.TORCH, path=onnx_path, pipeline=pipeline, precision=Precision.FP32,
-        weights=weights, sidecar=None,
+        weights=weights, engine_facts=None,
     )  # fmt: skip
 
 
@@ -192,21 +195,30 @@ def network_pipeline(pipeline: FramePipeline) -> FramePipeline:
     return dataclasses.replace(pipeline, **fields)
 
 
-def _engine_onnx(engine: Path) -> Path:
-    """The ONNX an engine was built from, as its sidecar names it, unchanged since the build."""
-    from segdeploy.fileio import sha256_file
-    from segdeploy.runtime.sidecar import read_sidecar, sidecar_path
+def _engine_sidecar(engine: Path) -> EngineSidecar:
+    """An engine's sidecar; a plan without one cannot be fed (nothing names its ONNX).
 
-    sidecar = read_sidecar(engine)
+    Raises:
+        UserInputError: no sidecar, or one that is not a complete segdeploy sidecar.
+    """
+    from segdeploy.runtime.sidecar import EngineSidecar, sidecar_path
+
+    sidecar = EngineSidecar.read(engine)
     if sidecar is None:
         raise UserInputError(
             f"{engine} has no sidecar ({sidecar_path(engine).name}) naming its ONNX: segdeploy cannot tell how to "
             "feed it; bundle it (segdeploy bundle MODEL.onnx --engine PLAN) or rebuild it with segdeploy build"
         )
-    info = sidecar.get("onnx") or {}
-    recorded = Path(str(info.get("path", "")))
+    return sidecar
+
+
+def _engine_onnx(engine: Path, sidecar: EngineSidecar) -> Path:
+    """The ONNX an engine was built from, as its sidecar names it (or beside the engine), unchanged since the build."""
+    from segdeploy.fileio import sha256_file
+
+    recorded = Path(sidecar.onnx_path)
     for candidate in (recorded, engine.parent / recorded.name):
-        if str(recorded) and candidate.is_file() and sha256_file(candidate) == info.get("sha256"):
+        if candidate.is_file() and sha256_file(candidate) == sidecar.onnx_sha256:
             return candidate
     raise UserInputError(
         f"the ONNX {engine} was built from ({recorded}) is missing or changed since the build: it describes how "
@@ -214,94 +226,67 @@ def _engine_onnx(engine: Path) -> Path:
     )
 
 
-def _engine_precision(engine: Path, metadata: Metadata) -> Precision:
-    from segdeploy.artifact import parse_precision
-    from segdeploy.runtime.sidecar import read_sidecar
-
-    recorded = (read_sidecar(engine) or {}).get("precision")
-    return parse_precision(recorded) if recorded else metadata.precision
-
-
 # --------------------------------------------------------------------------- bundles
-def _bundle_files() -> dict[str, str]:
-    from segdeploy.bundle import manifest
-
-    return {"manifest": manifest.MANIFEST, "onnx": manifest.MODEL, "plan": manifest.PLAN}
-
-
 @dataclass(frozen=True)
 class BundleModel:
-    """What predict and eval read from a bundle: its pipeline, files, classes and colors."""
+    """A bundle as predict and eval run it: its manifest and the files the runners open.
+
+    Attributes:
+        root: the bundle directory.
+        manifest: its ``segdeploy.json``.
+        onnx: its ``model.onnx``.
+        plan: its ``model.plan`` when the manifest describes an engine and the file is there.
+    """
 
     root: Path
-    pipeline: FramePipeline
+    manifest: BundleManifest
     onnx: Path
     plan: Path | None
-    num_classes: int
-    precision: Precision
-    labels: tuple[str, ...] | None
-    colors: tuple[tuple[int, int, int], ...] | None
-    engine: dict[str, Any] | None
 
 
 def read_bundle(root: Path) -> BundleModel:
-    """Read a bundle's manifest: the ``pipeline`` object when the manifest has one, else the pipeline of
-    ``model.onnx``'s metadata (manifests before schema version 2 do not carry it).
+    """Read a bundle's manifest (``BundleManifest.read``) and find the files it runs.
 
     Raises:
-        UserInputError: no manifest, an unreadable or malformed one, or a missing ``model.onnx``.
+        UserInputError: no manifest, an unreadable or malformed one (naming the field), or a missing ``model.onnx``.
     """
-    from segdeploy.artifact import parse_precision, require_metadata
+    from segdeploy.bundle.manifest import MANIFEST, MODEL, PLAN, BundleManifest
 
-    files = _bundle_files()
-    path = root / files["manifest"]
-    if not path.is_file():
-        raise UserInputError(f"{root} is a directory but not a bundle: it has no {files['manifest']}")
+    if not (root / MANIFEST).is_file():
+        raise UserInputError(f"{root} is a directory but not a bundle: it has no {MANIFEST}")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserInputError(f"cannot read {path}: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise UserInputError(f"{path} is not a segdeploy manifest (not a JSON object)")
-    onnx = root / files["onnx"]
+        manifest = BundleManifest.read(root)
+    except UserInputError as exc:
+        raise UserInputError(f"bundle {root}: {exc}") from None
+    onnx = root / MODEL
     if not onnx.is_file():
-        raise UserInputError(f"bundle {root} has no {files['onnx']}")
-    if isinstance(manifest.get("pipeline"), dict):
-        pipeline = FramePipeline.from_dict(manifest["pipeline"])
-    else:
-        pipeline = FramePipeline.from_metadata(require_metadata(onnx))
-    try:
-        num_classes = int(manifest["num_classes"])
-        labels = tuple(str(v) for v in manifest.get("labels") or ()) or None
-        colors = tuple((int(r), int(g), int(b)) for r, g, b in manifest.get("palette") or ()) or None
-        precision = parse_precision(manifest.get("precision") or "fp32")
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UserInputError(f"{path} is malformed: {exc!r}") from None
-    engine = manifest.get("engine") if isinstance(manifest.get("engine"), dict) else None
-    plan = root / files["plan"] if engine is not None and (root / files["plan"]).is_file() else None
-    return BundleModel(root, pipeline, onnx, plan, num_classes, precision, labels, colors, engine)
+        raise UserInputError(f"bundle {root} has no {MODEL}")
+    plan = root / PLAN if manifest.engine is not None and (root / PLAN).is_file() else None
+    return BundleModel(root, manifest, onnx, plan)
 
 
 def _bundle_candidate(root: Path, name: str, runtime: Runtime | None) -> tuple[CandidateSpec, Path]:
+    from segdeploy.runtime.sidecar import EngineLoadFacts
+
     bundle = read_bundle(root)
-    classes = max(bundle.num_classes, 2)
+    manifest = bundle.manifest
     spec = CandidateSpec(
-        name, Runtime.ORT, bundle.onnx, bundle.pipeline, classes, bundle.precision, bundle.labels, bundle.colors
-    )
+        name, Runtime.ORT, bundle.onnx, manifest.pipeline, max(manifest.num_classes, 2), manifest.precision,
+        manifest.labels or None, manifest.palette or None,
+    )  # fmt: skip
     if runtime is Runtime.TORCH:
         return _pytorch_candidate(spec, bundle.onnx, None, name=name), bundle.onnx
     if runtime is not Runtime.TRT:
         return spec, bundle.onnx
-    if bundle.plan is None or bundle.engine is None:
+    engine = manifest.engine
+    if bundle.plan is None or engine is None:
         raise UserInputError(f"bundle {root} has no TensorRT plan: bundle it with --engine, or run it on ort")
-    facts = {key: bundle.engine.get(key) for key in ("tensorrt_version", "gpu_name", "compute_capability")}
-    layout = "nhwc" if bundle.pipeline.layout == "NHWC" else "nchw"
-    facts["input_format"] = "float32-nchw" if bundle.pipeline.dtype == "float32" else f"uint8-{layout}"
-    engine_precision = bundle.engine.get("precision") or bundle.precision.value
-    from segdeploy.artifact import parse_precision
-
+    facts = EngineLoadFacts(
+        engine.tensorrt_version, engine.gpu_name, engine.compute_capability, engine.precision,
+        manifest.input.input_format,
+    )  # fmt: skip
     return dataclasses.replace(
-        spec, runtime=Runtime.TRT, path=bundle.plan, precision=parse_precision(engine_precision), sidecar=facts
+        spec, runtime=Runtime.TRT, path=bundle.plan, precision=engine.precision, engine_facts=facts
     ), bundle.onnx
 
 

@@ -431,15 +431,15 @@ def _engine_metadata(engine: Any) -> Metadata:
 
     from segdeploy.artifact import read_metadata
     from segdeploy.fileio import sha256_file
-    from segdeploy.runtime.sidecar import read_sidecar
+    from segdeploy.runtime.sidecar import EngineSidecar
 
-    sidecar = read_sidecar(engine) or {}
-    onnx_info = sidecar.get("onnx") or {}
-    onnx_path = Path(onnx_info.get("path", ""))
-    if onnx_path.is_file() and onnx_info.get("sha256") == sha256_file(onnx_path):
+    sidecar = EngineSidecar.read(engine)
+    if sidecar is None:
+        return Metadata()
+    onnx_path = Path(sidecar.onnx_path)
+    if onnx_path.is_file() and sidecar.onnx_sha256 == sha256_file(onnx_path):
         metadata = read_metadata(onnx_path)
     else:
         metadata = Metadata()
-    if sidecar.get("precision"):
-        metadata.precision = parse_precision(sidecar["precision"])
+    metadata.precision = sidecar.precision
     return metadata

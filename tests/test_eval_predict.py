@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from segdeploy.artifact import read_metadata
 from segdeploy.bundle import write_bundle
 from segdeploy.bundle.layout import palette
+from segdeploy.bundle.manifest import BundleManifest
 from segdeploy.cli import app
 from segdeploy.data import make_shapes, train_tiny
 from segdeploy.export.onnx import export_onnx
@@ -184,11 +185,6 @@ def test_pytorch_and_the_fp32_file_score_miou_1_on_masks_pytorch_drew(world):
     assert report["changes"][1] == {"candidate": "pytorch", "miou": 0.0, "pixel_accuracy": 0.0, "agreement": 1.0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="export does not yet record the checkpoint (weights, weights_sha256) and rebuild_model does not yet "
-    "rebuild from it; when both land this passes and the marker goes",
-)
 def test_pytorch_without_weights_is_rebuilt_from_the_checkpoint_the_file_records(world):
     report = _eval_json(str(world["fp32"]), "pytorch", *_pairs(world))
     assert report["results"][1]["miou"] == 1.0
@@ -333,13 +329,13 @@ def test_predict_pngs_are_the_runners_class_maps(world, tmp_path, model):
 
 
 def test_predict_colors_come_from_the_bundle_or_a_palette_file_and_overlays_can_be_left_out(world, tmp_path):
-    manifest = json.loads((world["bundle"] / "segdeploy.json").read_text())
+    manifest = BundleManifest.read(world["bundle"])
     result = runner.invoke(
         app, ["predict", str(world["bundle"]), str(world["images"] / "im1.png"), "-o", str(tmp_path)]
     )
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "im1.png") as image:
-        assert image.getpalette()[: 3 * NUM_CLASSES] == [v for c in manifest["palette"][:NUM_CLASSES] for v in c]
+        assert image.getpalette()[: 3 * NUM_CLASSES] == [v for c in manifest.palette[:NUM_CLASSES] for v in c]
     colors = tmp_path / "colors.csv"
     colors.write_text("name,r,g,b\nbg,1,2,3\na,10,20,30\nb,40,50,60\nc,70,80,90\n")
     out = tmp_path / "plain"
@@ -349,7 +345,7 @@ def test_predict_colors_come_from_the_bundle_or_a_palette_file_and_overlays_can_
     assert sorted(p.name for p in out.iterdir()) == ["im1.png"]
     with Image.open(out / "im1.png") as image:
         assert image.getpalette()[:12] == [1, 2, 3, 10, 20, 30, 40, 50, 60, 70, 80, 90]
-    assert palette(NUM_CLASSES)[1] == [128, 0, 0]  # the default is VOC's color map
+    assert palette(NUM_CLASSES)[1] == (128, 0, 0)  # the default is VOC's color map
 
 
 def test_a_video_gives_an_overlay_video_and_a_class_map_per_frame(world, tmp_path):
@@ -395,6 +391,15 @@ def test_predict_takes_globs_and_refuses_bad_inputs_in_one_line(world, tmp_path)
         ([str(world["bundle"]), str(world["images"]), "--engine", "trt"], "has no TensorRT plan"),
         ([str(world["images"]), str(world["images"])], "not a bundle"),
     ]
+    for field, value, message in (
+        ("palette", [[0, 0, 300]] * NUM_CLASSES, "segdeploy.json: 'palette' needs"),
+        ("schema_version", 1, "segdeploy.json has schema_version 1"),
+    ):
+        broken = tmp_path / f"broken_{field}"
+        shutil.copytree(world["bundle"], broken)
+        manifest = json.loads((broken / "segdeploy.json").read_text())
+        (broken / "segdeploy.json").write_text(json.dumps({**manifest, field: value}))
+        cases.append(([str(broken), str(world["images"])], message))
     for args, message in cases:
         result = runner.invoke(app, ["predict", *args, "-o", str(tmp_path / "refused")])
         assert result.exit_code == 2, (args, result.output)
@@ -444,7 +449,6 @@ def _fake_plan(onnx_path: Path, directory: Path) -> Path:
     import onnx
 
     from segdeploy.fileio import sha256_file
-    from segdeploy.runtime.sidecar import sidecar_path
     from segdeploy.runtime.trt_build import derive_profile, make_sidecar, plan_build
 
     engine = directory / "strict.engine"
@@ -457,7 +461,7 @@ def _fake_plan(onnx_path: Path, directory: Path) -> Path:
         compute_capability="8.7", onnx_path=onnx_path, onnx_sha256=sha256_file(onnx_path),
         engine_sha256=sha256_file(engine), workspace_gb=1.0, timing_cache=None, build_seconds=1.0,
     )  # fmt: skip
-    sidecar_path(engine).write_text(json.dumps(sidecar))
+    sidecar.write(engine)
     return engine
 
 
@@ -476,7 +480,9 @@ def test_a_plan_is_fed_as_its_onnx_or_its_bundle_describes(world, tmp_path):
     for name, runtime in ((str(bundle), "trt"), (str(bundle / "model.plan"), None)):
         (spec,) = resolve_candidates([name], runtime=runtime)
         assert spec.path == bundle / "model.plan" and spec.pipeline == expected
-        assert spec.sidecar["input_format"] == "uint8-nhwc" and spec.sidecar["compute_capability"] == "8.7"
+        facts = spec.engine_facts
+        assert facts.input_format.value == "uint8-nhwc" and facts.compute_capability == "8.7"
+        assert (facts.tensorrt_version, facts.precision.value, spec.precision.value) == ("10.3.0.30", "fp16", "fp16")
     onnx_copy.write_bytes(onnx_copy.read_bytes() + b"\x00")
     with pytest.raises(UserInputError, match="missing or changed since the build"):
         resolve_candidates([str(plan)])

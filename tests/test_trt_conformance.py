@@ -258,18 +258,24 @@ def test_engine_tensorrt_cannot_deserialize_is_a_user_error(trt_api, install, tm
 
 
 def test_runner_activates_against_the_real_bindings(trt_api, install, tmp_path, monkeypatch):
-    import json
+    import dataclasses
+    import hashlib
 
     import torch
+    from test_trt_runner import SIDECAR
 
-    from segdeploy.runtime.sidecar import sidecar_path
+    from segdeploy.artifact import Precision
     from segdeploy.runtime.trt_runner import TrtRunner
 
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"ENGINE")
-    sidecar_path(engine).write_text(
-        json.dumps({"tensorrt_version": trt_api["version"], "compute_capability": "8.6", "precision": "fp32"})
+    sidecar = dataclasses.replace(
+        SIDECAR,
+        tensorrt_version=trt_api["version"],
+        precision=Precision.FP32,
+        engine_sha256=hashlib.sha256(b"ENGINE").hexdigest(),
     )
+    sidecar.write(engine)
     fake = install(trt_api)
     monkeypatch.setattr(torch.cuda, "Stream", lambda: types.SimpleNamespace(cuda_stream=77))
     runner = TrtRunner(engine)

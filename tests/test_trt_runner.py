@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,9 +11,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from segdeploy.artifact import InputFormat, Precision
 from segdeploy.environment import GpuInfo
 from segdeploy.errors import MissingDependencyError, UserInputError
-from segdeploy.runtime.sidecar import sidecar_path
+from segdeploy.runtime.sidecar import EngineLoadFacts, EngineSidecar, ProfileShapes, sidecar_path
 from segdeploy.runtime.trt_runner import TrtRunner, check_engine_compatible, check_in_profile
 
 GPU = GpuInfo(name="Fake GPU", compute_capability="8.6", memory_gb=24.0)
@@ -45,18 +46,34 @@ class FakeRuntimeModule:
         self.Logger, self.Runtime = Logger, Runtime
 
 
+SIDECAR = EngineSidecar(
+    tensorrt_version="10.3.0.26",
+    gpu_name="Fake GPU",
+    compute_capability="8.6",
+    precision=Precision.FP16,
+    input_name="input",
+    input_format=InputFormat.FLOAT32_NCHW,
+    profile=ProfileShapes((1, 3, 32, 32), (1, 3, 64, 64), (2, 3, 128, 128)),
+    onnx_path="m.onnx",
+    onnx_sha256="0" * 64,
+    engine_sha256=hashlib.sha256(PLAN).hexdigest(),
+    strongly_typed=True,
+    fp16_builder_flag=False,
+    explicit_quantization=False,
+    tf32=True,
+    workspace_gb=1.0,
+    timing_cache=None,
+    build_seconds=1.0,
+    built_at="2026-01-01T00:00:00+0000",
+    segdeploy_version="0.1.0",
+)
+
+
 def write_engine(tmp_path: Path, **sidecar_overrides) -> Path:
+    """Plan bytes and their sidecar, written by the sidecar's one writer."""
     engine = tmp_path / "m.engine"
     engine.write_bytes(PLAN)
-    sidecar = {
-        "tensorrt_version": "10.3.0.26",
-        "compute_capability": "8.6",
-        "gpu_name": "Fake GPU",
-        "precision": "fp16",
-        "engine_sha256": hashlib.sha256(PLAN).hexdigest(),
-        **sidecar_overrides,
-    }
-    sidecar_path(engine).write_text(json.dumps(sidecar))
+    dataclasses.replace(SIDECAR, **sidecar_overrides).write(engine)
     return engine
 
 
@@ -74,9 +91,8 @@ def fake_runtime(monkeypatch):
 # --------------------------------------------------------------------------- pure checks
 def test_compatible_engine_passes_the_check(tmp_path):
     engine = write_engine(tmp_path)
-    sidecar = json.loads(sidecar_path(engine).read_text())
     check_engine_compatible(
-        sidecar,
+        EngineSidecar.read(engine).load_facts(),
         engine_path=engine,
         engine_sha256=hashlib.sha256(PLAN).hexdigest(),
         trt_version="10.3.0.26",
@@ -97,7 +113,7 @@ def test_compatible_engine_passes_the_check(tmp_path):
 )
 def test_engine_from_another_tensorrt_or_gpu_is_refused_with_both_sides_named(tmp_path, here, message):
     engine = write_engine(tmp_path)
-    sidecar = json.loads(sidecar_path(engine).read_text())
+    sidecar = EngineSidecar.read(engine).load_facts()
     facts = {
         "engine_sha256": hashlib.sha256(PLAN).hexdigest(),
         "trt_version": "10.3.0.26",
@@ -158,9 +174,32 @@ def test_runner_reports_an_engine_tensorrt_cannot_load(tmp_path, fake_runtime):
 
 
 def test_runner_precision_label_comes_from_the_sidecar(tmp_path):
-    engine = write_engine(tmp_path, precision="fp32")
+    engine = write_engine(tmp_path, precision=Precision.FP32)
     assert TrtRunner(engine).label == "trt-fp32"
     assert TrtRunner(engine, precision="fp16").label == "trt-fp16"
+
+
+def test_runner_refuses_a_sidecar_that_is_not_a_complete_segdeploy_sidecar_in_one_line(tmp_path):
+    engine = write_engine(tmp_path)
+    sidecar_path(engine).write_text('{"tensorrt_version": "10.3.0.26", "compute_capability": "8.6"}')
+    with pytest.raises(UserInputError, match=r"m\.engine\.json is not a segdeploy engine sidecar") as info:
+        TrtRunner(engine)
+    assert "\n" not in str(info.value)
+    sidecar_path(engine).write_text("{not json")
+    with pytest.raises(UserInputError, match=r"cannot read .*m\.engine\.json"):
+        TrtRunner(engine)
+
+
+def test_facts_given_to_the_runner_replace_the_sidecar_and_are_checked_before_deserializing(tmp_path, fake_runtime):
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(PLAN)  # a bundle's plan: no sidecar, its facts come from the manifest
+    facts = EngineLoadFacts("10.3.0.26", "Orin", "8.7", Precision.INT8, InputFormat.UINT8_NHWC)
+    runner = TrtRunner(engine, facts=facts)
+    assert runner.facts == facts and runner.label == "trt-int8"
+    fake = fake_runtime("10.3.0.26")
+    with pytest.raises(UserInputError, match=r"compute capability 8\.7 \(Orin\) but this GPU is compute 8\.6"):
+        runner.activate()
+    assert fake.calls == []
 
 
 def test_runner_without_tensorrt_is_a_missing_dependency(tmp_path, monkeypatch):

@@ -4,7 +4,8 @@ An engine deserializes only on the TensorRT version and GPU architecture that bu
 reads the sidecar to refuse a foreign engine in one line, the bundle to describe it and to prove that
 the plan is the one built from its ONNX. :class:`EngineSidecar` is the contract: ``EngineSidecar.read``
 is its one reader, ``EngineSidecar.write`` its one writer, and ``segdeploy/schemas/
-engine_sidecar.schema.json`` its JSON Schema.
+engine_sidecar.schema.json`` its JSON Schema. :class:`EngineLoadFacts` is the part the runner checks and
+feeds by, whether a sidecar or a bundle's manifest gives it.
 """
 
 from __future__ import annotations
@@ -38,6 +39,26 @@ class ProfileShapes:
 
     def to_dict(self) -> dict[str, list[int]]:
         return {"min": list(self.min), "opt": list(self.opt), "max": list(self.max)}
+
+
+@dataclass(frozen=True)
+class EngineLoadFacts:
+    """Where an engine loads and what it takes: what the TensorRT runner checks before deserializing it.
+
+    Attributes:
+        tensorrt_version, gpu_name, compute_capability: the TensorRT version and GPU that built it.
+        precision: the engine's precision (the runner's label and verification thresholds).
+        input_format: the input its ONNX takes (the runner's input layout).
+        engine_sha256: the plan bytes' sha256 when a sidecar records it; None when the facts come from a
+            bundle's manifest (whose ``files`` hash the plan instead).
+    """
+
+    tensorrt_version: str
+    gpu_name: str
+    compute_capability: str
+    precision: Precision
+    input_format: InputFormat
+    engine_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +98,17 @@ class EngineSidecar:
     built_at: str
     segdeploy_version: str
 
+    def load_facts(self) -> EngineLoadFacts:
+        """What the runner checks before loading this engine, and the input it feeds."""
+        return EngineLoadFacts(
+            self.tensorrt_version,
+            self.gpu_name,
+            self.compute_capability,
+            self.precision,
+            self.input_format,
+            self.engine_sha256,
+        )
+
     # ------------------------------------------------------------------ the one writer
     def to_dict(self) -> dict[str, Any]:
         """The JSON object (key names and layout are the file format)."""
@@ -114,10 +146,17 @@ class EngineSidecar:
         """The sidecar of ``engine_path``, or None when there is none.
 
         Raises:
-            UserInputError: a sidecar that is not a complete segdeploy sidecar (naming what is wrong).
+            UserInputError: an unreadable sidecar, or one that is not a complete segdeploy sidecar (naming
+                what is wrong).
         """
-        data = read_sidecar(engine_path)
-        return None if data is None else cls.from_dict(data, where=str(sidecar_path(engine_path)))
+        path = sidecar_path(engine_path)
+        if not path.is_file():
+            return None
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise UserInputError(f"cannot read {path}: {exc}; delete it or rebuild the engine") from None
+        return cls.from_dict(data, where=str(path))
 
     @classmethod
     def from_dict(cls, data: Any, *, where: str = "the sidecar") -> EngineSidecar:
@@ -198,21 +237,3 @@ class EngineSidecar:
             built_at=get("built_at", str),
             segdeploy_version=text("segdeploy_version"),
         )
-
-
-def read_sidecar(engine_path: str | Path) -> dict[str, Any] | None:
-    """The sidecar's raw JSON object if present (the runner's compatibility checks read it leniently).
-
-    Raises:
-        UserInputError: the sidecar exists but is not a JSON object.
-    """
-    path = sidecar_path(engine_path)
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserInputError(f"cannot read {path}: {exc}; delete it or rebuild the engine") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"{path} is not a segdeploy engine sidecar; delete it or rebuild the engine")
-    return data

@@ -26,7 +26,7 @@ import numpy as np
 from segdeploy.artifact import Precision, Runtime
 from segdeploy.errors import SegdeployError, UserInputError
 from segdeploy.runtime.base import InputSpec, Measurement, Runner, main_output_index
-from segdeploy.runtime.sidecar import read_sidecar, sidecar_path
+from segdeploy.runtime.sidecar import EngineLoadFacts, EngineSidecar, sidecar_path
 from segdeploy.runtime.trt_build import Profile, require_tensorrt
 from segdeploy.shapes import format_shape
 
@@ -34,7 +34,7 @@ REBUILD_HINT = "rebuild it on this machine with `segdeploy build MODEL.onnx`"
 
 
 def check_engine_compatible(
-    sidecar: dict[str, Any],
+    facts: EngineLoadFacts,
     *,
     engine_path: str | Path,
     engine_sha256: str,
@@ -47,33 +47,29 @@ def check_engine_compatible(
     capability (unless built version/hardware compatible, which segdeploy does not do).
 
     Args:
-        sidecar: the engine's ``.json`` sidecar.
+        facts: the engine's facts, from its ``.json`` sidecar or a bundle's manifest.
         engine_path: for messages.
         engine_sha256: sha256 of the engine bytes about to be loaded.
         trt_version: ``tensorrt.__version__`` here.
         compute_capability: this GPU's ``"major.minor"``.
 
     Raises:
-        UserInputError: the sidecar describes another engine, TensorRT version or compute capability.
+        UserInputError: the facts describe another engine, TensorRT version or compute capability.
     """
-    side = sidecar_path(engine_path)
-    recorded_sha = sidecar.get("engine_sha256")
-    if recorded_sha and recorded_sha != engine_sha256:
+    if facts.engine_sha256 and facts.engine_sha256 != engine_sha256:
         raise UserInputError(
-            f"{side} describes a different engine than {engine_path} (sha256 differs): "
+            f"{sidecar_path(engine_path)} describes a different engine than {engine_path} (sha256 differs): "
             f"delete the stale sidecar or {REBUILD_HINT}"
         )
-    built_trt = sidecar.get("tensorrt_version")
-    if built_trt and str(built_trt) != str(trt_version):
+    if facts.tensorrt_version and facts.tensorrt_version != str(trt_version):
         raise UserInputError(
-            f"{engine_path} was built with TensorRT {built_trt} but this machine has TensorRT "
+            f"{engine_path} was built with TensorRT {facts.tensorrt_version} but this machine has TensorRT "
             f"{trt_version}; engines only load on the version that built them: {REBUILD_HINT}"
         )
-    built_cc = sidecar.get("compute_capability")
-    if built_cc and str(built_cc) != str(compute_capability):
+    if facts.compute_capability and facts.compute_capability != str(compute_capability):
         raise UserInputError(
-            f"{engine_path} was built for compute capability {built_cc} "
-            f"({sidecar.get('gpu_name', 'another GPU')}) but this GPU is compute "
+            f"{engine_path} was built for compute capability {facts.compute_capability} "
+            f"({facts.gpu_name or 'another GPU'}) but this GPU is compute "
             f"{compute_capability}: {REBUILD_HINT}"
         )
 
@@ -120,17 +116,27 @@ class TrtRunner(Runner):
 
     Args:
         engine_path: the ``.engine`` file written by ``segdeploy build``.
-        precision: label for reports; default: the sidecar's precision, else ``"fp16"`` (the looser
+        precision: label for reports; default: the facts' precision, else ``"fp16"`` (the looser
             verification thresholds, since an engine without a sidecar says nothing about its precision).
+        facts: what the engine loads on and takes when they come from elsewhere than its sidecar (a bundle's
+            manifest); default: its sidecar ``ENGINE.json``, if it has one.
+
+    Raises:
+        UserInputError: a sidecar that cannot be read or is not a complete segdeploy sidecar.
     """
 
     runtime = Runtime.TRT
     timing = "cuda_events"
 
-    def __init__(self, engine_path: str | Path, precision: Precision | str | None = None) -> None:
+    def __init__(
+        self, engine_path: str | Path, precision: Precision | str | None = None, facts: EngineLoadFacts | None = None
+    ) -> None:
         self.engine_path = Path(engine_path)
-        self.sidecar = read_sidecar(self.engine_path) if self.engine_path.is_file() else None
-        super().__init__(precision or (self.sidecar or {}).get("precision") or "fp16")
+        if facts is None and self.engine_path.is_file():
+            sidecar = EngineSidecar.read(self.engine_path)
+            facts = None if sidecar is None else sidecar.load_facts()
+        self.facts = facts
+        super().__init__(precision or (facts.precision if facts is not None else Precision.FP16))
         self._trt: Any = None
         self._runtime: Any = None
         self._cuda_engine: Any = None
@@ -150,20 +156,20 @@ class TrtRunner(Runner):
             raise UserInputError(f"engine {self.engine_path} does not exist")
         trt, gpu = require_tensorrt()
         plan = self.engine_path.read_bytes()
-        if self.sidecar is not None:
+        if self.facts is not None:
             check_engine_compatible(
-                self.sidecar,
+                self.facts,
                 engine_path=self.engine_path,
                 engine_sha256=hashlib.sha256(plan).hexdigest(),
                 trt_version=str(trt.__version__),
                 compute_capability=gpu.compute_capability,
             )
-        loaded = load_engine(trt, plan, self.engine_path, has_sidecar=self.sidecar is not None)
+        loaded = load_engine(trt, plan, self.engine_path, has_sidecar=self.facts is not None)
         import torch
 
         self._trt = trt
         self._runtime, self._cuda_engine, self._context, self.io = loaded
-        self.input_spec = _input_spec(self.io, self.sidecar)
+        self.input_spec = _input_spec(self.io, self.facts)
         # A non-default stream: enqueueing on the legacy default stream adds device-wide syncs.
         self._stream = torch.cuda.Stream()
 
@@ -416,11 +422,11 @@ def _describe_io(trt: Any, engine: Any, engine_path: Path) -> EngineIO:
     return EngineIO(input_name, input_dtype, tuple(outputs), Profile(lo, opt, hi))  # type: ignore[arg-type]
 
 
-def _input_spec(io: EngineIO, sidecar: dict[str, Any] | None) -> InputSpec:
-    """The input check of an engine: its dtype, the layout its ONNX had (from the sidecar) and its fixed dims."""
+def _input_spec(io: EngineIO, facts: EngineLoadFacts | None) -> InputSpec:
+    """The input check of an engine: its dtype, the layout its ONNX had (from its facts) and its fixed dims."""
     import torch
 
-    layout = "NHWC" if (sidecar or {}).get("input_format") == "uint8-nhwc" else "NCHW"
+    layout = facts.input_format.layout if facts is not None else "NCHW"
     dtype = {torch.uint8: np.uint8, torch.float16: np.float32}.get(io.input_dtype, np.float32)
     fixed = {axis: lo for axis, (lo, hi) in enumerate(zip(io.profile.min, io.profile.max)) if lo == hi}
     channels = fixed.pop(layout.index("C"), None)
