@@ -13,27 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ZOO
 from torch import nn
 
 import segdeploy
 from segdeploy.checkpoints import load_weights
 from segdeploy.errors import UserInputError
 
-ZOO = (
-    "fcn8s",
-    "unet",
-    "segnet",
-    "pspnet",
-    "deeplabv1",
-    "deeplabv2",
-    "deeplabv3",
-    "deeplabv3plus",
-    "unetpp",
-    "u2net",
-    "glore",
-    "gcu",
-    "ginet",
-)
 NUM_CLASSES = 5
 IN_CHANNELS = 2
 ODD_SHAPE = (2, IN_CHANNELS, 97, 131)
