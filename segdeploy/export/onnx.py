@@ -419,14 +419,16 @@ def _check_rewritten(
     """
     import torch
 
+    from segdeploy.export.torch_compat import GuardFailure, call_guarded
+
     module = program.module()
     for shape in shapes:
         example = _example(file_input_shape(shape, preprocessing.input_format), preprocessing)
         try:
             with torch.no_grad():
-                got = module(example)
-        except AssertionError as exc:  # a guard of the capture: try the next (larger) shape
-            if "Guard failed" not in str(exc) or shape is shapes[-1]:
+                got = call_guarded(module, example)
+        except GuardFailure:  # a guard of the capture: try the next (larger) shape
+            if shape is shapes[-1]:
                 raise
             continue
         with torch.no_grad():
