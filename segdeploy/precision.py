@@ -99,7 +99,7 @@ def convert_to_fp16(
     _check_convertible(model)
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    _name_unnamed_nodes(work.graph)
+    name_unnamed_nodes(work.graph, "fp16pass")
     _unshare_initializers(work.graph)
     _isolate_graph_outputs(work.graph)
     # Exporters may declare initializers in value_info too; the converter would
@@ -207,12 +207,15 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     return count * itemsize
 
 
-def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
-    """The converter blocks nodes by name, so every node needs a unique one."""
+def name_unnamed_nodes(graph: onnx.GraphProto, suffix: str) -> None:
+    """Give every node a unique name (``OpType_index_suffix`` where it has none or a repeated one).
+
+    The FP16 converter and the INT8 quantizers select and block nodes by name, so every node needs one.
+    """
     seen: set[str] = set()
     for index, node in enumerate(graph.node):
         if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{index}_fp16pass"
+            node.name = f"{node.op_type}_{index}_{suffix}"
         seen.add(node.name)
 
 

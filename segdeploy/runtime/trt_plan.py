@@ -18,7 +18,6 @@ DEFAULT_MIN_SIDE = 32  # the largest total stride in the zoo; used when the ONNX
 
 ShapeLike = Shape | Sequence[int] | str
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-fp16")
 # Explicitly quantized: INT8 where the ONNX has QuantizeLinear/DequantizeLinear, FP32 or FP16 elsewhere.
 QUANTIZED = ("int8", "int8-fp16")
 
