@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -184,6 +184,9 @@ class Preprocessing:
 class Metadata:
     """The ``metadata_props`` of a segdeploy ONNX file, parsed (all optional for files from elsewhere).
 
+    Two forms, each with one writer and one reader: ``to_props``/``from_props`` (the ONNX file's string
+    key/values) and ``to_dict``/``from_dict`` (JSON, described by ``segdeploy/schemas/metadata.schema.json``).
+
     Attributes:
         architecture: zoo name, ``file.py:factory``, or the class name of a Python object.
         source: ``"zoo"``, ``"file"`` (a ``file.py:factory``) or ``"object"`` (an ``nn.Module`` given from
@@ -255,7 +258,7 @@ class Metadata:
         return "max_unpool" in self.rewrites
 
     def to_props(self) -> dict[str, str]:
-        """The string key/values written into ``metadata_props`` (see ``METADATA_KEYS``)."""
+        """The string key/values written into ``metadata_props``: one per field, lists comma-separated."""
         props = {
             "architecture": self.architecture or "",
             "source": self.source or "",
@@ -331,44 +334,58 @@ class Metadata:
             raise UserInputError(f"{where} has unreadable segdeploy metadata: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
+        """The metadata as JSON values (enums by value, tuples as lists); ``metadata.schema.json`` describes it."""
         data = asdict(self)
-        data["trace_shape"] = list(self.trace_shape) if self.trace_shape else None
-        data["preprocessing"] = {
-            **asdict(self.preprocessing),
-            "input_format": self.preprocessing.input_format.value,
-            "color": self.preprocessing.color.value,
-        }
-        data["precision"], data["output"] = self.precision.value, self.output.value
+        data.update(
+            trace_shape=list(self.trace_shape) if self.trace_shape else None,
+            dynamic_axes=list(self.dynamic_axes),
+            rewrites=list(self.rewrites),
+            precision=self.precision.value,
+            output=self.output.value,
+            unpool_inputs=[[name, window] for name, window in self.unpool_inputs],
+            preprocessing={
+                "input_format": self.preprocessing.input_format.value,
+                "color": self.preprocessing.color.value,
+                "mean": list(self.preprocessing.mean),
+                "std": list(self.preprocessing.std),
+            },
+        )
         return data
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "the metadata") -> Metadata:
+        """The inverse of :meth:`to_dict`; missing keys keep their defaults.
 
-METADATA_KEYS = {
-    "architecture": "zoo name, file.py:factory, or the class name of a Python object",
-    "source": "zoo, file or object (a Python object must be verified from Python)",
-    "config": "JSON of the builder options the model was built with",
-    "num_classes": "output classes of the network",
-    "in_channels": "input image channels",
-    "trace_shape": "the NCHW shape the export was traced and verified at, NxCxHxW",
-    "dynamic_axes": "comma-separated dynamic input axes, e.g. 'batch,height,width' ('' when static)",
-    "min_size": "smallest height/width the model accepts",
-    "size_multiple": "height and width must be multiples of this",
-    "max_size": "largest height/width the file was proven at when its sizes are bounded ('' when unbounded)",
-    "rewrites": "comma-separated segdeploy rewrites applied ('' when none)",
-    "precision": "fp32, fp16, int8 or int8-fp16",
-    "opset": "default-domain ONNX opset",
-    "input_format": "float32-nchw, uint8-nhwc or uint8-nchw",
-    "color": "rgb or bgr: the channel order the network expects",
-    "mean": "per-channel mean in 0..1 units (fused into the graph for uint8 input)",
-    "std": "per-channel std in 0..1 units (fused into the graph for uint8 input)",
-    "output": "logits, probs or classmap",
-    "unpool_inputs": "name:window of each index unpooling's pooling input, in graph order",
-    "weights": "the checkpoint the model was built with, as given ('' when none)",
-    "weights_sha256": "sha256 of that checkpoint",
-    "init_seed": "torch seed the initial weights were drawn with ('' when unknown)",
-    "torch_version": "torch version that captured the model",
-    "segdeploy_version": "version of segdeploy that wrote the file",
-}
-"""The ``metadata_props`` segdeploy writes, all strings."""
+        Raises:
+            UserInputError: a value of the wrong kind, or an unknown key.
+        """
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserInputError(f"{where} has unknown metadata keys: {', '.join(unknown)}")
+        try:
+            values = dict(data)
+            pre = values.pop("preprocessing", None) or {}
+            preprocessing = Preprocessing(
+                input_format=parse_choice(InputFormat, pre.get("input_format", "float32-nchw"), "input_format"),
+                color=parse_choice(ColorOrder, pre.get("color", "rgb"), "color"),
+                mean=tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),
+                std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),
+            )
+            for key in ("dynamic_axes", "rewrites"):
+                if key in values:
+                    values[key] = tuple(values[key])
+            if values.get("trace_shape") is not None:
+                values["trace_shape"] = tuple(int(d) for d in values["trace_shape"])
+            if "unpool_inputs" in values:
+                values["unpool_inputs"] = tuple((str(name), int(window)) for name, window in values["unpool_inputs"])
+            if "precision" in values:
+                values["precision"] = parse_precision(values["precision"], "precision metadata")
+            if "output" in values:
+                values["output"] = parse_choice(OutputKind, values["output"], "output")
+            return cls(preprocessing=preprocessing, **values)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise UserInputError(f"{where} has unreadable segdeploy metadata: {exc}") from None
 
 
 REQUIRED_KEYS = (

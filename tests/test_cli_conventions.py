@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from segdeploy.artifact import InputFormat, OutputKind, Precision, read_metadata
 from segdeploy.cli import app
 from segdeploy.cli.convert import _print_verification, default_onnx_name
-from segdeploy.criteria import ShapeComparison, thresholds_for
+from segdeploy.criteria import Criterion, ShapeComparison, thresholds_for
 from segdeploy.verify import VerificationReport
 
 runner = CliRunner()
@@ -128,7 +128,7 @@ def test_fp16_and_int8_tables_leave_out_the_noise_floor_they_are_not_judged_by(c
 
 
 def test_fp32_table_shows_the_noise_floor_and_ratio(capsys):
-    result = ShapeComparison((1, 3, 64, 64), (1, 3, 64, 64), "noise-floor", error=2e-7, floor=1e-7)
+    result = ShapeComparison((1, 3, 64, 64), (1, 3, 64, 64), Criterion.NOISE_FLOOR, error=2e-7, floor=1e-7)
     _print_verification(_report("fp32", result))
     out = capsys.readouterr().out
     assert "noise floor" in out and "2.00x" in out

@@ -269,16 +269,27 @@ def test_plan_build_refuses_precisions_a_quantized_or_float_onnx_cannot_give(maj
     assert "\n" not in str(info.value)
 
 
-def test_precision_names_are_normalized():
-    from segdeploy.runtime.trt_build import normalize_precision
+def test_precision_names_become_the_precision_enum():
+    from segdeploy.artifact import Precision
+    from segdeploy.runtime.trt_plan import normalize_precision
 
     assert [normalize_precision(p) for p in ("INT8", "int8_fp16", "INT8+FP16", "float16", None)] == [
-        "int8",
-        "int8-fp16",
-        "int8-fp16",
-        "fp16",
+        Precision.INT8,
+        Precision.INT8_FP16,
+        Precision.INT8_FP16,
+        Precision.FP16,
         None,
     ]
+    assert plan_build(10, "fp16", None).precision is Precision.FP16
+
+
+def test_onnx_facts_carry_the_typed_metadata(tmp_path):
+    from segdeploy.artifact import InputFormat, Metadata, Precision
+
+    meta = {"trace_shape": "1x3x64x96", "in_channels": "3", "input_format": "uint8-nhwc", "precision": "fp16"}
+    facts = read_onnx_facts(write_onnx(tmp_path / "f.onnx", dims=("N", "H", "W", 3), metadata=meta))
+    assert facts.precision is Precision.FP16 and isinstance(facts.metadata, Metadata)
+    assert facts.metadata.preprocessing.input_format is InputFormat.UINT8_NHWC
 
 
 def test_trt_major_reads_the_version_string():

@@ -72,7 +72,7 @@ def _print_verification(report: Any) -> None:
 
     t = report.criteria
     table = Table(title=f"{report.candidate} vs PyTorch ({t.criterion}, {report.precision})")
-    columns = _verification_columns(str(t.criterion))
+    columns = _verification_columns(t.criterion)
     for col, _ in columns:
         table.add_column(col, justify="left" if col in ("input", "result") else "right")
     for r in report.results:
@@ -84,17 +84,19 @@ def _print_verification(report: Any) -> None:
     typer.echo(report.worst())
 
 
-def _verification_columns(criterion: str) -> list[tuple[str, Any]]:
-    """The table's columns for a criterion: the noise floor and its ratio only where they are the criterion."""
+def _verification_columns(criterion: Any) -> list[tuple[str, Any]]:
+    """The table's columns for a ``Criterion``: the noise floor and its ratio only where they are the criterion."""
+    from segdeploy.criteria import Criterion
+
     columns: list[tuple[str, Any]] = [("input", lambda r: "x".join(map(str, r.shape)))]
-    if criterion == "noise-floor":
+    if criterion is Criterion.NOISE_FLOOR:
         columns += [
             ("error", lambda r: f"{r.error:.3g}"),
             ("noise floor", lambda r: "-" if r.floor is None else f"{r.floor:.3g}"),
             ("ratio", lambda r: "-" if r.ratio is None else f"{r.ratio:.2f}x"),
         ]
     columns.append(("max rel", lambda r: f"{r.max_rel_error:.3g}"))
-    if criterion == "agreement+p99":
+    if criterion is Criterion.AGREEMENT_P99:
         columns.append(("p99 rel", lambda r: f"{r.p99_rel_error:.3g}"))
     columns += [
         ("agreement", lambda r: f"{r.agreement:.4%}"),

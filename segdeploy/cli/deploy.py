@@ -44,7 +44,7 @@ def build_cmd(
     with make_console(True).status("starting TensorRT build") as status:
         result = build_engine(
             onnx_path, output, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-            workspace_gb=workspace, timing_cache=timing_cache, precision=precision.value if precision else None,
+            workspace_gb=workspace, timing_cache=timing_cache, precision=precision,
             progress=lambda message: status.update(message),
         )  # fmt: skip
     side = result.sidecar
