@@ -34,13 +34,13 @@ the max-unpool rewrite's Equal/Where. Keeping either FP32 changed no output
 bit in ONNX Runtime on trained models (its FP16 MatMul accumulates in FP32).
 Equal compares the window's values with the window's max, and the rewrite takes
 that max from the slot tensors themselves, so both sides are the same FP16 values.
-(With a separate MaxPool they were not: ONNX Runtime's CPU EP, lacking FP16
-Conv/Relu/MaxPool kernels at opset 17, ran them in FP32 without the casts between,
-so the MaxPool saw unrounded values, no slot equalled it, and argmax agreement on
-the 5-stage zoo SegNet fell to 0.83-0.85; now 0.996-0.997.) What FP16
-changes is the encoder's values themselves, and with them which slot holds the
-maximum (0.02-0.05% of slots on a trained SegNet-style net): that shows up as
-argmax agreement, and no cast around the comparison can undo it.
+A separate MaxPool would not give the same values: ONNX Runtime's CPU EP, lacking
+FP16 Conv/Relu/MaxPool kernels at opset 17, runs them in FP32 without the casts
+between, so such a MaxPool sees unrounded values and no slot equals it (docs/int8.md
+has what that costs a trained SegNet). What FP16 changes is the encoder's values
+themselves, and with them which slot holds the maximum (a fraction of a percent of
+a trained SegNet's windows: benchmarks/results/precision.md): that shows up as argmax
+agreement, and no cast around the comparison can undo it.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
       -> torch.export, once (dynamic N/H/W, example sizes >= 2)    segdeploy.export.capture
       -> the sizes the model accepts (from the capture, one small real run)
       -> rewrites spliced into the captured program, checked in PyTorch    segdeploy.export.rewrites
-      -> translate to ONNX -> exact requested opset -> onnxsim -> metadata    segdeploy.export.translate
-      -> [FP16] -> onnx.checker(full_check)
+      -> translate to ONNX (opset 18) -> onnxsim -> the requested opset -> metadata    segdeploy.export.translate
+      -> [FP16 | INT8 Q/DQ] -> onnx.checker(full_check)
       -> lint for TensorRT -> verify against PyTorch -> atomic write
 
 The program is captured once and edited in place: exporting a rewritten
