@@ -37,9 +37,6 @@ from segdeploy.bundle import write_bundle
 from segdeploy.data import make_shapes, train_tiny
 from segdeploy.export.onnx import export_onnx
 
-# Every test runs the C++ program, so the C++ build (minutes on a fresh machine) puts them all in the heavy tier.
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parents[1]
 CPP = ROOT / "cpp"
 IMAGE_SIZE = (45, 67)  # (height, width): odd, and not a multiple of rgb_classmap's 8

@@ -283,7 +283,7 @@ def verify_cmd(
     model: Annotated[
         Optional[str], typer.Option("--model", help="Zoo name or file.py:factory (default: the file's metadata).")
     ] = None,
-    weights: WeightsOption = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint for the PyTorch reference.")] = None,
     num_classes: Annotated[Optional[int], typer.Option(help="Classes (default: metadata, else 21).")] = None,
     in_channels: Annotated[Optional[int], typer.Option(help="Input channels (default: metadata, else 3).")] = None,
     config: ConfigOption = None,

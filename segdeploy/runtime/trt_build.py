@@ -30,7 +30,7 @@ from types import ModuleType
 from typing import Any
 
 from segdeploy._version import __version__
-from segdeploy.artifact import InputFormat, Metadata, Precision, parse_choice
+from segdeploy.artifact import Metadata, Precision
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError
 from segdeploy.fileio import atomic_output, check_output_path, sha256_file, write_bytes_atomic, write_text_atomic
 from segdeploy.runtime.sidecar import read_sidecar, sidecar_path  # noqa: F401  (read beside the build)
@@ -57,7 +57,7 @@ def make_sidecar(
     plan: BuildPlan,
     profile: Profile,
     input_name: str,
-    input_format: InputFormat | str = InputFormat.FLOAT32_NCHW,
+    input_format: str = "float32-nchw",
     trt_version: str,
     gpu_name: str,
     compute_capability: str,
@@ -79,13 +79,13 @@ def make_sidecar(
         "tensorrt_version": trt_version,
         "gpu_name": gpu_name,
         "compute_capability": compute_capability,
-        "precision": plan.precision.value,
+        "precision": plan.precision,
         "strongly_typed": plan.strongly_typed,
         "fp16_builder_flag": plan.fp16_flag,
         "explicit_quantization": plan.explicit_quantization,
         "tf32": not plan.strict_fp32,
         "input_name": input_name,
-        "input_format": parse_choice(InputFormat, input_format, "input format").value,
+        "input_format": input_format,
         "profile": profile.as_dict(),
         "onnx": {"path": str(onnx_path), "sha256": onnx_sha256},
         "engine_sha256": engine_sha256,
