@@ -335,69 +335,56 @@ class Metadata:
 
     def to_dict(self) -> dict[str, Any]:
         """The metadata as JSON values (enums by value, tuples as lists); ``metadata.schema.json`` describes it."""
-        data = asdict(self)
-        data.update(
-            trace_shape=list(self.trace_shape) if self.trace_shape else None,
-            dynamic_axes=list(self.dynamic_axes),
-            rewrites=list(self.rewrites),
-            precision=self.precision.value,
-            output=self.output.value,
-            unpool_inputs=[[name, window] for name, window in self.unpool_inputs],
-            preprocessing={
-                "input_format": self.preprocessing.input_format.value,
-                "color": self.preprocessing.color.value,
-                "mean": list(self.preprocessing.mean),
-                "std": list(self.preprocessing.std),
-            },
-        )
-        return data
+        pre = self.preprocessing
+        return {
+            **asdict(self),
+            **{key: list(getattr(self, key)) for key in ("dynamic_axes", "rewrites")},
+            "trace_shape": list(self.trace_shape) if self.trace_shape else None,
+            "precision": self.precision.value,
+            "output": self.output.value,
+            "unpool_inputs": [[name, window] for name, window in self.unpool_inputs],
+            "preprocessing": {"input_format": pre.input_format.value, "color": pre.color.value,
+                              "mean": list(pre.mean), "std": list(pre.std)},
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], *, where: str = "the metadata") -> Metadata:
         """The inverse of :meth:`to_dict`; missing keys keep their defaults.
 
         Raises:
-            UserInputError: a value of the wrong kind, or an unknown key.
+            UserInputError: an unknown key, or a value of the wrong kind.
         """
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise UserInputError(f"{where} has unknown metadata keys: {', '.join(unknown)}")
         try:
-            values = dict(data)
-            pre = values.pop("preprocessing", None) or {}
-            preprocessing = Preprocessing(
-                input_format=parse_choice(InputFormat, pre.get("input_format", "float32-nchw"), "input_format"),
-                color=parse_choice(ColorOrder, pre.get("color", "rgb"), "color"),
-                mean=tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),
-                std=tuple(float(v) for v in pre.get("std", IMAGENET_STD)),
-            )
-            for key in ("dynamic_axes", "rewrites"):
-                if key in values:
-                    values[key] = tuple(values[key])
-            if values.get("trace_shape") is not None:
-                values["trace_shape"] = tuple(int(d) for d in values["trace_shape"])
-            if "unpool_inputs" in values:
-                values["unpool_inputs"] = tuple((str(name), int(window)) for name, window in values["unpool_inputs"])
-            if "precision" in values:
-                values["precision"] = parse_precision(values["precision"], "precision metadata")
-            if "output" in values:
-                values["output"] = parse_choice(OutputKind, values["output"], "output")
-            return cls(preprocessing=preprocessing, **values)
+            pre = data.get("preprocessing") or {}
+            values = {**data, "preprocessing": Preprocessing(
+                parse_choice(InputFormat, pre.get("input_format", "float32-nchw"), "input_format"),
+                parse_choice(ColorOrder, pre.get("color", "rgb"), "color"),
+                tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),
+                tuple(float(v) for v in pre.get("std", IMAGENET_STD)),
+            )}  # fmt: skip
+            for key, read in _FROM_JSON.items():
+                if values.get(key) is not None:
+                    values[key] = read(values[key])
+            return cls(**values)
         except (TypeError, ValueError, AttributeError) as exc:
             raise UserInputError(f"{where} has unreadable segdeploy metadata: {exc}") from None
 
 
-REQUIRED_KEYS = (
-    "num_classes",
-    "in_channels",
-    "trace_shape",
-    "dynamic_axes",
-    "min_size",
-    "size_multiple",
-    "precision",
-    "opset",
-)
+_FROM_JSON: dict[str, Any] = {
+    "trace_shape": lambda v: tuple(int(d) for d in v),
+    "dynamic_axes": tuple,
+    "rewrites": tuple,
+    "unpool_inputs": lambda v: tuple((str(name), int(window)) for name, window in v),
+    "precision": lambda v: parse_precision(v, "precision metadata"),
+    "output": lambda v: parse_choice(OutputKind, v, "output"),
+}
+"""How ``Metadata.from_dict`` reads the JSON values that are not already the field's type."""
+
+
+REQUIRED_KEYS = tuple("num_classes in_channels trace_shape dynamic_axes min_size size_multiple precision opset".split())
 """The metadata a file needs before a bundle (or anything run without the PyTorch model) can describe it."""
 
 
