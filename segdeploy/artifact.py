@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     import onnx
 
 
-class Precision(str, Enum):
+class Choice(str, Enum):
+    """A fixed option: equal to its value, and printed as it (``f"{Precision.FP16}"`` is ``fp16``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Precision(Choice):
     """How the ONNX computes: FP32, FP16 (float32 I/O), INT8 Q/DQ with FP32 or FP16 elsewhere."""
 
     FP32 = "fp32"
@@ -31,7 +38,7 @@ class Precision(str, Enum):
     INT8_FP16 = "int8-fp16"
 
 
-class Runtime(str, Enum):
+class Runtime(Choice):
     """The runtimes segdeploy runs and compares."""
 
     TORCH = "torch"
@@ -39,7 +46,7 @@ class Runtime(str, Enum):
     TRT = "trt"
 
 
-class InputFormat(str, Enum):
+class InputFormat(Choice):
     """The image input a file takes: float32 NCHW (normalized by the caller) or raw uint8 frames."""
 
     FLOAT32_NCHW = "float32-nchw"
@@ -55,7 +62,7 @@ class InputFormat(str, Enum):
         return "float32" if self is InputFormat.FLOAT32_NCHW else "uint8"
 
 
-class OutputKind(str, Enum):
+class OutputKind(Choice):
     """What the file outputs: float32 logits, float32 probabilities, or an int32 class map."""
 
     LOGITS = "logits"
@@ -73,7 +80,7 @@ class OutputKind(str, Enum):
         return "NHW" if self is OutputKind.CLASSMAP else "NCHW"
 
 
-class ColorOrder(str, Enum):
+class ColorOrder(Choice):
     RGB = "rgb"
     BGR = "bgr"
 
@@ -98,14 +105,8 @@ DYNAMIC_AXIS_NAMES = ("batch", "height", "width")
 
 E = TypeVar("E", bound=Enum)
 
-_PRECISION_ALIASES = {
-    "float32": "fp32",
-    "float": "fp32",
-    "float16": "fp16",
-    "half": "fp16",
-    "int8_fp16": "int8-fp16",
-    "int8+fp16": "int8-fp16",
-}
+_PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16"}
+_PRECISION_ALIASES |= {"int8_fp16": "int8-fp16", "int8+fp16": "int8-fp16"}
 
 
 def parse_choice(enum: type[E], value: Any, what: str) -> E:

@@ -30,12 +30,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import Any
 
 import numpy as np
 
-from segdeploy.artifact import OutputKind, Precision, parse_precision
+from segdeploy.artifact import Choice, OutputKind, Precision, parse_precision
 from segdeploy.errors import UserInputError, VerificationError
 from segdeploy.shapes import format_shape
 
@@ -45,16 +44,13 @@ NOISE_MULTIPLE = 4.0
 _ULP32 = float(np.finfo(np.float32).eps)
 
 
-class Criterion(str, Enum):
+class Criterion(Choice):
     """How a candidate is judged (the module docstring defines each)."""
 
     NOISE_FLOOR = "noise-floor"
     RELATIVE = "relative"
     AGREEMENT_P99 = "agreement+p99"
     METRICS = "metrics"  # measured, not judged
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)

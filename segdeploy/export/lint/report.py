@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from enum import Enum
 from typing import TYPE_CHECKING, Any
+
+from segdeploy.artifact import Choice
 
 if TYPE_CHECKING:
     import onnx
 
 
-class Severity(str, Enum):
+class Severity(Choice):
     """How bad a finding is: an error stops TensorRT's parser, a warning does not."""
 
     ERROR = "error"
     WARNING = "warning"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass(frozen=True)
