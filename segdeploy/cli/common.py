@@ -139,7 +139,6 @@ ConfigOption = Annotated[
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of tables.")]
 ReportOption = Annotated[Optional[Path], typer.Option("--report", metavar="PATH", help="Write the results as JSON.")]
 WeightsOption = Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint to load (weights only).")]
-ForceOption = Annotated[bool, typer.Option("--force", help="Replace an existing output.")]
 CalibOption = Annotated[
     Optional[Path],
     typer.Option("--calib", help="INT8: a directory of images or an .npy of NCHW float32 batches to calibrate on."),
