@@ -83,7 +83,7 @@ def main() -> None:
             bench_json = work / "bench.json"
             _run([sys.executable, "-m", "segdeploy", "bench", str(bundle / "model.onnx"), "--engine", "ort",
                   "--shape", f"1x3x{args.size}x{args.size}", "--threads", threads, "--iters", str(args.frames),
-                  "--warmup", "5", "--json", str(bench_json)])  # fmt: skip
+                  "--warmup", "5", "--report", str(bench_json)])  # fmt: skip
             (record,) = json.loads(bench_json.read_text())["records"]
             sequential = json.loads(
                 _run(

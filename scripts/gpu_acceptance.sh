@@ -132,7 +132,7 @@ wait
 # ------------------------------------------------------------------------------------------------ 4
 bench_model=${model_list[0]}
 step bench 240 "$python" -m segdeploy bench "$bench_model" --small --engine trt --engine ort --engine torch \
-  --shape "1x3x512x512" --seconds 3 --json "$out/bench.json" --markdown
+  --shape "1x3x512x512" --seconds 3 --report "$out/bench.json" --markdown
 
 # ------------------------------------------------------------------------------------------------ 5
 # TensorRT for the C++ build: an SDK (TENSORRT_ROOT), else the wheel's libnvinfer with the vendored headers of the

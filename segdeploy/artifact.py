@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     import onnx
 
 
-class Precision(str, Enum):
+class Choice(str, Enum):
+    """A fixed option: equal to its value, and printed as it (``f"{Precision.FP16}"`` is ``fp16``)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Precision(Choice):
     """How the ONNX computes: FP32, FP16 (float32 I/O), INT8 Q/DQ with FP32 or FP16 elsewhere."""
 
     FP32 = "fp32"
@@ -31,7 +38,7 @@ class Precision(str, Enum):
     INT8_FP16 = "int8-fp16"
 
 
-class Runtime(str, Enum):
+class Runtime(Choice):
     """The runtimes segdeploy runs and compares."""
 
     TORCH = "torch"
@@ -39,7 +46,7 @@ class Runtime(str, Enum):
     TRT = "trt"
 
 
-class InputFormat(str, Enum):
+class InputFormat(Choice):
     """The image input a file takes: float32 NCHW (normalized by the caller) or raw uint8 frames."""
 
     FLOAT32_NCHW = "float32-nchw"
@@ -55,7 +62,7 @@ class InputFormat(str, Enum):
         return "float32" if self is InputFormat.FLOAT32_NCHW else "uint8"
 
 
-class OutputKind(str, Enum):
+class OutputKind(Choice):
     """What the file outputs: float32 logits, float32 probabilities, or an int32 class map."""
 
     LOGITS = "logits"
@@ -73,7 +80,7 @@ class OutputKind(str, Enum):
         return "NHW" if self is OutputKind.CLASSMAP else "NCHW"
 
 
-class ColorOrder(str, Enum):
+class ColorOrder(Choice):
     RGB = "rgb"
     BGR = "bgr"
 
@@ -98,14 +105,8 @@ DYNAMIC_AXIS_NAMES = ("batch", "height", "width")
 
 E = TypeVar("E", bound=Enum)
 
-_PRECISION_ALIASES = {
-    "float32": "fp32",
-    "float": "fp32",
-    "float16": "fp16",
-    "half": "fp16",
-    "int8_fp16": "int8-fp16",
-    "int8+fp16": "int8-fp16",
-}
+_PRECISION_ALIASES = {"float32": "fp32", "float": "fp32", "float16": "fp16", "half": "fp16"}
+_PRECISION_ALIASES |= {"int8_fp16": "int8-fp16", "int8+fp16": "int8-fp16"}
 
 
 def parse_choice(enum: type[E], value: Any, what: str) -> E:
@@ -183,6 +184,9 @@ class Preprocessing:
 @dataclass
 class Metadata:
     """The ``metadata_props`` of a segdeploy ONNX file, parsed (all optional for files from elsewhere).
+
+    Two forms, each with one writer and one reader: ``to_props``/``from_props`` (the ONNX file's string
+    key/values) and ``to_dict``/``from_dict`` (JSON, described by ``segdeploy/schemas/metadata.schema.json``).
 
     Attributes:
         architecture: zoo name, ``file.py:factory``, or the class name of a Python object.
@@ -269,7 +273,7 @@ class Metadata:
         return "max_unpool" in self.rewrites
 
     def to_props(self) -> dict[str, str]:
-        """The string key/values written into ``metadata_props`` (see ``METADATA_KEYS``)."""
+        """The string key/values written into ``metadata_props``: one per field, lists comma-separated."""
         props = {
             "architecture": self.architecture or "",
             "source": self.source or "",
@@ -348,58 +352,57 @@ class Metadata:
             raise UserInputError(f"{where} has unreadable segdeploy metadata: {exc}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["trace_shape"] = list(self.trace_shape) if self.trace_shape else None
-        data["preprocessing"] = {
-            **asdict(self.preprocessing),
-            "input_format": self.preprocessing.input_format.value,
-            "color": self.preprocessing.color.value,
-        }
-        data["precision"], data["output"] = self.precision.value, self.output.value
-        return data
+        """The metadata as JSON values (enums by value, tuples as lists); ``metadata.schema.json`` describes it."""
+        pre = self.preprocessing
+        return {
+            **asdict(self),
+            **{key: list(getattr(self, key)) for key in ("dynamic_axes", "rewrites")},
+            "trace_shape": list(self.trace_shape) if self.trace_shape else None,
+            "precision": self.precision.value,
+            "output": self.output.value,
+            "unpool_inputs": [[name, window] for name, window in self.unpool_inputs],
+            "preprocessing": {"input_format": pre.input_format.value, "color": pre.color.value,
+                              "mean": list(pre.mean), "std": list(pre.std)},
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, where: str = "the metadata") -> Metadata:
+        """The inverse of :meth:`to_dict`; missing keys keep their defaults.
+
+        Raises:
+            UserInputError: an unknown key, or a value of the wrong kind.
+        """
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise UserInputError(f"{where} has unknown metadata keys: {', '.join(unknown)}")
+        try:
+            pre = data.get("preprocessing") or {}
+            values = {**data, "preprocessing": Preprocessing(
+                parse_choice(InputFormat, pre.get("input_format", "float32-nchw"), "input_format"),
+                parse_choice(ColorOrder, pre.get("color", "rgb"), "color"),
+                tuple(float(v) for v in pre.get("mean", IMAGENET_MEAN)),
+                tuple(float(v) for v in pre.get("std", IMAGENET_STD)),
+            )}  # fmt: skip
+            for key, read in _FROM_JSON.items():
+                if values.get(key) is not None:
+                    values[key] = read(values[key])
+            return cls(**values)
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise UserInputError(f"{where} has unreadable segdeploy metadata: {exc}") from None
 
 
-METADATA_KEYS = {
-    "architecture": "zoo name, file.py:factory, or the class name of a Python object",
-    "source": "zoo, file or object (a Python object must be verified from Python)",
-    "config": "JSON of the builder options the model was built with",
-    "num_classes": "output classes of the network",
-    "in_channels": "input image channels",
-    "trace_shape": "the NCHW shape the export was traced and verified at, NxCxHxW",
-    "dynamic_axes": "comma-separated dynamic input axes, e.g. 'batch,height,width' ('' when static)",
-    "min_size": "smallest height/width the model accepts",
-    "size_multiple": "height and width must be multiples of this",
-    "max_size": "largest height/width the file was proven at when its sizes are bounded ('' when unbounded)",
-    "rewrites": "comma-separated segdeploy rewrites applied ('' when none)",
-    "precision": "fp32, fp16, int8 or int8-fp16",
-    "opset": "default-domain ONNX opset",
-    "input_format": "float32-nchw, uint8-nhwc or uint8-nchw",
-    "color": "rgb or bgr: the channel order the network expects",
-    "mean": "per-channel mean in 0..1 units (fused into the graph for uint8 input)",
-    "std": "per-channel std in 0..1 units (fused into the graph for uint8 input)",
-    "output": "logits, probs or classmap",
-    "unpool_inputs": "name:window of each index unpooling's pooling input, in graph order",
-    "weights": "the checkpoint the model was built with, as given ('' when none)",
-    "weights_path": "that checkpoint's absolute path at export",
-    "weights_sha256": "sha256 of that checkpoint",
-    "init_seed": "torch seed the initial weights were drawn with ('' when unknown)",
-    "torch_version": "torch version that captured the model",
-    "segdeploy_version": "version of segdeploy that wrote the file",
-    "sizes": "the input sizes in words, e.g. 'fixed 1x3x512x512' or 'accepts only multiples of 32, at least 32'",
+_FROM_JSON: dict[str, Any] = {
+    "trace_shape": lambda v: tuple(int(d) for d in v),
+    "dynamic_axes": tuple,
+    "rewrites": tuple,
+    "unpool_inputs": lambda v: tuple((str(name), int(window)) for name, window in v),
+    "precision": lambda v: parse_precision(v, "precision metadata"),
+    "output": lambda v: parse_choice(OutputKind, v, "output"),
 }
-"""The ``metadata_props`` segdeploy writes, all strings."""
+"""How ``Metadata.from_dict`` reads the JSON values that are not already the field's type."""
 
 
-REQUIRED_KEYS = (
-    "num_classes",
-    "in_channels",
-    "trace_shape",
-    "dynamic_axes",
-    "min_size",
-    "size_multiple",
-    "precision",
-    "opset",
-)
+REQUIRED_KEYS = tuple("num_classes in_channels trace_shape dynamic_axes min_size size_multiple precision opset".split())
 """The metadata a file needs before a bundle (or anything run without the PyTorch model) can describe it."""
 
 

@@ -20,15 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from segdeploy.artifact import DEFAULT_OPSET, Precision, parse_precision
+from segdeploy.fileio import cache_root
 from segdeploy.shapes import Shape
-
-
-def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``cache_dir``, else ``$SEGDEPLOY_CACHE``, else ``~/.cache/segdeploy``."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get("SEGDEPLOY_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "segdeploy"
 
 
 def _digest(key: dict[str, Any]) -> str:
@@ -62,6 +55,18 @@ def export_fingerprint() -> str:
     return digest.hexdigest()[:16]
 
 
+def calibration_digest(source: str | os.PathLike[str] | None, calib_size: int) -> str | None:
+    """A digest of INT8 calibration data: a file's bytes, or a directory's file names and bytes (None: none)."""
+    if source is None:
+        return None
+    from segdeploy.fileio import sha256_file
+
+    path = Path(source)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    parts = [f"{p.relative_to(path).as_posix() if path.is_dir() else p.name}={sha256_file(p)}" for p in files]
+    return _digest({"files": parts, "calib_size": calib_size})
+
+
 def onnx_cache_path(
     name: str,
     *,
@@ -70,9 +75,14 @@ def onnx_cache_path(
     precision: Precision | str = Precision.FP32,
     num_classes: int = 21,
     opset: int = DEFAULT_OPSET,
+    calibration: str | os.PathLike[str] | None = None,
+    calib_size: int = 64,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Where zoo model ``name``'s export with these settings is kept: ``onnx/<name>-<opset>-<precision>-<key>.onnx``."""
+    """Where zoo model ``name``'s export with these settings is kept: ``onnx/<name>-<opset>-<precision>-<key>.onnx``.
+
+    INT8 exports are keyed by their calibration data too (``calibration_digest``).
+    """
     precision = parse_precision(precision)
     key = _digest(
         {
@@ -82,6 +92,7 @@ def onnx_cache_path(
             "precision": precision.value,
             "num_classes": num_classes,
             "opset": opset,
+            "calibration": calibration_digest(calibration, calib_size),
             "code": export_fingerprint(),
         }
     )
@@ -96,17 +107,23 @@ def cached_onnx(
     precision: Precision | str = Precision.FP32,
     num_classes: int = 21,
     opset: int = DEFAULT_OPSET,
+    calibration: str | os.PathLike[str] | None = None,
+    calib_size: int = 64,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
     """The zoo model ``name`` exported with dynamic N/H/W: from the cache, or exported into it (unverified).
 
     Parity is export's and verify's business; a cached file only saves the export time.
+
+    Args:
+        calibration, calib_size: INT8 only: the calibration images or ``.npy`` and how many to use.
     """
     from segdeploy.export.onnx import export_onnx
 
     path = onnx_cache_path(
-        name, config=config, shape=shape, precision=precision, num_classes=num_classes, opset=opset, cache_dir=cache_dir
-    )
+        name, config=config, shape=shape, precision=precision, num_classes=num_classes, opset=opset,
+        calibration=calibration, calib_size=calib_size, cache_dir=cache_dir,
+    )  # fmt: skip
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         export_onnx(
@@ -118,6 +135,8 @@ def cached_onnx(
             verify=False,
             num_classes=num_classes,
             config=config,
+            calibration=calibration,
+            calib_size=calib_size,
         )
     return path
 

@@ -1,4 +1,4 @@
-"""Atomic file output: a file appears complete under its name or not at all."""
+"""Atomic file output (a file appears complete under its name or not at all), and where cached files live."""
 
 from __future__ import annotations
 
@@ -75,3 +75,11 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def cache_root(cache_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where segdeploy keeps cached files: ``cache_dir``, else ``$SEGDEPLOY_CACHE``, else ``~/.cache/segdeploy``."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    env = os.environ.get("SEGDEPLOY_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "segdeploy"

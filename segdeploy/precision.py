@@ -34,13 +34,13 @@ the max-unpool rewrite's Equal/Where. Keeping either FP32 changed no output
 bit in ONNX Runtime on trained models (its FP16 MatMul accumulates in FP32).
 Equal compares the window's values with the window's max, and the rewrite takes
 that max from the slot tensors themselves, so both sides are the same FP16 values.
-(With a separate MaxPool they were not: ONNX Runtime's CPU EP, lacking FP16
-Conv/Relu/MaxPool kernels at opset 17, ran them in FP32 without the casts between,
-so the MaxPool saw unrounded values, no slot equalled it, and argmax agreement on
-the 5-stage zoo SegNet fell to 0.83-0.85; now 0.996-0.997.) What FP16
-changes is the encoder's values themselves, and with them which slot holds the
-maximum (0.02-0.05% of slots on a trained SegNet-style net): that shows up as
-argmax agreement, and no cast around the comparison can undo it.
+A separate MaxPool would not give the same values: ONNX Runtime's CPU EP, lacking
+FP16 Conv/Relu/MaxPool kernels at opset 17, runs them in FP32 without the casts
+between, so such a MaxPool sees unrounded values and no slot equals it (docs/int8.md
+has what that costs a trained SegNet). What FP16 changes is the encoder's values
+themselves, and with them which slot holds the maximum (a fraction of a percent of
+a trained SegNet's windows: benchmarks/results/precision.md): that shows up as argmax
+agreement, and no cast around the comparison can undo it.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def convert_to_fp16(
     _check_convertible(model)
     work = onnx.ModelProto()
     work.CopyFrom(model)
-    _name_unnamed_nodes(work.graph)
+    name_unnamed_nodes(work.graph, "fp16pass")
     _unshare_initializers(work.graph)
     _isolate_graph_outputs(work.graph)
     # Exporters may declare initializers in value_info too; the converter would
@@ -207,12 +207,15 @@ def _tensor_bytes(tensor: onnx.TensorProto) -> int:
     return count * itemsize
 
 
-def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
-    """The converter blocks nodes by name, so every node needs a unique one."""
+def name_unnamed_nodes(graph: onnx.GraphProto, suffix: str) -> None:
+    """Give every node a unique name (``OpType_index_suffix`` where it has none or a repeated one).
+
+    The FP16 converter and the INT8 quantizers select and block nodes by name, so every node needs one.
+    """
     seen: set[str] = set()
     for index, node in enumerate(graph.node):
         if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{index}_fp16pass"
+            node.name = f"{node.op_type}_{index}_{suffix}"
         seen.add(node.name)
 
 

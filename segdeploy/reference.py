@@ -175,7 +175,9 @@ class _UnpoolRecorder:
     def __enter__(self) -> _UnpoolRecorder:
         if not self.windows:
             return self
-        from torch.utils._python_dispatch import TorchDispatchMode
+        from segdeploy.export.torch_compat import dispatch_mode_base
+
+        TorchDispatchMode = dispatch_mode_base()
 
         recorder = self
 

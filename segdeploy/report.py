@@ -143,11 +143,6 @@ def write_csv(records: Sequence[BenchRecord], path: str | os.PathLike[str]) -> P
     return write_text_atomic(path, csv_text(records))
 
 
-def write_markdown(records: Sequence[BenchRecord], path: str | os.PathLike[str]) -> Path:
-    """``markdown_table(records)`` written atomically."""
-    return write_text_atomic(path, markdown_table(records))
-
-
 def check_plot_target(path: str | os.PathLike[str]) -> Path:
     """Check, before any work, that ``plot`` can write ``path``.
 

@@ -11,6 +11,20 @@ import pytest
 
 
 @pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """segdeploy's cache (exports, engines, the zoo listing) in a temporary directory: tests never touch the user's."""
+    import os
+
+    previous = os.environ.get("SEGDEPLOY_CACHE")
+    os.environ["SEGDEPLOY_CACHE"] = str(tmp_path_factory.mktemp("segdeploy-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("SEGDEPLOY_CACHE", None)
+    else:
+        os.environ["SEGDEPLOY_CACHE"] = previous
+
+
+@pytest.fixture(autouse=True, scope="session")
 def _torch_threads():
     import torch
 

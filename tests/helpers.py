@@ -1,15 +1,45 @@
-"""Helpers shared by tests: weights that behave like trained ones, and small user models as people write them."""
+"""Helpers shared by tests: the zoo's names and tiers, weights that behave like trained ones, small user models
+as people write them, and tiny ONNX files for the TensorRT build tests."""
 
 from __future__ import annotations
 
 import textwrap
+from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from segdeploy.export.rewrites import adaptive_avg_pool2d_exact, unpool_first_max
+
+# The zoo as the project promises it, written out so the registry is checked against it (not against itself).
+ZOO = (
+    "fcn8s",
+    "unet",
+    "segnet",
+    "pspnet",
+    "deeplabv1",
+    "deeplabv2",
+    "deeplabv3",
+    "deeplabv3plus",
+    "unetpp",
+    "u2net",
+    "glore",
+    "gcu",
+    "ginet",
+)
+
+# Zoo models whose small config exports in a few seconds, one per kind of graph the export handles: skip
+# concatenation (U-Net), index unpooling (SegNet) and a plain VGG stack with dilations (DeepLab v1). Tests that
+# export every zoo model run these in the quick tier and the others in the heavy tier (`-m slow`).
+QUICK_ZOO = ("unet", "segnet", "deeplabv1")
+
+
+def zoo_params(quick: tuple[str, ...] = QUICK_ZOO) -> list[Any]:
+    """Every zoo name as a pytest parameter; those outside ``quick`` are marked ``slow`` (the heavy tier)."""
+    return [name if name in quick else pytest.param(name, marks=pytest.mark.slow) for name in ZOO]
 
 
 def calibrate_batchnorm(model: nn.Module, shape: tuple[int, ...], batches: int = 3, seed: int = 0) -> nn.Module:
@@ -174,3 +204,103 @@ class TinySegNet(nn.Module):
         ]
         y = self.context(torch.cat([y, *pooled], dim=1))
         return self.decoder(unpool_first_max(skip, y, 2, list(skip.shape[-2:])))
+
+
+# --------------------------------------------------------------------------- tiny ONNX files for the TensorRT tests
+def write_onnx(
+    path: Path, *, fp16: bool = False, dims=("N", 3, "H", "W"), metadata: dict[str, str] | None = None
+) -> Path:
+    """A tiny 1x1-conv model; with fp16 its weight is FLOAT16 behind a Cast (float32 I/O like segdeploy's)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    weight_type = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
+    weight = helper.make_tensor("w", weight_type, [2, 3, 1, 1], [0.5] * 6)
+    nodes = []
+    if fp16:
+        nodes.append(helper.make_node("Cast", ["input"], ["x16"], to=TensorProto.FLOAT16))
+        nodes.append(helper.make_node("Conv", ["x16", "w"], ["y16"]))
+        nodes.append(helper.make_node("Cast", ["y16"], ["logits"], to=TensorProto.FLOAT))
+    else:
+        nodes.append(helper.make_node("Conv", ["input", "w"], ["logits"]))
+    graph = helper.make_graph(
+        nodes,
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(dims))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    meta = {"trace_shape": "2x3x64x96", "in_channels": "3", "min_size": "32"} if metadata is None else metadata
+    helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_qdq_onnx(path: Path, *, fp16: bool = False, metadata: dict[str, str] | None = None) -> Path:
+    """A tiny explicitly quantized (Q/DQ) 1x1-conv model, float32 I/O.
+
+    FP32 elsewhere: ONNX Runtime's ``quantize_static`` (QDQ, symmetric int8, per-channel weights) on
+    :func:`write_onnx`'s model. FP16 elsewhere: built by hand at opset 19 (FP16 scales), Cast at both ends.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    meta = {"trace_shape": "2x3x64x96", "in_channels": "3", "min_size": "32"} if metadata is None else metadata
+    if fp16:
+        half = TensorProto.FLOAT16
+        nodes = [
+            helper.make_node("Cast", ["input"], ["x16"], to=half),
+            helper.make_node("QuantizeLinear", ["x16", "x_scale", "x_zero"], ["xq"]),
+            helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xdq"]),
+            helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zero"], ["wdq"], axis=0),
+            helper.make_node("Conv", ["xdq", "wdq"], ["y16"]),
+            helper.make_node("Cast", ["y16"], ["logits"], to=TensorProto.FLOAT),
+        ]
+        initializers = [
+            helper.make_tensor("x_scale", half, [], [0.05]),
+            helper.make_tensor("x_zero", TensorProto.INT8, [], [0]),
+            helper.make_tensor("wq", TensorProto.INT8, [2, 3, 1, 1], [127, -64, 32, 5, 100, -127]),
+            helper.make_tensor("w_scale", half, [2], [0.004, 0.008]),
+            helper.make_tensor("w_zero", TensorProto.INT8, [2], [0, 0]),
+        ]
+        graph = helper.make_graph(
+            nodes,
+            "tiny_qdq_fp16",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+            initializer=initializers,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
+        model.ir_version = 9
+    else:
+        import numpy as np
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        class Batches(CalibrationDataReader):
+            def __init__(self) -> None:
+                rng = np.random.default_rng(0)
+                self.batches = iter([{"input": rng.standard_normal((1, 3, 8, 8), dtype=np.float32)} for _ in range(2)])
+
+            def get_next(self):
+                return next(self.batches, None)
+
+        float_path = write_onnx(path.with_name(path.stem + ".float.onnx"), metadata={})
+        quantize_static(
+            str(float_path),
+            str(path),
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QInt8,
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv"],
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+        )
+        float_path.unlink()
+        model = onnx.load(str(path))
+        del model.metadata_props[:]
+    helper.set_model_props(model, meta)
+    onnx.save(model, str(path))
+    return path

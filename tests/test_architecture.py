@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,14 @@ def _module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _imports(path: Path, modules: set[str]) -> set[str]:
-    """segdeploy modules imported anywhere in ``path`` (top level, functions, TYPE_CHECKING blocks alike)."""
+def _imports(path: Path, modules: set[str], module: str | None = None) -> set[str]:
+    """segdeploy modules imported anywhere in ``path`` (top level, functions, TYPE_CHECKING blocks alike).
+
+    ``module`` is the file's module name (default: from its place in the package).
+    """
     found: set[str] = set()
-    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    module = module or _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
@@ -80,16 +85,12 @@ def test_the_package_has_no_import_cycle():
     assert cycle is None, " -> ".join(cycle)
 
 
-def test_the_cycle_finder_sees_function_level_imports():
+def test_the_cycle_finder_sees_function_level_imports(tmp_path):
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}}
     assert find_cycle(graph) == ["a", "b", "c", "a"]
-    source = "def f():\n    from segdeploy.verify import verify\n"
-    tmp = PACKAGE / "__cycle_probe__.py"
-    try:
-        tmp.write_text(source)
-        assert "segdeploy.verify" in _imports(tmp, set(import_graph()) | {"segdeploy.verify"})
-    finally:
-        tmp.unlink()
+    probe = tmp_path / "probe.py"  # outside the package: no test writes into it
+    probe.write_text("def f():\n    from segdeploy.verify import verify\n")
+    assert _imports(probe, set(import_graph()), module="segdeploy.probe") == {"segdeploy.verify"}
 
 
 def test_the_leaf_module_that_describes_a_file_imports_nothing_of_the_stages():
@@ -161,6 +162,12 @@ def test_ruff_lint_and_format_are_clean():
     if ruff is None:
         pytest.skip("ruff is not installed (it comes with the dev extra: pip install -e '.[dev]')")
     root = PACKAGE.parent
-    for args in (["check", "."], ["format", "--check", "."]):
+    # Another ruff version has other rules and formatting: the style is the pinned version's.
+    pinned = re.search(r'"ruff==([^"]+)"', (root / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pinned, "pyproject.toml pins ruff in the dev extra"
+    installed = subprocess.run([ruff, "--version"], capture_output=True, text=True, check=True).stdout.split()[-1]
+    if installed != pinned.group(1):
+        pytest.skip(f"ruff {installed} is installed; the style is ruff {pinned.group(1)}'s (pip install -e '.[dev]')")
+    for args in (["check", "--no-cache", "."], ["format", "--no-cache", "--check", "."]):
         done = subprocess.run([ruff, *args], cwd=root, capture_output=True, text=True)
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -206,7 +206,8 @@ def test_bench_trt_without_tensorrt_exits_5_before_any_work(tmp_path):
         pytest.skip("TensorRT is installed here")
     except ImportError:
         pass
-    code, out = _invoke("bench", "unet", "--engine", "trt", "--shape", "1x3x64x64", "--json", str(tmp_path / "r.json"))
+    report = str(tmp_path / "r.json")
+    code, out = _invoke("bench", "unet", "--engine", "trt", "--shape", "1x3x64x64", "--report", report)
     assert code == 5
     _one_clear_line(out, "TensorRT")
     assert list(tmp_path.iterdir()) == []

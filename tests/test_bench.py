@@ -222,7 +222,7 @@ def test_onnx_file_with_torch_engine_is_refused(tmp_path):
     targets = bench.resolve_targets([str(path)])
     assert targets[0].kind == "onnx"
     with pytest.raises(UserInputError, match="torch engine needs a zoo model"):
-        bench.check_request(targets, ["torch", "ort"], "fp32")
+        bench.check_request(targets, ["torch", "ort"], None)
     assert bench.default_engines(targets) == [Runtime.ORT]
 
 
@@ -324,7 +324,7 @@ def test_cli_smoke_torch_and_ort_side_by_side(cli, tmp_path, monkeypatch):
 
     out_json, out_csv = tmp_path / "bench.json", tmp_path / "bench.csv"
     args = [*SMALL_UNET, "--batch", "1,2", "--iters", "3", "--warmup", "1", "--threads", "1"]
-    result = cli(*args, "--json", str(out_json), "--csv", str(out_csv))
+    result = cli(*args, "--report", str(out_json), "--csv", str(out_csv))
     assert result.exit_code == 0, result.output
     assert "speed-up" in result.stdout and "1.00x" in result.stdout
     data = json.loads(out_json.read_text())
@@ -344,6 +344,52 @@ def test_cli_bench_of_an_onnx_file_defaults_to_ort_and_prints_markdown(cli, tmp_
     lines = result.stdout.splitlines()
     assert lines[0].startswith("| model | engine |") and len(lines) == 3
     assert lines[2].startswith("| tiny | ort | fp32 | 2 |")
+
+
+def test_cli_json_is_a_switch_printing_the_records_to_stdout(cli, tmp_path):
+    model = tmp_path / "tiny.onnx"
+    _tiny_conv_onnx(model)
+    result = cli(str(model), "--shape", "1x3x16x16", "--iters", "2", "--warmup", "0", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert [r["model"] for r in data["records"]] == ["tiny"] and "environment" in data
+
+
+def test_cli_labels_a_file_with_the_precision_in_its_metadata(cli, tmp_path):
+    import onnx
+
+    model = tmp_path / "half.onnx"
+    _tiny_conv_onnx(model)
+    proto = onnx.load(str(model))
+    onnx.helper.set_model_props(proto, {"precision": "fp16"})  # float32 I/O: what runs here is the metadata's label
+    onnx.save(proto, str(model))
+    result = cli(str(model), "--shape", "1x3x16x16", "--iters", "2", "--warmup", "0", "--json")
+    assert result.exit_code == 0, result.output
+    assert [r["precision"] for r in json.loads(result.stdout)["records"]] == ["fp16"]
+    asked = cli(str(model), "--precision", "fp32", "--iters", "2")
+    assert asked.exit_code == 2 and "carries its own precision" in asked.stderr
+
+
+def test_cli_int8_asks_for_calibration_by_an_option_that_exists(cli, tmp_path, monkeypatch):
+    missing = cli("unet", "--engine", "ort", "--precision", "int8", "--iters", "2")
+    assert missing.exit_code == 2 and "--calib" in missing.stderr
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.zeros((2, 3, 64, 64), np.float32))
+    exported = {}
+
+    def fake_cached_onnx(name, **options):
+        exported.update(options)
+        _tiny_conv_onnx(tmp_path / "int8.onnx")
+        return tmp_path / "int8.onnx"
+
+    monkeypatch.setattr(cache, "cached_onnx", fake_cached_onnx)
+    args = ["--engine", "ort", "--precision", "int8", "--calib", str(calib), "--calib-size", "2", "--iters", "2"]
+    result = cli(*SMALL_UNET, *args, "--warmup", "0", "--json")
+    assert result.exit_code == 0, result.output
+    assert exported["calibration"] == calib and exported["calib_size"] == 2
+    assert [r["precision"] for r in json.loads(result.stdout)["records"]] == ["int8"]
+    fp32 = cli("unet", "--engine", "ort", "--calib", str(calib), "--iters", "2")
+    assert fp32.exit_code == 2 and "--calib is for --precision int8" in fp32.stderr
 
 
 @pytest.mark.slow

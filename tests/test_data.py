@@ -59,19 +59,21 @@ def test_train_tiny_rejects_too_little_data():
 
 # A small config the recipe trains past all-background in a few seconds (one thread), for tests that need
 # "briefly trained" zoo weights. The full recipe (600 steps, every zoo model) is measured by
-# benchmarks/precision.py; 60 steps are not enough for most of the others.
-@pytest.mark.parametrize("name, steps", [("unet", 60)])
+# benchmarks/precision.py. Judged on 64 held-out images: on 8, the mIoU of one training swung by
+# +0.004..+0.22 over the background answer with the torch seed alone. Over 64 images, 100 steps beat it by
+# +0.23..+0.34 (9 runs: 6 seeds, and 3 with oneDNN convolutions switched off for other floating-point paths).
+@pytest.mark.parametrize("name, steps", [("unet", 100)])
 def test_zoo_small_config_learns_within_seconds(name, steps):
     torch.manual_seed(0)
     model = create_model(name, num_classes=NUM_CLASSES, **model_info(name).test_config)
     images, labels = make_shapes(128, size=(48, 48), num_classes=NUM_CLASSES, seed=0)
-    history = train_tiny(model, images, labels, steps=steps, seconds=30, seed=0)
-    held_out, truth = make_shapes(8, size=(48, 48), num_classes=NUM_CLASSES, seed=1)
+    history = train_tiny(model, images, labels, steps=steps, seconds=60, seed=0)
+    held_out, truth = make_shapes(64, size=(48, 48), num_classes=NUM_CLASSES, seed=1)
     with torch.no_grad():
         miou = evaluate(model(torch.from_numpy(held_out)), truth, NUM_CLASSES)
     background = mean_iou(np.zeros_like(truth), truth, NUM_CLASSES)
     assert history["steps"] == steps, history["seconds"]
-    assert miou > background + 0.05, (miou, background)
+    assert miou > background + 0.10, (miou, background)
 
 
 def test_training_handles_per_image_class_scores_beside_the_logits():

@@ -10,14 +10,14 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import DIVISIBLE_BY_32, STRICT_UNET, TEXTBOOK_SEGNET, calibrate_batchnorm
+from helpers import DIVISIBLE_BY_32, STRICT_UNET, TEXTBOOK_SEGNET, calibrate_batchnorm, zoo_params
 from torch import nn
 from typer.testing import CliRunner
 
 from segdeploy.artifact import read_metadata
 from segdeploy.errors import ExportError, UserInputError
 from segdeploy.export.onnx import export_onnx
-from segdeploy.models import create_model, list_models, model_info
+from segdeploy.models import create_model, model_info
 from segdeploy.proof import PROBE_CRITERION
 
 FORBIDDEN_OPS = {"MaxUnpool", "ScatterND", "ArgMax", "TopK"}
@@ -110,7 +110,7 @@ def _calibrated(name: str, in_channels: int = 3, num_classes: int = 5) -> nn.Mod
     return calibrate_batchnorm(model, (4, in_channels, 64, 64))
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", zoo_params())
 def test_every_zoo_model_with_calibrated_weights_exports_lints_clean_and_verifies(name, tmp_path):
     path = tmp_path / f"{name}.onnx"
     result = export_onnx(_calibrated(name), path, input_shape=(1, 3, 64, 64))
@@ -355,6 +355,7 @@ def _user_file(tmp_path, name: str, source: str) -> str:
     return str(tmp_path / f"{name}.py")
 
 
+@pytest.mark.slow
 def test_textbook_segnet_exports_at_multiples_of_32_with_a_clear_note(tmp_path):
     file = _user_file(tmp_path, "textbook_segnet", TEXTBOOK_SEGNET)
     path = tmp_path / "textbook.onnx"
@@ -368,6 +369,7 @@ def test_textbook_segnet_exports_at_multiples_of_32_with_a_clear_note(tmp_path):
     assert len({r.shape for r in report.results}) >= 5 and any(r.shape[0] == 2 for r in report.results)
 
 
+@pytest.mark.slow
 def test_textbook_segnet_exports_through_the_cli_with_default_options(tmp_path):
     from segdeploy.cli import app
 
@@ -405,6 +407,40 @@ def test_textbook_segnet_exports_through_the_cli_with_default_options(tmp_path):
         refused = CliRunner().invoke(app, args)
         assert refused.exit_code == 2 and "multiples of 32" in refused.output
         assert "nearest: 64x64 or 96x96" in refused.output
+
+
+# TEXTBOOK_SEGNET with two stages: the same unpooling without output_size, so the sizes are multiples of 4.
+SMALL_TEXTBOOK_SEGNET = TEXTBOOK_SEGNET.replace(
+    "enc = [(in_channels, 8), (8, 8), (8, 12), (12, 12), (12, 16)]", "enc = [(in_channels, 8), (8, 12)]"
+).replace("dec = [(16, 12), (12, 12), (12, 8), (8, 8), (8, 8)]", "dec = [(12, 8), (8, 8)]")
+
+
+def test_user_segnet_with_textbook_unpooling_exports_verifies_and_is_refused_other_sizes_through_the_cli(tmp_path):
+    from segdeploy.cli import app
+
+    assert SMALL_TEXTBOOK_SEGNET.count("(8, 12)") == 1  # the two-stage edit applied
+    file = _user_file(tmp_path, "small_segnet", SMALL_TEXTBOOK_SEGNET)
+    namespace: dict = {}
+    exec(SMALL_TEXTBOOK_SEGNET, namespace)
+    weights = tmp_path / "small.pt"
+    torch.save(calibrate_batchnorm(namespace["build"](), (4, 3, 32, 32)).state_dict(), weights)
+    out = tmp_path / "small.onnx"
+    args = ["export", f"{file}:build", "--input-shape", "1x3x24x16", "--num-classes", "4", "--weights", str(weights)]
+    result = CliRunner().invoke(app, [*args, "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "accepts only multiples of 4" in result.output and "passed" in result.output
+    meta = read_metadata(out)
+    assert meta.size_multiple == 4 and meta.rewrites == ("max_unpool",)
+    # the model is rebuilt from the file's metadata; the weights are the user's
+    verified = CliRunner().invoke(app, ["verify", str(out), "--weights", str(weights)])
+    assert verified.exit_code == 0, verified.output
+    # every later consumer refuses sizes the model does not take, in one line
+    for command in (
+        ["verify", str(out), "--weights", str(weights), "--shape", "1x3x18x18"],
+        ["bench", str(out), "--shape", "1x3x18x18", "--iters", "1"],
+    ):
+        refused = CliRunner().invoke(app, command)
+        assert refused.exit_code == 2 and "multiples of 4" in refused.output and "20x20" in refused.output
 
 
 def test_unet_whose_skips_must_line_up_exports_at_multiples_of_16(tmp_path):

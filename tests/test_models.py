@@ -13,27 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ZOO
 from torch import nn
 
 import segdeploy
 from segdeploy.checkpoints import load_weights
 from segdeploy.errors import UserInputError
 
-ZOO = (
-    "fcn8s",
-    "unet",
-    "segnet",
-    "pspnet",
-    "deeplabv1",
-    "deeplabv2",
-    "deeplabv3",
-    "deeplabv3plus",
-    "unetpp",
-    "u2net",
-    "glore",
-    "gcu",
-    "ginet",
-)
 NUM_CLASSES = 5
 IN_CHANNELS = 2
 ODD_SHAPE = (2, IN_CHANNELS, 97, 131)
@@ -99,6 +85,42 @@ def test_unknown_model_lists_known_names():
 def test_bad_option_is_a_user_error():
     with pytest.raises(UserInputError, match="unet"):
         segdeploy.create_model("unet", no_such_option=3)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"width_mult": "abc"}, "bad option width_mult='abc' for model 'unet': expected a number"),
+        ({"batch_norm": 1}, "bad option batch_norm=1 for model 'unet': expected true or false"),
+        ({"backbone_weights": "vgg16.pth"}, "unknown option 'backbone_weights' for model 'unet'"),
+    ],
+)
+def test_options_are_checked_against_the_models_signature(config: dict, message: str):
+    with pytest.raises(UserInputError) as caught:
+        segdeploy.create_model("unet", **config)
+    assert message in str(caught.value)
+
+
+def test_option_values_of_every_declared_type_are_accepted():
+    model = segdeploy.create_model("deeplabv3", width_mult=0.125, backbone="resnet50", multi_grid=None, dropout=0)
+    assert model.backbone is not None
+    with pytest.raises(UserInputError, match="expected a list of integers or null"):
+        segdeploy.create_model("deeplabv3", multi_grid=[1, "2", 4])
+
+
+def test_a_bug_inside_a_model_is_not_reported_as_a_bad_option(monkeypatch: pytest.MonkeyPatch):
+    from segdeploy.models import ModelInfo
+    from segdeploy.models._registry import registered
+
+    class Buggy(nn.Module):
+        def __init__(self, *, num_classes: int = 21, in_channels: int = 3, width: int = 8) -> None:
+            super().__init__()
+            nn.Conv2d(in_channels, width, 3, padding="sideways")  # a bug in the model's own code
+
+    monkeypatch.setitem(registered(), "buggy", ModelInfo(name="buggy", paper="-", builder=Buggy))
+    assert segdeploy.model_info("buggy").options() == {"width": 8}
+    with pytest.raises(ValueError, match="sideways"):
+        segdeploy.create_model("buggy", width=4)
 
 
 def test_model_is_in_eval_mode(built: Built):

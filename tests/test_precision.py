@@ -328,16 +328,40 @@ def test_a_constant_shared_by_fp32_and_fp16_nodes_converts(tmp_path):
     assert result.verification.passed, result.verification.worst()
 
 
-def test_softmax_scores_from_distances_are_computed_in_fp32(tmp_path):
+class _OneGraphUnit(nn.Module):
+    """A stem, one graph convolutional unit (GCU's soft assignment of pixels to anchors), a classifier."""
+
+    def __init__(self, width: int = 8) -> None:
+        from segdeploy.models.gcu import GCU
+
+        super().__init__()
+        self.stem = _conv_bn_relu(3, width)
+        self.unit = GCU(width, width, num_nodes=4)
+        self.classifier = nn.Conv2d(width, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.unit(self.stem(x)))
+
+
+def _zoo_gcu() -> nn.Module:
+    return segdeploy.create_model("gcu", num_classes=3, **segdeploy.model_info("gcu").test_config)
+
+
+@pytest.mark.parametrize(
+    "build", [_OneGraphUnit, pytest.param(_zoo_gcu, marks=pytest.mark.slow)], ids=["one unit", "zoo gcu"]
+)
+def test_softmax_scores_from_distances_are_computed_in_fp32(tmp_path, build):
     from segdeploy.export.onnx import export_onnx
 
     torch.manual_seed(0)
-    model = segdeploy.create_model("gcu", num_classes=3, **segdeploy.model_info("gcu").test_config)
+    model = build().eval()
     path = tmp_path / "gcu16.onnx"
     result = export_onnx(model, path, input_shape=(1, 3, 32, 32), precision="fp16", verify=False)
     graph = onnx.load(str(path)).graph
     producer = {out: node for node in graph.node for out in node.output}
-    for softmax in (n for n in graph.node if n.op_type == "Softmax"):
+    softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
+    assert softmaxes
+    for softmax in softmaxes:
         node = producer[softmax.input[0]]
         while node.op_type in ("Mul", "Add", "Sub"):  # the chain from the distance MatMuls is FP32
             assert node.name in result.fp32_nodes, node.name

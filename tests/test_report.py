@@ -73,8 +73,7 @@ def test_writers_are_atomic_and_refuse_a_missing_directory(records, tmp_path):
     data = json.loads(path.read_text())
     assert data["environment"] == {"cpu": "test"} and len(data["records"]) == 5
     report.write_csv(records, tmp_path / "r.csv")
-    report.write_markdown(records, tmp_path / "r.md")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json", "r.md"]  # no temp files left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json"]  # no temp files left
     with pytest.raises(UserInputError, match="does not exist"):
         report.write_csv(records, tmp_path / "missing" / "r.csv")
 

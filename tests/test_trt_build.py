@@ -6,12 +6,12 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 import jsonschema
 import onnx
 import pytest
+from helpers import write_onnx, write_qdq_onnx
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
@@ -35,99 +35,6 @@ GPU = GpuInfo(name="Fake GPU", compute_capability="8.6", memory_gb=24.0)
 
 
 # --------------------------------------------------------------------------- fixtures
-def write_onnx(
-    path: Path, *, fp16: bool = False, dims=("N", 3, "H", "W"), metadata: dict[str, str] | None = None
-) -> Path:
-    """A tiny 1x1-conv model; with fp16 its weight is FLOAT16 behind a Cast (float32 I/O like segdeploy's)."""
-    weight_type = TensorProto.FLOAT16 if fp16 else TensorProto.FLOAT
-    weight = helper.make_tensor("w", weight_type, [2, 3, 1, 1], [0.5] * 6)
-    nodes = []
-    if fp16:
-        nodes.append(helper.make_node("Cast", ["input"], ["x16"], to=TensorProto.FLOAT16))
-        nodes.append(helper.make_node("Conv", ["x16", "w"], ["y16"]))
-        nodes.append(helper.make_node("Cast", ["y16"], ["logits"], to=TensorProto.FLOAT))
-    else:
-        nodes.append(helper.make_node("Conv", ["input", "w"], ["logits"]))
-    graph = helper.make_graph(
-        nodes,
-        "tiny",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, list(dims))],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
-        initializer=[weight],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 9
-    meta = {"trace_shape": "2x3x64x96", "in_channels": "3", "min_size": "32"} if metadata is None else metadata
-    helper.set_model_props(model, meta)
-    onnx.save(model, str(path))
-    return path
-
-
-def write_qdq_onnx(path: Path, *, fp16: bool = False, metadata: dict[str, str] | None = None) -> Path:
-    """A tiny explicitly quantized (Q/DQ) 1x1-conv model, float32 I/O.
-
-    FP32 elsewhere: ONNX Runtime's ``quantize_static`` (QDQ, symmetric int8, per-channel weights) on
-    :func:`write_onnx`'s model. FP16 elsewhere: built by hand at opset 19 (FP16 scales), Cast at both ends.
-    """
-    meta = {"trace_shape": "2x3x64x96", "in_channels": "3", "min_size": "32"} if metadata is None else metadata
-    if fp16:
-        half = TensorProto.FLOAT16
-        nodes = [
-            helper.make_node("Cast", ["input"], ["x16"], to=half),
-            helper.make_node("QuantizeLinear", ["x16", "x_scale", "x_zero"], ["xq"]),
-            helper.make_node("DequantizeLinear", ["xq", "x_scale", "x_zero"], ["xdq"]),
-            helper.make_node("DequantizeLinear", ["wq", "w_scale", "w_zero"], ["wdq"], axis=0),
-            helper.make_node("Conv", ["xdq", "wdq"], ["y16"]),
-            helper.make_node("Cast", ["y16"], ["logits"], to=TensorProto.FLOAT),
-        ]
-        initializers = [
-            helper.make_tensor("x_scale", half, [], [0.05]),
-            helper.make_tensor("x_zero", TensorProto.INT8, [], [0]),
-            helper.make_tensor("wq", TensorProto.INT8, [2, 3, 1, 1], [127, -64, 32, 5, 100, -127]),
-            helper.make_tensor("w_scale", half, [2], [0.004, 0.008]),
-            helper.make_tensor("w_zero", TensorProto.INT8, [2], [0, 0]),
-        ]
-        graph = helper.make_graph(
-            nodes,
-            "tiny_qdq_fp16",
-            [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])],
-            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
-            initializer=initializers,
-        )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)])
-        model.ir_version = 9
-    else:
-        import numpy as np
-        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-
-        class Batches(CalibrationDataReader):
-            def __init__(self) -> None:
-                rng = np.random.default_rng(0)
-                self.batches = iter([{"input": rng.standard_normal((1, 3, 8, 8), dtype=np.float32)} for _ in range(2)])
-
-            def get_next(self):
-                return next(self.batches, None)
-
-        float_path = write_onnx(path.with_name(path.stem + ".float.onnx"), metadata={})
-        quantize_static(
-            str(float_path),
-            str(path),
-            Batches(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QInt8,
-            weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv"],
-            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-        )
-        float_path.unlink()
-        model = onnx.load(str(path))
-        del model.metadata_props[:]
-    helper.set_model_props(model, meta)
-    onnx.save(model, str(path))
-    return path
-
-
 class RecordingEnum:
     """An enum stand-in that logs every attribute lookup, so a test can prove nothing touched a member."""
 
@@ -365,16 +272,27 @@ def test_plan_build_refuses_precisions_a_quantized_or_float_onnx_cannot_give(maj
     assert "\n" not in str(info.value)
 
 
-def test_precision_names_are_normalized():
-    from segdeploy.runtime.trt_build import normalize_precision
+def test_precision_names_become_the_precision_enum():
+    from segdeploy.artifact import Precision
+    from segdeploy.runtime.trt_plan import normalize_precision
 
     assert [normalize_precision(p) for p in ("INT8", "int8_fp16", "INT8+FP16", "float16", None)] == [
-        "int8",
-        "int8-fp16",
-        "int8-fp16",
-        "fp16",
+        Precision.INT8,
+        Precision.INT8_FP16,
+        Precision.INT8_FP16,
+        Precision.FP16,
         None,
     ]
+    assert plan_build(10, "fp16", None).precision is Precision.FP16
+
+
+def test_onnx_facts_carry_the_typed_metadata(tmp_path):
+    from segdeploy.artifact import InputFormat, Metadata, Precision
+
+    meta = {"trace_shape": "1x3x64x96", "in_channels": "3", "input_format": "uint8-nhwc", "precision": "fp16"}
+    facts = read_onnx_facts(write_onnx(tmp_path / "f.onnx", dims=("N", "H", "W", 3), metadata=meta))
+    assert facts.precision is Precision.FP16 and isinstance(facts.metadata, Metadata)
+    assert facts.metadata.preprocessing.input_format is InputFormat.UINT8_NHWC
 
 
 def test_trt_major_reads_the_version_string():

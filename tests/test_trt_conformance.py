@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import trt_bindings
-from test_trt_build import write_onnx, write_qdq_onnx
+from helpers import write_onnx, write_qdq_onnx
 
 from segdeploy.environment import GpuInfo
 from segdeploy.errors import SegdeployError, UserInputError
@@ -23,7 +23,8 @@ from segdeploy.errors import SegdeployError, UserInputError
 GPU = GpuInfo(name="Fake GPU", compute_capability="8.6", memory_gb=24.0)
 
 
-@pytest.fixture(scope="session", params=trt_bindings.VERSIONS)
+# The wheels are downloaded on a fresh machine: every test of the real bindings is in the heavy tier.
+@pytest.fixture(scope="session", params=[pytest.param(v, marks=pytest.mark.slow) for v in trt_bindings.VERSIONS])
 def trt_api(request) -> dict[str, Any]:
     """One real TensorRT version's API (downloaded and dumped once, then cached on disk)."""
     try:

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from segdeploy.errors import CheckpointError
 from segdeploy.models._registry import registered
 from segdeploy.models.backbones.vgg import VGG, load_backbone_weights
-from segdeploy.models.fcn import FCN8s, fcn8s
-from segdeploy.models.segnet import SegNet, pool_with_indices, segnet, unpool
+from segdeploy.models.fcn import FCN8s
+from segdeploy.models.segnet import SegNet, pool_with_indices, unpool
 
 # Facts about torchvision 0.2x's vgg16 / vgg16_bn (torchvision/models/vgg.py, configuration "D"):
 # conv (in, out) per layer and where the convs and BatchNorms sit in `features`.
@@ -50,7 +50,8 @@ def torchvision_feature_shapes(batch_norm: bool) -> dict[str, tuple[int, ...]]:
 
 
 def small(builder, **kwargs):
-    config = {**registered()[builder.__name__].test_config, **kwargs}
+    (info,) = [info for info in registered().values() if info.builder is builder]
+    config = {**info.test_config, **kwargs}
     return builder(**config).eval()
 
 
@@ -84,14 +85,14 @@ def test_width_mult_never_goes_below_8_channels():
     assert VGG(width_mult=0.01).stage_channels == [8] * 5
 
 
-@pytest.mark.parametrize(("builder", "num_classes", "millions"), [(fcn8s, 21, 134.5), (segnet, 12, 29.4)])
+@pytest.mark.parametrize(("builder", "num_classes", "millions"), [(FCN8s, 21, 134.5), (SegNet, 12, 29.4)])
 def test_default_config_has_the_published_parameter_count(builder, num_classes, millions):
     with torch.device("meta"):
         model = builder(num_classes=num_classes)
     assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == millions
 
 
-@pytest.mark.parametrize("builder", [fcn8s, segnet])
+@pytest.mark.parametrize("builder", [FCN8s, SegNet])
 @pytest.mark.parametrize("size", [(33, 47), (97, 131)])
 def test_logits_cover_odd_sized_batches_exactly(builder, size):
     model = small(builder, num_classes=5, in_channels=1)
@@ -137,7 +138,7 @@ def test_unpool_puts_each_value_at_the_first_maximum_of_its_window():
 
 
 def test_segnet_decoder_unpools_each_stage_where_its_encoder_pooled():
-    model = small(segnet, num_classes=3)
+    model = small(SegNet, num_classes=3)
     features = model.backbone.features
     encoder_maps: list[torch.Tensor] = []
     decoder_inputs: list[torch.Tensor] = []
@@ -178,7 +179,7 @@ def fake_torchvision_checkpoint(backbone: VGG, fc_width: int) -> dict[str, torch
 
 def test_torchvision_classifier_shapes_are_what_fcn_fc6_and_fc7_convert():
     with torch.device("meta"):
-        model = fcn8s()
+        model = FCN8s()
     assert model.fc6.weight.numel() == torch.Size(TORCHVISION_CLASSIFIER_SHAPES["classifier.0.weight"]).numel()
     assert model.fc6.weight.shape[0] == TORCHVISION_CLASSIFIER_SHAPES["classifier.0.weight"][0]
     assert model.fc7.weight.shape[:2] == TORCHVISION_CLASSIFIER_SHAPES["classifier.3.weight"]

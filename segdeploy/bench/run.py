@@ -75,18 +75,46 @@ def default_engines(targets: Sequence[BenchTarget]) -> list[Runtime]:
     return [Runtime.TORCH, Runtime.ORT]
 
 
-def check_request(targets: Sequence[BenchTarget], engines: Sequence[Runtime | str], precision: Precision | str) -> None:
+QUANTIZED = (Precision.INT8, Precision.INT8_FP16)
+
+
+def check_request(
+    targets: Sequence[BenchTarget],
+    engines: Sequence[Runtime | str],
+    precision: Precision | str | None,
+    calibration: str | os.PathLike[str] | None = None,
+) -> None:
     """Refuse impossible combinations before any work starts.
 
+    Args:
+        precision: the precision zoo models are exported at; None: fp32 for zoo models, and files keep their own.
+        calibration: INT8 calibration data for zoo exports.
+
     Raises:
-        UserInputError: unknown engine or precision, fp16 on the torch CPU engine,
-            an ``.onnx`` with torch, an ``.engine`` with anything but trt.
+        UserInputError: unknown engine or precision, fp16 on the torch CPU engine, a precision asked of
+            ``.onnx`` or ``.engine`` files (theirs is in the file), INT8 without calibration data or
+            calibration data without INT8, an ``.onnx`` with torch, an ``.engine`` with anything but trt.
         MissingDependencyError: trt requested without TensorRT or a CUDA GPU.
     """
     if not engines:
         raise UserInputError(f"name at least one engine ({', '.join(e.value for e in Runtime)})")
     chosen = [parse_choice(Runtime, e, "engine") for e in engines]
-    precision = parse_precision(precision)
+    files = [t for t in targets if t.kind != "zoo"]
+    if precision is not None and files:
+        raise UserInputError(
+            f"--precision is for zoo models (exported at that precision); {files[0].spec} carries its own "
+            "precision, read from the file"
+        )
+    precision = parse_precision(precision or Precision.FP32)
+    if precision in QUANTIZED and calibration is None and any(t.kind == "zoo" for t in targets):
+        raise UserInputError(
+            f"--precision {precision.value} exports zoo models with INT8 Q/DQ, which needs calibration data: "
+            "pass --calib DIR_OF_IMAGES or --calib BATCHES.npy"
+        )
+    if calibration is not None and precision not in QUANTIZED:
+        raise UserInputError(f"--calib is for --precision int8 or int8-fp16, not {precision.value}")
+    if calibration is not None and not Path(calibration).exists():
+        raise UserInputError(f"calibration data {calibration} does not exist")
     if Runtime.TORCH in chosen and precision is not Precision.FP32:
         raise UserInputError(
             f"{precision.value} is not benchmarked on the torch CPU engine (CPU half precision is not what "
@@ -122,7 +150,9 @@ def run_benchmarks(
     *,
     shape: tuple[int, int, int, int] = (1, 3, 512, 512),
     batches: Sequence[int] | None = None,
-    precision: Precision | str = Precision.FP32,
+    precision: Precision | str | None = None,
+    calibration: str | os.PathLike[str] | None = None,
+    calib_size: int = 64,
     warmup: int = 10,
     iters: int | None = None,
     seconds: float | None = None,
@@ -142,7 +172,10 @@ def run_benchmarks(
         engines: ``torch``, ``ort``, ``trt``, in the order the table compares them; None picks ``default_engines``.
         shape: ``NxCxHxW``; N is the batch unless ``batches`` is given.
         batches: batch sizes to run.
-        precision: ``fp32``, ``fp16``, ``int8``... (not on torch).
+        precision: what zoo models are exported at: ``fp32`` (default), ``fp16``, ``int8``... (not on torch).
+            ``.onnx`` and ``.engine`` files run at their own precision, read from the file.
+        calibration, calib_size: INT8 zoo exports: a directory of images or an ``.npy`` of batches, and how
+            many images to use.
         warmup, iters, seconds: see ``segdeploy.bench.measure.benchmark``.
         threads: intra-op threads for torch and ONNX Runtime alike, restored afterwards; default torch's count.
         cache_dir: where exported ONNX and engines are kept (``segdeploy.cache``).
@@ -163,14 +196,14 @@ def run_benchmarks(
     from segdeploy.shapes import check_shape
 
     check_shape(shape)
-    precision = parse_precision(precision)
     batch_sizes = [int(b) for b in (batches or [shape[0]])]
     if any(b < 1 for b in batch_sizes):
         raise UserInputError(f"batch sizes must be positive, got {batch_sizes}")
     check_loop_options(warmup, iters, seconds, MIN_ITERATIONS)
     targets = resolve_targets(models)
     chosen = [parse_choice(Runtime, e, "engine") for e in engines] if engines else default_engines(targets)
-    check_request(targets, chosen, precision)
+    check_request(targets, chosen, precision, calibration)
+    precision = parse_precision(precision or Precision.FP32)
 
     import torch
 
@@ -194,9 +227,12 @@ def run_benchmarks(
                 if progress:
                     progress(len(records), total, f"{target.name} {engine.value}: preparing")
                 source = _engine_source(
-                    target, engine, config, shape, batch_sizes, precision, num_classes, cache_dir, opset
-                )
-                with _open_runner(source, engine, precision, threads) as runner:
+                    target, engine, config, shape, batch_sizes, precision, num_classes, cache_dir, opset,
+                    calibration, calib_size,
+                )  # fmt: skip
+                # A file runs at its own precision: the runner reads it from the metadata or sidecar.
+                label = precision if target.kind == "zoo" else None
+                with _open_runner(source, engine, label, threads) as runner:
                     for batch in batch_sizes:
                         if progress:
                             progress(len(records), total, f"{target.name} {engine.value} batch {batch}")
@@ -245,6 +281,7 @@ def _flops_per_image(
 def _engine_source(
     target: BenchTarget, engine: Runtime, config: dict[str, Any], shape: tuple[int, int, int, int],
     batch_sizes: Sequence[int], precision: Precision, num_classes: int, cache_dir: Any, opset: int,
+    calibration: Any = None, calib_size: int = 64,
 ) -> Any:  # fmt: skip
     """What the runner loads: an ``nn.Module`` for torch, an ONNX path for ort, an engine path for trt."""
     from segdeploy import cache
@@ -265,6 +302,8 @@ def _engine_source(
             precision=precision,
             num_classes=num_classes,
             opset=opset,
+            calibration=calibration,
+            calib_size=calib_size,
             cache_dir=cache_dir,
         )
     if engine is Runtime.ORT:
@@ -276,12 +315,12 @@ def _engine_source(
         min_shape=(lo, c, h, w),
         opt_shape=(hi, c, h, w),
         max_shape=(hi, c, h, w),
-        precision=precision,
+        precision=precision if target.kind == "zoo" else None,
         cache_dir=cache_dir,
     )
 
 
-def _open_runner(source: Any, engine: Runtime, precision: Precision, threads: int) -> Any:
+def _open_runner(source: Any, engine: Runtime, precision: Precision | None, threads: int) -> Any:
     from segdeploy.runtime import open_runner
 
     return open_runner(source, runtime=engine, precision=precision, threads=threads)

@@ -9,7 +9,18 @@ from typing import Annotated, Any, Optional
 import typer
 
 from segdeploy.artifact import Precision, Runtime
-from segdeploy.cli.common import ConfigOption, app, guarded, make_console, parse_config
+from segdeploy.cli.common import (
+    CalibOption,
+    CalibSizeOption,
+    ConfigOption,
+    JsonFlag,
+    ReportOption,
+    app,
+    guarded,
+    make_console,
+    parse_config,
+    print_json,
+)
 from segdeploy.errors import UserInputError
 
 
@@ -41,8 +52,15 @@ def bench_cmd(
     ] = "1x3x512x512",
     batch: Annotated[Optional[str], typer.Option("--batch", help="Batch sizes, comma-separated, e.g. 1,4,8.")] = None,
     precision: Annotated[
-        Precision, typer.Option(case_sensitive=False, help="Precision of zoo exports (fp16: ort and trt only).")
-    ] = Precision.FP32,
+        Optional[Precision],
+        typer.Option(
+            case_sensitive=False,
+            help="Precision zoo models are exported at (default fp32; fp16 and int8: ort and trt only). "
+            "Files run at their own.",
+        ),
+    ] = None,
+    calib: CalibOption = None,
+    calib_size: CalibSizeOption = 64,
     config: ConfigOption = None,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 10,
     iters: Annotated[Optional[int], typer.Option(help="Timed steps (instead of --seconds).")] = None,
@@ -54,7 +72,8 @@ def bench_cmd(
     small: Annotated[
         bool, typer.Option("--small", help="Zoo models in their small test configuration (smoke runs).")
     ] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write records and environment as JSON.")] = None,
+    as_json: JsonFlag = False,
+    report_path: ReportOption = None,
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Write the records as CSV.")] = None,
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Print a Markdown table instead of the rich table.")
@@ -63,7 +82,10 @@ def bench_cmd(
         Optional[Path], typer.Option("--plot", help="Save a latency bar chart (.png/.svg/.pdf; needs matplotlib).")
     ] = None,
 ) -> None:
-    """Benchmark engines side by side: latency percentiles, images/s, GFLOP/s, speed-up."""
+    """Benchmark engines side by side: latency percentiles, images/s, GFLOP/s, speed-up.
+
+    --json prints the records and the environment as JSON on stdout; --report PATH writes them to a file.
+    """
     from segdeploy import report
     from segdeploy.bench import run_benchmarks
     from segdeploy.shapes import parse_shape
@@ -72,7 +94,9 @@ def bench_cmd(
     batches = _parse_batches(batch)
     if iters is not None and seconds is not None:
         raise UserInputError("give --iters or --seconds, not both")
-    for path in (json_path, csv_path):
+    if as_json and markdown:
+        raise UserInputError("give --json or --markdown, not both")
+    for path in (report_path, csv_path):
         if path is not None:
             report.check_output_path(path)
     if plot_path is not None:
@@ -80,15 +104,18 @@ def bench_cmd(
     with _BenchProgress() as progress:
         suite = run_benchmarks(
             [model] if model else [], engine or None, shape=input_shape, batches=batches, precision=precision,
-            warmup=warmup, iters=iters, seconds=seconds, threads=threads, progress=progress, small=small,
+            calibration=calib, calib_size=calib_size, warmup=warmup, iters=iters, seconds=seconds, threads=threads,
+            progress=progress, small=small,
             cuda_graph=cuda_graph, model_config=parse_config(config),
         )  # fmt: skip
-    if markdown:
+    if as_json:
+        print_json(suite.to_dict())
+    elif markdown:
         typer.echo(report.markdown_table(suite.records), nl=False)
     else:
         make_console().print(report.render_table(suite.records, title="segdeploy bench (latency in ms)"))
-    if json_path is not None:
-        report.write_json(suite, json_path)
+    if report_path is not None:
+        report.write_json(suite, report_path)
     if csv_path is not None:
         report.write_csv(suite.records, csv_path)
     if plot_path is not None:

@@ -70,26 +70,41 @@ def _main(
     _state["verbose"] = verbose
 
 
-def make_console(stderr: bool = False) -> Any:
-    """A rich console; when not a terminal (a log, CI), wide enough that tables are never cut."""
+def make_console(stderr: bool = False, *, log_width: int = 400) -> Any:
+    """A rich console; when not a terminal (a log, CI), ``log_width`` columns wide.
+
+    The default is wide enough that tables of names and numbers are never cut; tables of free text fold
+    their long cells (``overflow="fold"``) and pass a log's width (``LOG_WIDTH``) instead.
+    """
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
-    return Console(stderr=stderr) if stream.isatty() else Console(stderr=stderr, width=400)
+    return Console(stderr=stderr) if stream.isatty() else Console(stderr=stderr, width=log_width)
+
+
+LOG_WIDTH = 100
+"""Columns of free-text tables written to a log."""
 
 
 def parse_config(items: list[str] | None) -> dict[str, Any]:
-    """``["backbone=resnet101", "width_mult=0.5"]`` -> ``{"backbone": "resnet101", "width_mult": 0.5}``."""
+    """``["backbone=resnet101", "width_mult=0.5"]`` -> ``{"backbone": "resnet101", "width_mult": 0.5}``.
+
+    Values are JSON where they parse (numbers, booleans, lists), else strings; the model's builder checks
+    them against its options (``segdeploy.models.create_model``).
+    """
     config: dict[str, Any] = {}
     for item in items or []:
         key, sep, text = item.partition("=")
         if not sep or not key.strip():
             raise UserInputError(f"bad --config {item!r}: expected key=value, e.g. backbone=resnet101")
+        key = key.strip()
+        if key in ("num_classes", "in_channels"):
+            raise UserInputError(f"{key} is not a --config option: use --{key.replace('_', '-')}")
         try:
             value: Any = json.loads(text)
         except json.JSONDecodeError:
             value = text  # a bare word: a string option
-        config[key.strip()] = value
+        config[key] = value
     return config
 
 
@@ -110,7 +125,26 @@ def write_json(path: Path, data: Any) -> None:
     write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
+def print_json(data: Any) -> None:
+    """``--json``: the command's result as JSON on stdout."""
+    typer.echo(json.dumps(data, indent=2))
+
+
+# --------------------------------------------------------------------------- options shared by several commands
+# Conventions: -o/--output is always an output path; --json prints JSON to stdout; --report PATH writes a file.
 ConfigOption = Annotated[
     Optional[list[str]],
-    typer.Option("--config", "-c", help="Builder option key=value, repeatable (see `segdeploy models --json`)."),
+    typer.Option("--config", "-c", help="Builder option key=value, repeatable (see `segdeploy models`)."),
 ]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON to stdout instead of tables.")]
+ReportOption = Annotated[Optional[Path], typer.Option("--report", metavar="PATH", help="Write the results as JSON.")]
+WeightsOption = Annotated[Optional[Path], typer.Option("--weights", help="Checkpoint to load (weights only).")]
+CalibOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--calib",
+        help="INT8: a directory of images, a dataset split as eval --data names it (voc:ROOT:train, "
+        "cityscapes:ROOT:train, camvid:ROOT:train) or an .npy of NCHW float32 batches.",
+    ),
+]
+CalibSizeOption = Annotated[int, typer.Option("--calib-size", help="INT8: the most calibration images used.")]

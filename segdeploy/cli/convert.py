@@ -9,7 +9,22 @@ from typing import Annotated, Any, Optional
 import typer
 
 from segdeploy.artifact import ColorOrder, InputFormat, OutputKind, Precision
-from segdeploy.cli.common import ConfigOption, app, guarded, make_console, parse_config, parse_floats, write_json
+from segdeploy.cli.common import (
+    LOG_WIDTH,
+    CalibOption,
+    CalibSizeOption,
+    ConfigOption,
+    JsonFlag,
+    ReportOption,
+    WeightsOption,
+    app,
+    guarded,
+    make_console,
+    parse_config,
+    parse_floats,
+    print_json,
+    write_json,
+)
 
 
 # --------------------------------------------------------------------------- models
@@ -17,26 +32,37 @@ from segdeploy.cli.common import ConfigOption, app, guarded, make_console, parse
 @guarded
 def models_cmd(
     pattern: Annotated[str, typer.Argument(help="Shell-style filter on names.")] = "*",
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON (with each builder's options).")] = False,
+    as_json: JsonFlag = False,
     size: Annotated[int, typer.Option(help="Input side for the GFLOPs column.")] = 512,
 ) -> None:
-    """List the zoo: paper, parameters, GFLOPs, the export rewrites each model needs, and its options."""
+    """List the zoo: paper, parameters, GFLOPs, the export rewrites each model needs, and its options.
+
+    Options are set with --config key=value (export, verify, bench); the table shows their defaults.
+    """
+    from segdeploy.errors import UserInputError
     from segdeploy.models.summary import summarize_models
 
+    if size < 32:
+        raise UserInputError(f"bad --size {size}: the zoo's models take at least 32x32")
     rows = summarize_models(pattern, size=size)
     if as_json:
-        typer.echo(json.dumps(rows, indent=2))
+        print_json(rows)
         return
     from rich.table import Table
 
     table = Table(title=f"segdeploy model zoo (GFLOPs at {size}x{size}, 21 classes)")
-    for col in ("name", "paper", "params (M)", "GFLOPs", "rewrites"):
-        table.add_column(col, justify="right" if col in ("params (M)", "GFLOPs") else "left")
+    for col in ("name", "paper", "params (M)", "GFLOPs", "rewrites", "options (--config key=value)"):
+        numeric = col in ("params (M)", "GFLOPs")
+        table.add_column(col, justify="right" if numeric else "left", overflow="fold", no_wrap=col == "name")
     for r in rows:
-        table.add_row(
-            r["name"], r["paper"], f"{r['params'] / 1e6:.1f}", f"{r['gflops']:.1f}", ", ".join(r["rewrites"]) or "-"
+        options = ", ".join(
+            f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in r["options"].items()
         )
-    make_console().print(table)
+        table.add_row(
+            r["name"], r["paper"], f"{r['params'] / 1e6:.1f}", f"{r['gflops']:.1f}",
+            ", ".join(r["rewrites"]) or "-", options or "-",
+        )  # fmt: skip
+    make_console(log_width=2 * LOG_WIDTH).print(table)
 
 
 # --------------------------------------------------------------------------- export / verify / lint
@@ -46,15 +72,11 @@ def _print_verification(report: Any) -> None:
 
     t = report.criteria
     table = Table(title=f"{report.candidate} vs PyTorch ({t.criterion}, {report.precision})")
-    for col in ("input", "error", "noise floor", "ratio", "max rel", "agreement", "mIoU", "result"):
+    columns = _verification_columns(t.criterion)
+    for col, _ in columns:
         table.add_column(col, justify="left" if col in ("input", "result") else "right")
     for r in report.results:
-        ratio = r.ratio
-        table.add_row(
-            "x".join(map(str, r.shape)), f"{r.error:.3g}", "-" if r.floor is None else f"{r.floor:.3g}",
-            "-" if ratio is None else f"{ratio:.2f}x", f"{r.max_rel_error:.3g}", f"{r.agreement:.4%}",
-            f"{r.miou:.4f}", "ok" if r.passed else "FAIL: " + "; ".join(r.failed),
-        )  # fmt: skip
+        table.add_row(*(cell(r) for _, cell in columns))
     console = make_console()
     console.print(table)
     for note in report.notes:
@@ -62,17 +84,61 @@ def _print_verification(report: Any) -> None:
     typer.echo(report.worst())
 
 
+def _verification_columns(criterion: Any) -> list[tuple[str, Any]]:
+    """The table's columns for a ``Criterion``: the noise floor and its ratio only where they are the criterion."""
+    from segdeploy.criteria import Criterion
+
+    columns: list[tuple[str, Any]] = [("input", lambda r: "x".join(map(str, r.shape)))]
+    if criterion is Criterion.NOISE_FLOOR:
+        columns += [
+            ("error", lambda r: f"{r.error:.3g}"),
+            ("noise floor", lambda r: "-" if r.floor is None else f"{r.floor:.3g}"),
+            ("ratio", lambda r: "-" if r.ratio is None else f"{r.ratio:.2f}x"),
+        ]
+    columns.append(("max rel", lambda r: f"{r.max_rel_error:.3g}"))
+    if criterion is Criterion.AGREEMENT_P99:
+        columns.append(("p99 rel", lambda r: f"{r.p99_rel_error:.3g}"))
+    columns += [
+        ("agreement", lambda r: f"{r.agreement:.4%}"),
+        ("mIoU", lambda r: f"{r.miou:.4f}"),
+        ("result", lambda r: "ok" if r.passed else "FAIL: " + "; ".join(r.failed)),
+    ]
+    return columns
+
+
+def default_onnx_name(stem: str, precision: Precision, input_format: InputFormat, output_kind: OutputKind) -> Path:
+    """``MODEL[.INPUT_FORMAT][.OUTPUT_KIND][.PRECISION].onnx``, naming every choice that is not the default.
+
+    Two exports that differ in input, output head or precision get two files, so the second does not
+    replace the first; the same export again replaces its own file (and says so).
+    """
+    parts = [stem]
+    if input_format is not InputFormat.FLOAT32_NCHW:
+        parts.append(input_format.value)
+    if output_kind is not OutputKind.LOGITS:
+        parts.append(output_kind.value)
+    if precision is not Precision.FP32:
+        parts.append(precision.value)
+    return Path(".".join(parts) + ".onnx")
+
+
 @app.command("export")
 @guarded
 def export_cmd(
     model: Annotated[str, typer.Argument(help="Zoo name (segdeploy models) or path/to/file.py:factory.")],
     output: Annotated[
-        Optional[Path], typer.Option("-o", "--output", help="ONNX file to write (default MODEL.onnx, MODEL.fp16.onnx).")
+        Optional[Path],
+        typer.Option(
+            "-o",
+            "--output",
+            help="ONNX file to write (default MODEL[.INPUT_FORMAT][.OUTPUT_KIND][.PRECISION].onnx, naming each "
+            "non-default choice: unet.onnx, unet.fp16.onnx, unet.uint8-nhwc.classmap.onnx).",
+        ),
     ] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset to write, 13 to 20.")] = 17,
     num_classes: Annotated[int, typer.Option(help="Output classes of a zoo model or factory.")] = 21,
     in_channels: Annotated[int, typer.Option(help="Input channels (when --input-shape is not given).")] = 3,
-    weights: Annotated[Optional[Path], typer.Option(help="Checkpoint to load (weights only).")] = None,
+    weights: WeightsOption = None,
     config: ConfigOption = None,
     input_shape: Annotated[
         Optional[str], typer.Option("--input-shape", help="NxCxHxW to trace and verify at (default 1xCx512x512).")
@@ -101,17 +167,10 @@ def export_cmd(
         OutputKind,
         typer.Option("--output-kind", case_sensitive=False, help="logits, probs (softmax) or classmap (int32 argmax)."),
     ] = OutputKind.LOGITS,
-    calib: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--calib",
-            help="INT8: a directory of images, a dataset split as eval --data names it (voc:ROOT:train, "
-            "cityscapes:ROOT:train, camvid:ROOT:train) or an .npy of NCHW float32 batches.",
-        ),
-    ] = None,
-    calib_size: Annotated[int, typer.Option("--calib-size", help="INT8: the most calibration images used.")] = 64,
+    calib: CalibOption = None,
+    calib_size: CalibSizeOption = 64,
     quantizer: Annotated[str, typer.Option(help="INT8: ort (ONNX Runtime) or modelopt (optional extra).")] = "ort",
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write the export result as JSON here.")] = None,
+    report: ReportOption = None,
 ) -> None:
     """Export MODEL to ONNX that TensorRT's parser accepts, then verify it against PyTorch.
 
@@ -131,7 +190,8 @@ def export_cmd(
     shape = parse_shape(input_shape) if input_shape else (1, in_channels, 512, 512)
     if output is None:
         stem = Path(model.rsplit(":", 1)[0]).stem if is_user_spec(model) else model
-        output = Path(f"{stem}.onnx" if precision is Precision.FP32 else f"{stem}.{precision.value}.onnx")
+        output = default_onnx_name(stem, precision, input_format, output_kind)
+    replaced = output.is_file()
     if report is not None:
         check_output_path(report)
     with Progress(
@@ -176,12 +236,12 @@ def export_cmd(
             if report is not None and getattr(exc, "result", None) is not None:
                 write_json(report, exc.result.to_dict())  # type: ignore[attr-defined]
             raise
-    _print_export(result)
+    _print_export(result, replaced)
     if report is not None:
         write_json(report, result.to_dict())
 
 
-def _print_export(result: Any) -> None:
+def _print_export(result: Any, replaced: bool = False) -> None:
     from rich.table import Table
 
     meta = result.metadata
@@ -191,7 +251,7 @@ def _print_export(result: Any) -> None:
     size_mb = result.path.stat().st_size / 1e6
     dims = ", ".join(meta.dynamic_axes) + " dynamic" if meta.dynamic_axes else "static"
     pre = meta.preprocessing
-    table.add_row("file", f"{result.path} ({size_mb:.2f} MB)")
+    table.add_row("file", f"{result.path} ({size_mb:.2f} MB{', replaced the file that was there' if replaced else ''})")
     table.add_row("opset / IR", f"{meta.opset} / {result.ir_version}")
     table.add_row(
         "input",
@@ -234,7 +294,8 @@ def verify_cmd(
         Optional[list[str]],
         typer.Option("--shape", help="NxCxHxW, repeatable (default: the traced shape, an odd size and batch 2)."),
     ] = None,
-    report: Annotated[Optional[Path], typer.Option("--report", help="Write the results as JSON here.")] = None,
+    report: ReportOption = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Check an exported model against PyTorch at several valid input shapes.
 
@@ -251,13 +312,16 @@ def verify_cmd(
 
     if report is not None:
         check_output_path(report)
-    console = make_console()
+    console = make_console(stderr=as_json)  # with --json, stdout holds only the JSON
     result = verify_file(
         model_file, model, weights=weights, num_classes=num_classes, in_channels=in_channels,
         config=parse_config(config) if config else None, shapes=[parse_shape(s) for s in shape] if shape else None,
         progress=lambda line: console.print(line, style="dim", markup=False),
     )  # fmt: skip
-    _print_verification(result)
+    if as_json:
+        print_json(result.to_dict())
+    else:
+        _print_verification(result)
     if report is not None:
         write_json(report, result.to_dict())
     if not result.passed:
@@ -268,7 +332,7 @@ def verify_cmd(
 @guarded
 def lint_cmd(
     model_file: Annotated[Path, typer.Argument(help="The MODEL.onnx to check.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Check an ONNX file for TensorRT 10 compatibility, without TensorRT.
 
@@ -280,7 +344,7 @@ def lint_cmd(
 
     result = lint_onnx(model_file)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict())
     else:
         if result.issues:
             from rich.table import Table

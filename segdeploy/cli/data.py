@@ -199,7 +199,7 @@ def eval_cmd(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout instead of tables.")] = False,
     report: Annotated[
-        Optional[list[str]], typer.Option("--report", help="Write the report: .json or .md by suffix (repeatable).")
+        Optional[list[Path]], typer.Option("--report", help="Write the report: .json or .md by suffix (repeatable).")
     ] = None,
     batch: Annotated[int, typer.Option(help="Images of one size run together.")] = 1,
     threads: ThreadsOption = None,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from segdeploy.artifact import Precision
-from segdeploy.cli.common import app, guarded, make_console
+from segdeploy.cli.common import LOG_WIDTH, JsonFlag, app, guarded, make_console, print_json
 from segdeploy.errors import UserInputError
 
 
@@ -44,7 +43,7 @@ def build_cmd(
     with make_console(True).status("starting TensorRT build") as status:
         result = build_engine(
             onnx_path, output, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape,
-            workspace_gb=workspace, timing_cache=timing_cache, precision=precision.value if precision else None,
+            workspace_gb=workspace, timing_cache=timing_cache, precision=precision,
             progress=lambda message: status.update(message),
         )  # fmt: skip
     side = result.sidecar
@@ -72,7 +71,7 @@ def build_cmd(
 @app.command("doctor")
 @guarded
 def doctor_cmd(
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Show library versions, the CUDA GPU, and which engines segdeploy can use here."""
     from segdeploy.environment import available_engines, collect_environment
@@ -80,7 +79,7 @@ def doctor_cmd(
     env = collect_environment()
     engines = available_engines(env)
     if as_json:
-        typer.echo(json.dumps({**env, "engines": engines}, indent=2))
+        print_json({**env, "engines": engines})
         return
     from rich.markup import escape
     from rich.table import Table
@@ -100,19 +99,19 @@ def doctor_cmd(
         ("tensorrt", env["tensorrt"] or env["tensorrt_error"]), ("gpu", gpu), ("matplotlib", env["matplotlib"]),
     ]  # fmt: skip
     versions = Table(title="segdeploy doctor")
-    versions.add_column("component")
-    versions.add_column("version / details")
+    versions.add_column("component", no_wrap=True)
+    versions.add_column("version / details", overflow="fold")
     for name, value in rows:
         versions.add_row(name, escape(value) if value else "[dim]not installed[/dim]")
     usable = Table(title="engines")
-    usable.add_column("engine")
-    usable.add_column("usable here")
+    usable.add_column("engine", no_wrap=True)
+    usable.add_column("usable here", overflow="fold")
     for name, status in engines.items():
         usable.add_row(
             name,
             f"[green]{escape(status)}[/green]" if status.startswith("yes") else f"[yellow]{escape(status)}[/yellow]",
         )
-    console = make_console()
+    console = make_console(log_width=LOG_WIDTH)  # free text: folded to a log's width when not a terminal
     console.print(versions)
     console.print(usable)
 

@@ -6,8 +6,8 @@
       -> torch.export, once (dynamic N/H/W, example sizes >= 2)    segdeploy.export.capture
       -> the sizes the model accepts (from the capture, one small real run)
       -> rewrites spliced into the captured program, checked in PyTorch    segdeploy.export.rewrites
-      -> translate to ONNX -> exact requested opset -> onnxsim -> metadata    segdeploy.export.translate
-      -> [FP16] -> onnx.checker(full_check)
+      -> translate to ONNX (opset 18) -> onnxsim -> the requested opset -> metadata    segdeploy.export.translate
+      -> [FP16 | INT8 Q/DQ] -> onnx.checker(full_check)
       -> lint for TensorRT -> verify against PyTorch -> atomic write
 
 The program is captured once and edited in place: exporting a rewritten
@@ -466,14 +466,16 @@ def _check_rewritten(
     """
     import torch
 
+    from segdeploy.export.torch_compat import GuardFailure, call_guarded
+
     module = program.module()
     for shape in shapes:
         example = _example(file_input_shape(shape, preprocessing.input_format), preprocessing)
         try:
             with torch.no_grad():
-                got = module(example)
-        except AssertionError as exc:  # a guard of the capture: try the next (larger) shape
-            if "Guard failed" not in str(exc) or shape is shapes[-1]:
+                got = call_guarded(module, example)
+        except GuardFailure:  # a guard of the capture: try the next (larger) shape
+            if shape is shapes[-1]:
                 raise
             continue
         with torch.no_grad():

@@ -208,8 +208,9 @@ def splice_call(graph: fx.Graph, anchor: fx.Node, fn: Callable[..., torch.Tensor
     mode, so its symbolic sizes are the program's (the exported graph stays dynamic) and the
     program is never traced a second time.
     """
-    from torch._guards import detect_fake_mode
     from torch.fx.experimental.proxy_tensor import make_fx
+
+    from segdeploy.export.torch_compat import detect_fake_mode
 
     leaves: list[fx.Node] = []
 
@@ -256,7 +257,7 @@ def splice_call(graph: fx.Graph, anchor: fx.Node, fn: Callable[..., torch.Tensor
 
 def _insert_call(graph: fx.Graph, anchor: fx.Node, target: Any, args: Sequence[Any]) -> fx.Node:
     """Insert one call of the op ``target`` before ``anchor``, with the fake value the exporter reads."""
-    from torch._guards import detect_fake_mode
+    from segdeploy.export.torch_compat import detect_fake_mode
 
     with graph.inserting_before(anchor):
         node = graph.call_function(target, tuple(args))

@@ -211,8 +211,12 @@ def _cached_exporter() -> tuple[Any, Any] | None:
     otherwise fall back to the public call.
     """
     try:
-        from torch.onnx._internal.exporter import _core, _registration
+        from segdeploy.export.torch_compat import onnx_exporter_internals
 
+        internals = onnx_exporter_internals()
+        if internals is None:
+            return None
+        _core, _registration = internals
         if "registry" not in inspect.signature(_core.export).parameters:
             return None
         registry = _registration.ONNXRegistry.from_torchlib(opset_version=_EXPORTER_OPSET)

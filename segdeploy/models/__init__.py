@@ -1,12 +1,12 @@
 """The model zoo: ``list_models()``, ``create_model(name, ...)``, ``model_info(name)``.
 
-Each family lives in its own module (``_FAMILIES``) and registers thin entry
-points with ``@register_model``: keyword-only options with their defaults
-(what ``segdeploy models`` lists), one call to build the model. Listing or
-building a model imports every family (and torch). What the families share:
+Each family lives in its own module (``_FAMILIES``) and registers its model classes
+with ``@register_model``: the keyword-only arguments of a class's ``__init__`` are its
+options, with their defaults (what ``segdeploy models`` lists). Listing or building a
+model imports every family (and torch). What the families share:
 
 - ``layers``: widths, resizing, conv-BN-ReLU, the FCN-style classifier head, initialisation;
-- ``_builder``: construct a model and load torchvision ImageNet weights into its backbone;
+- ``_builder``: load torchvision ImageNet weights into a model's backbone;
 - ``backbones/``: VGG16 and ResNet-50/101 under torchvision's parameter names;
 - ``dilated``: the dilated-ResNet frame with an auxiliary head (PSPNet, GloRe, GCU, GINet);
 - ``graph``: the graph-reasoning pieces of GloRe and GINet.
@@ -19,7 +19,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from segdeploy.errors import UserInputError
-from segdeploy.models._registry import ModelInfo, register_model, registered, unknown_model_error
+from segdeploy.models._registry import BACKBONE_WEIGHTS, ModelInfo, register_model, registered, unknown_model_error
 
 if TYPE_CHECKING:
     from torch import nn
@@ -65,16 +65,25 @@ def create_model(name: str, *, num_classes: int = 21, in_channels: int = 3, **co
         name: a name from ``list_models()``.
         num_classes: output channels of the logits.
         in_channels: input image channels.
-        **config: architecture options (``width_mult``, ``backbone``, ...).
+        **config: architecture options (``width_mult``, ``backbone``, ...; ``model_info(name).options()``),
+            and ``backbone_weights`` (a torchvision ImageNet checkpoint) for models with a VGG or ResNet backbone.
 
     Returns:
         The model, in eval mode; ``forward(x)`` returns logits ``[N, num_classes, H, W]``.
+
+    Raises:
+        UserInputError: unknown name or option, an option value of the wrong type or one the model refuses,
+            or a backbone checkpoint that does not fit.
     """
     info = model_info(name)
     if num_classes < 1 or in_channels < 1:
         raise UserInputError(f"num_classes and in_channels must be positive (got {num_classes}, {in_channels})")
-    try:
-        model = info.builder(num_classes=num_classes, in_channels=in_channels, **config)
-    except (TypeError, ValueError) as exc:  # an unknown option, or a value the builder refuses
-        raise UserInputError(f"bad option for model {name!r}: {exc}") from None
+    info.check_options(config)
+    options = dict(config)
+    backbone_weights = options.pop(BACKBONE_WEIGHTS, None)
+    model = info.builder(num_classes=num_classes, in_channels=in_channels, **options)
+    if backbone_weights is not None:
+        from segdeploy.models._builder import load_backbone_weights
+
+        load_backbone_weights(model, backbone_weights)
     return model.eval()

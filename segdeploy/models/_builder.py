@@ -1,39 +1,12 @@
-"""The tail every zoo builder shares: construct the model, then load ImageNet weights into its backbone if named."""
+"""Load torchvision ImageNet weights into a zoo model's backbone (VGG16 or ResNet)."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any, TypeVar
 
 from torch import nn
 
-__all__ = ["build_model", "load_backbone_weights"]
-
-M = TypeVar("M", bound=nn.Module)
-
-
-def build_model(
-    model_cls: Callable[..., M], *, backbone_weights: str | os.PathLike[str] | None = None, **options: Any
-) -> M:
-    """``model_cls(**options)``, with a torchvision ImageNet checkpoint loaded into its backbone when one is named.
-
-    Args:
-        model_cls: the model class (or any callable returning the module).
-        backbone_weights: optional torchvision ``vgg16`` or ResNet checkpoint, loaded with ``weights_only=True``.
-        **options: the model's constructor arguments.
-
-    Returns:
-        The model, in training mode as built (``create_model`` switches it to eval).
-
-    Raises:
-        UserInputError: the model has no backbone of the checkpoint's kind.
-        CheckpointError: the checkpoint is unreadable or does not fit the backbone.
-    """
-    model = model_cls(**options)
-    if backbone_weights is not None:
-        load_backbone_weights(model, backbone_weights)
-    return model
+__all__ = ["load_backbone_weights"]
 
 
 def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> list[str]:
@@ -41,6 +14,10 @@ def load_backbone_weights(model: nn.Module, path: str | os.PathLike[str]) -> lis
 
     Returns:
         The names, in ``model.state_dict()``, of the tensors that were loaded.
+
+    Raises:
+        UserInputError: the model has no backbone of the checkpoint's kind.
+        CheckpointError: the checkpoint is unreadable or does not fit the backbone.
     """
     from segdeploy.models.backbones import resnet, vgg
 

@@ -22,16 +22,13 @@ size, so no model here needs an export rewrite.
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from segdeploy.errors import UserInputError
-from segdeploy.models._builder import build_model
 from segdeploy.models._registry import register_model
 from segdeploy.models.backbones.resnet import ResNet
 from segdeploy.models.backbones.vgg import VGG
@@ -121,6 +118,9 @@ def _aspp_rates(output_stride: int) -> tuple[int, ...]:
     return tuple(r * 16 // output_stride for r in (6, 12, 18))
 
 
+@register_model(
+    "deeplabv1", paper=V1_PAPER, rewrites=(), min_size=32, test_config={"width_mult": 0.125}, backbone_weights=True
+)
 class DeepLabV1(nn.Module):
     """DeepLab-MSc-LargeFOV on VGG16 (output stride 8).
 
@@ -133,10 +133,25 @@ class DeepLabV1(nn.Module):
 
     pool1..pool3 are the backbone's 2x2 pools in ceil mode; the Caffe model
     uses 3x3 stride-2 pools, which give the same sizes.
+
+    Args:
+        num_classes: output channels of the logits.
+        in_channels: input image channels.
+        width_mult: scales every width (at least 8 channels).
+        multi_scale: add the MSc classifiers on the input and pool1..pool4 (False: plain LargeFOV).
+        dropout: after fc6, fc7 and the MSc MLP layers (training only).
+
+    A torchvision ``vgg16`` ImageNet checkpoint loads into the backbone (``backbone_weights``).
     """
 
     def __init__(
-        self, *, num_classes: int, in_channels: int, width_mult: float, multi_scale: bool, dropout: float
+        self,
+        *,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        width_mult: float = 1.0,
+        multi_scale: bool = True,
+        dropout: float = 0.5,
     ) -> None:
         super().__init__()
         # ceil_mode makes pool1..3 give ceil(H/2^k), the size a stride-2^k 3x3 conv gives: the scores align.
@@ -178,11 +193,26 @@ class DeepLabV1(nn.Module):
         return upsample_to(scores, size)
 
 
+@register_model("deeplabv2", paper=V2_PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG, backbone_weights=True)
 class DeepLabV2(nn.Module):
-    """DeepLab v2 (ASPP-L): dilated ResNet (output stride 8), four 3x3 atrous convs to class scores, summed."""
+    """DeepLab v2 (ASPP-L): dilated ResNet (output stride 8), four 3x3 atrous convs to class scores, summed.
+
+    Args:
+        num_classes: output channels of the logits.
+        in_channels: input image channels.
+        backbone: ``"resnet101"`` or ``"resnet50"``.
+        width_mult: scales every backbone width (at least 8 channels).
+        rates: atrous rates of the ASPP branches.
+    """
 
     def __init__(
-        self, *, num_classes: int, in_channels: int, backbone: str, width_mult: float, rates: Sequence[int]
+        self,
+        *,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        backbone: str = "resnet101",
+        width_mult: float = 1.0,
+        rates: Sequence[int] = (6, 12, 18, 24),
     ) -> None:
         super().__init__()
         self.backbone = ResNet(backbone, in_channels=in_channels, width_mult=width_mult, output_stride=8)
@@ -202,27 +232,37 @@ class DeepLabV2(nn.Module):
         return upsample_to(scores, size)
 
 
+@register_model("deeplabv3", paper=V3_PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG, backbone_weights=True)
 class DeepLabV3(nn.Module):
-    """DeepLab v3: ResNet with multi-grid, ASPP (concat + 1x1 projection), 1x1 classifier.
+    """DeepLab v3: ResNet with multi-grid, ASPP (1x1, 3x3 at 6/12/18, image pooling) concatenated and projected.
 
-    With ``decoder=True`` it is DeepLab v3+: separable ASPP branches, and a
-    decoder fusing layer1 (stride 4) features: layer1 -> 1x1 conv 48 + BN +
-    ReLU; ASPP output upsampled to that size; concatenated; two separable 3x3
-    convs (256); then the 1x1 classifier. Either way the logits are upsampled
-    to the input size.
+    :class:`DeepLabV3Plus` adds the v3+ decoder (``with_decoder``): separable ASPP branches, and a
+    decoder fusing layer1 (stride 4) features: layer1 -> 1x1 conv 48 + BN + ReLU; ASPP output
+    upsampled to that size; concatenated; two separable 3x3 convs (256); then the 1x1 classifier.
+    Either way the logits are upsampled to the input size.
+
+    Args:
+        num_classes: output channels of the logits.
+        in_channels: input image channels.
+        backbone: ``"resnet101"`` or ``"resnet50"``.
+        width_mult: scales every width (at least 8 channels).
+        output_stride: 16 (ASPP rates 6, 12, 18) or 8 (rates doubled).
+        multi_grid: unit rates of layer4's three blocks, or None for torchvision's dilation.
+        dropout: after the ASPP projection (training only).
     """
+
+    with_decoder = False
 
     def __init__(
         self,
         *,
-        num_classes: int,
-        in_channels: int,
-        backbone: str,
-        width_mult: float,
-        output_stride: int,
-        multi_grid: Sequence[int] | None,
-        dropout: float,
-        decoder: bool = False,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        backbone: str = "resnet101",
+        width_mult: float = 1.0,
+        output_stride: int = 16,
+        multi_grid: Sequence[int] | None = (1, 2, 4),
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         rates = _aspp_rates(output_stride)
@@ -230,10 +270,12 @@ class DeepLabV3(nn.Module):
             backbone, in_channels=in_channels, width_mult=width_mult, output_stride=output_stride, multi_grid=multi_grid
         )
         channels = scaled_width(256, width_mult)
-        self.aspp = ASPP(self.backbone.channels["layer4"], channels, rates, separable=decoder, dropout=dropout)
+        self.aspp = ASPP(
+            self.backbone.channels["layer4"], channels, rates, separable=self.with_decoder, dropout=dropout
+        )
         self.low_level: nn.Module | None = None
         self.decoder: nn.Module | None = None
-        if decoder:
+        if self.with_decoder:
             low_channels = scaled_width(48, width_mult)
             self.low_level = ConvBNReLU(self.backbone.channels["layer1"], low_channels, 1)
             self.decoder = nn.Sequential(
@@ -253,163 +295,13 @@ class DeepLabV3(nn.Module):
         return upsample_to(self.classifier(decoded), size)
 
 
+@register_model(
+    "deeplabv3plus", paper=V3PLUS_PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG, backbone_weights=True
+)
 class DeepLabV3Plus(DeepLabV3):
-    """DeepLab v3+: :class:`DeepLabV3` with ``decoder=True``."""
+    """DeepLab v3+: the :class:`DeepLabV3` encoder, separable ASPP and a decoder on the stride-4 layer1 features.
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(decoder=True, **options)
-
-
-def _create_deeplab(
-    model_cls: type[DeepLabV3], *, backbone_weights: str | os.PathLike[str] | None, **options: Any
-) -> nn.Module:
-    """DeepLab v3 or v3+ from the options their entry points share, ImageNet weights loaded into the ResNet."""
-    return build_model(model_cls, backbone_weights=backbone_weights, **options)
-
-
-@register_model("deeplabv1", paper=V1_PAPER, rewrites=(), min_size=32, test_config={"width_mult": 0.125})
-def deeplabv1(
-    *,
-    num_classes: int = 21,
-    in_channels: int = 3,
-    width_mult: float = 1.0,
-    multi_scale: bool = True,
-    dropout: float = 0.5,
-    backbone_weights: str | None = None,
-) -> nn.Module:
-    """DeepLab-MSc-LargeFOV: VGG16 with dilated conv5, fc6 3x3 dilation 12, multi-scale classifiers summed.
-
-    Args:
-        num_classes: output channels of the logits.
-        in_channels: input image channels.
-        width_mult: scales every width (at least 8 channels).
-        multi_scale: add the MSc classifiers on the input and pool1..pool4 (False: plain LargeFOV).
-        dropout: after fc6, fc7 and the MSc MLP layers (training only).
-        backbone_weights: optional torchvision ``vgg16`` ImageNet checkpoint (``features.*`` are used).
-
-    Returns:
-        The model.
+    Its options are :class:`DeepLabV3`'s.
     """
-    return build_model(
-        DeepLabV1,
-        backbone_weights=backbone_weights,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width_mult=width_mult,
-        multi_scale=multi_scale,
-        dropout=dropout,
-    )
 
-
-@register_model("deeplabv2", paper=V2_PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG)
-def deeplabv2(
-    *,
-    num_classes: int = 21,
-    in_channels: int = 3,
-    backbone: str = "resnet101",
-    width_mult: float = 1.0,
-    rates: Sequence[int] = (6, 12, 18, 24),
-    backbone_weights: str | None = None,
-) -> nn.Module:
-    """DeepLab v2: dilated ResNet-101 (output stride 8), ASPP of 3x3 score convs (rates 6, 12, 18, 24), summed.
-
-    Args:
-        num_classes: output channels of the logits.
-        in_channels: input image channels.
-        backbone: ``"resnet101"`` or ``"resnet50"``.
-        width_mult: scales every backbone width (at least 8 channels).
-        rates: atrous rates of the ASPP branches.
-        backbone_weights: optional torchvision ImageNet ResNet checkpoint.
-
-    Returns:
-        The model.
-    """
-    return build_model(
-        DeepLabV2,
-        backbone_weights=backbone_weights,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        backbone=backbone,
-        width_mult=width_mult,
-        rates=rates,
-    )
-
-
-@register_model("deeplabv3", paper=V3_PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG)
-def deeplabv3(
-    *,
-    num_classes: int = 21,
-    in_channels: int = 3,
-    backbone: str = "resnet101",
-    width_mult: float = 1.0,
-    output_stride: int = 16,
-    multi_grid: Sequence[int] | None = (1, 2, 4),
-    dropout: float = 0.1,
-    backbone_weights: str | None = None,
-) -> nn.Module:
-    """DeepLab v3: ResNet-101 with multi-grid, ASPP (1x1, 3x3 at 6/12/18, image pooling) concatenated and projected.
-
-    Args:
-        num_classes: output channels of the logits.
-        in_channels: input image channels.
-        backbone: ``"resnet101"`` or ``"resnet50"``.
-        width_mult: scales every width (at least 8 channels).
-        output_stride: 16 (ASPP rates 6, 12, 18) or 8 (rates doubled).
-        multi_grid: unit rates of layer4's three blocks, or None for torchvision's dilation.
-        dropout: after the ASPP projection (training only).
-        backbone_weights: optional torchvision ImageNet ResNet checkpoint.
-
-    Returns:
-        The model.
-    """
-    return _create_deeplab(
-        DeepLabV3,
-        backbone_weights=backbone_weights,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        backbone=backbone,
-        width_mult=width_mult,
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        dropout=dropout,
-    )
-
-
-@register_model("deeplabv3plus", paper=V3PLUS_PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG)
-def deeplabv3plus(
-    *,
-    num_classes: int = 21,
-    in_channels: int = 3,
-    backbone: str = "resnet101",
-    width_mult: float = 1.0,
-    output_stride: int = 16,
-    multi_grid: Sequence[int] | None = (1, 2, 4),
-    dropout: float = 0.1,
-    backbone_weights: str | None = None,
-) -> nn.Module:
-    """DeepLab v3+: the v3 encoder with separable ASPP plus a decoder on the stride-4 layer1 features.
-
-    Args:
-        num_classes: output channels of the logits.
-        in_channels: input image channels.
-        backbone: ``"resnet101"`` or ``"resnet50"``.
-        width_mult: scales every width (at least 8 channels).
-        output_stride: 16 (ASPP rates 6, 12, 18) or 8 (rates doubled).
-        multi_grid: unit rates of layer4's three blocks, or None for torchvision's dilation.
-        dropout: after the ASPP projection (training only).
-        backbone_weights: optional torchvision ImageNet ResNet checkpoint.
-
-    Returns:
-        The model.
-    """
-    return _create_deeplab(
-        DeepLabV3Plus,
-        backbone_weights=backbone_weights,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        backbone=backbone,
-        width_mult=width_mult,
-        output_stride=output_stride,
-        multi_grid=multi_grid,
-        dropout=dropout,
-    )
+    with_decoder = True

@@ -27,7 +27,7 @@ from segdeploy.models._registry import register_model
 from segdeploy.models.backbones.vgg import VGG
 from segdeploy.models.layers import scaled_width
 
-__all__ = ["FCN8s", "fcn8s"]
+__all__ = ["FCN8s"]
 
 # Offsets of the reference crops (Caffe voc-fcn8s): where the upsampled map lines up with the finer one.
 _POOL4_OFFSET = 5
@@ -35,14 +35,24 @@ _POOL3_OFFSET = 9
 _OUTPUT_OFFSET = 31
 
 
+@register_model(
+    "fcn8s",
+    paper="Long et al., FCN, CVPR 2015",
+    rewrites=(),
+    min_size=32,
+    # pad 100 makes even a 64x64 input a 262x262 conv1 map: the smallest widths keep tests fast
+    test_config={"width_mult": 0.0625},
+)
 class FCN8s(nn.Module):
-    """FCN-8s: VGG16 features, convolutional fc6/fc7, skips from pool3 and pool4.
+    """FCN-8s: VGG16 features, convolutional fc6/fc7, skips from pool3 and pool4; 134.5M parameters with 21 classes.
 
     Args:
         num_classes: output channels.
         in_channels: input image channels.
         width_mult: scales every VGG and fc width (at least 8); 1.0 is the paper's network.
-        skip_scaling: multiply pool4 by 0.01 and pool3 by 0.0001 before their score layers.
+        skip_scaling: multiply pool4 by 0.01 and pool3 by 0.0001 before their score layers (all-at-once training).
+
+    ``forward(x)`` gives logits ``[N, num_classes, H, W]``.
     """
 
     def __init__(
@@ -95,28 +105,3 @@ def _bilinear_upsampler(channels: int, factor: int) -> nn.ConvTranspose2d:
     with torch.no_grad():
         layer.weight.copy_(weight)
     return layer
-
-
-@register_model(
-    "fcn8s",
-    paper="Long et al., FCN, CVPR 2015",
-    rewrites=(),
-    min_size=32,
-    # pad 100 makes even a 64x64 input a 262x262 conv1 map: the smallest widths keep tests fast
-    test_config={"width_mult": 0.0625},
-)
-def fcn8s(
-    *, num_classes: int = 21, in_channels: int = 3, width_mult: float = 1.0, skip_scaling: bool = False
-) -> nn.Module:
-    """FCN-8s on VGG16; 134.5M parameters with 21 classes at ``width_mult=1``.
-
-    Args:
-        num_classes: output channels.
-        in_channels: input image channels.
-        width_mult: scales every VGG and fc width (at least 8 channels).
-        skip_scaling: scale pool4/pool3 by 0.01/0.0001 before scoring (all-at-once training).
-
-    Returns:
-        The model; ``forward(x)`` gives logits ``[N, num_classes, H, W]``.
-    """
-    return FCN8s(num_classes=num_classes, in_channels=in_channels, width_mult=width_mult, skip_scaling=skip_scaling)

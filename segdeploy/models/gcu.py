@@ -22,12 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdeploy.errors import UserInputError
-from segdeploy.models._builder import build_model
 from segdeploy.models._registry import register_model
 from segdeploy.models.dilated import DilatedNet, aux_head
 from segdeploy.models.layers import conv_head, scaled_width
 
-__all__ = ["GCU", "GCUNet", "gcu"]
+__all__ = ["GCU", "GCUNet"]
 
 PAPER = "Li & Gupta, GCU (Beyond Grids), NeurIPS 2018"
 
@@ -76,19 +75,35 @@ class GCU(nn.Module):
         return (out, q, z, adjacency) if return_graph else out
 
 
+@register_model("gcu", paper=PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG, backbone_weights=True)
 class GCUNet(DilatedNet):
-    """Dilated ResNet + GCUs at several node counts concatenated with layer4, 3x3 conv head, 1x1 classifier."""
+    """GCU: dilated ResNet (output stride 8), graph convolutional units at several node counts concatenated with
+    layer4, 3x3 conv head, 1x1 classifier.
+
+    Args:
+        num_classes: output channels of the logits.
+        in_channels: input image channels.
+        backbone: ``"resnet50"`` or ``"resnet101"``.
+        width_mult: scales every channel width (at least 8 channels).
+        nodes: node count of each unit.
+        dropout: before the classifiers (training only).
+
+    Raises:
+        UserInputError: a node count that is not positive.
+    """
 
     def __init__(
         self,
         *,
-        num_classes: int,
-        in_channels: int,
-        backbone: str,
-        width_mult: float,
-        nodes: Sequence[int],
-        dropout: float,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        backbone: str = "resnet50",
+        width_mult: float = 1.0,
+        nodes: Sequence[int] = (2, 4, 8, 32),
+        dropout: float = 0.1,
     ) -> None:
+        if not nodes or any(k < 1 for k in nodes):
+            raise UserInputError(f"gcu nodes must be positive counts (got {tuple(nodes)})")
         super().__init__(in_channels=in_channels, backbone=backbone, width_mult=width_mult)
         self.aux_head = aux_head(self.backbone.channels["layer3"], num_classes, width_mult, dropout)
         features = self.backbone.channels["layer4"]
@@ -100,42 +115,3 @@ class GCUNet(DilatedNet):
 
     def decode(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.classifier(torch.cat([features] + [gcu(features) for gcu in self.gcus], dim=1)), {}
-
-
-@register_model("gcu", paper=PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG)
-def gcu(
-    *,
-    num_classes: int = 21,
-    in_channels: int = 3,
-    backbone: str = "resnet50",
-    width_mult: float = 1.0,
-    nodes: Sequence[int] = (2, 4, 8, 32),
-    dropout: float = 0.1,
-    backbone_weights: str | None = None,
-) -> nn.Module:
-    """GCU: dilated ResNet-50 (output stride 8), graph convolutional units at 2/4/8/32 nodes, 3x3 head.
-
-    Args:
-        num_classes: output channels of the logits.
-        in_channels: input image channels.
-        backbone: ``"resnet50"`` or ``"resnet101"``.
-        width_mult: scales every channel width (at least 8 channels).
-        nodes: node count of each unit.
-        dropout: before the classifiers (training only).
-        backbone_weights: optional torchvision ImageNet ResNet checkpoint.
-
-    Returns:
-        The model.
-    """
-    if not nodes or any(k < 1 for k in nodes):
-        raise UserInputError(f"gcu nodes must be positive counts (got {tuple(nodes)})")
-    return build_model(
-        GCUNet,
-        backbone_weights=backbone_weights,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        backbone=backbone,
-        width_mult=width_mult,
-        nodes=tuple(nodes),
-        dropout=dropout,
-    )

@@ -26,13 +26,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from segdeploy.errors import UserInputError
-from segdeploy.models._builder import build_model
 from segdeploy.models._registry import register_model
 from segdeploy.models.dilated import DilatedNet, aux_head
 from segdeploy.models.graph import GraphConv, project_to_nodes, reproject
 from segdeploy.models.layers import conv_bn_relu, scaled_width
 
-__all__ = ["GINet", "GIUnit", "GraphTransfer", "SemanticGraph", "ginet", "load_word_vectors", "semantic_context_loss"]
+__all__ = ["GINet", "GIUnit", "GraphTransfer", "SemanticGraph", "load_word_vectors", "semantic_context_loss"]
 
 PAPER = "Wu et al., GINet (Graph Interaction Network), ECCV 2020"
 
@@ -156,31 +155,48 @@ class SemanticGraph(nn.Module):
         return self.mlp(self.embedding.weight)
 
 
+@register_model("ginet", paper=PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG, backbone_weights=True)
 class GINet(DilatedNet):
-    """Dilated ResNet + 3x3 conv-BN-ReLU to 512 + GI unit with the class semantic graph + 1x1 classifier.
+    """GINet: dilated ResNet (output stride 8), 3x3 conv-BN-ReLU to 512, GI unit between a visual graph and a
+    class semantic graph, 1x1 classifier.
+
+    Args:
+        num_classes: output channels of the logits and nodes of the semantic graph.
+        in_channels: input image channels.
+        backbone: ``"resnet50"`` or ``"resnet101"``.
+        width_mult: scales every channel width (at least 8 channels).
+        num_nodes: nodes of the visual graph.
+        word_vectors: optional local ``.npy`` float array ``[num_classes, D]`` of class word vectors
+            (e.g. GloVe), kept frozen; default: a learned table.
+        word_dim: length of the learned word vectors (ignored with ``word_vectors``).
+        dropout: before the classifiers (training only).
 
     In training mode ``"sc"`` holds the semantic-context logits ``[N,
     num_classes]``: output class node m scored against class centroid m.
+
+    Raises:
+        UserInputError: the word-vector file is missing, unreadable or of the wrong shape.
     """
 
     def __init__(
         self,
         *,
-        num_classes: int,
-        in_channels: int,
-        backbone: str,
-        width_mult: float,
-        num_nodes: int,
-        word_vectors: torch.Tensor | None,
-        word_dim: int,
-        dropout: float,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        backbone: str = "resnet50",
+        width_mult: float = 1.0,
+        num_nodes: int = 84,
+        word_vectors: str | os.PathLike[str] | None = None,
+        word_dim: int = 300,
+        dropout: float = 0.1,
     ) -> None:
+        vectors = load_word_vectors(word_vectors, num_classes) if word_vectors is not None else None
         super().__init__(in_channels=in_channels, backbone=backbone, width_mult=width_mult)
         self.aux_head = aux_head(self.backbone.channels["layer3"], num_classes, width_mult, dropout)
         channels = scaled_width(512, width_mult)
         state = scaled_width(256, width_mult)
         self.reduce = nn.Sequential(*conv_bn_relu(self.backbone.channels["layer4"], channels, 3))
-        self.semantic = SemanticGraph(num_classes, state, scaled_width(128, width_mult), word_vectors, word_dim)
+        self.semantic = SemanticGraph(num_classes, state, scaled_width(128, width_mult), vectors, word_dim)
         self.gi = GIUnit(channels, state, num_nodes, num_classes)
         self.classifier = nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(channels, num_classes, 1))
         self.centroids = nn.Parameter(torch.empty(num_classes, state))
@@ -213,51 +229,3 @@ def semantic_context_loss(sc_logits: torch.Tensor, target: torch.Tensor, *, igno
     counts = torch.zeros(target.shape[0], num_classes, device=target.device)
     counts.scatter_add_(1, labels, valid.flatten(1).to(counts.dtype))
     return F.binary_cross_entropy_with_logits(sc_logits, (counts > 0).to(sc_logits.dtype))
-
-
-@register_model("ginet", paper=PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG)
-def ginet(
-    *,
-    num_classes: int = 21,
-    in_channels: int = 3,
-    backbone: str = "resnet50",
-    width_mult: float = 1.0,
-    num_nodes: int = 84,
-    word_vectors: str | os.PathLike[str] | None = None,
-    word_dim: int = 300,
-    dropout: float = 0.1,
-    backbone_weights: str | None = None,
-) -> nn.Module:
-    """GINet: dilated ResNet-50 (output stride 8), GI unit between a visual graph and a class semantic graph.
-
-    Args:
-        num_classes: output channels of the logits and nodes of the semantic graph.
-        in_channels: input image channels.
-        backbone: ``"resnet50"`` or ``"resnet101"``.
-        width_mult: scales every channel width (at least 8 channels).
-        num_nodes: nodes of the visual graph.
-        word_vectors: optional local ``.npy`` float array ``[num_classes, D]`` of class word vectors
-            (e.g. GloVe), kept frozen; default: a learned table.
-        word_dim: length of the learned word vectors (ignored with ``word_vectors``).
-        dropout: before the classifiers (training only).
-        backbone_weights: optional torchvision ImageNet ResNet checkpoint.
-
-    Returns:
-        The model.
-
-    Raises:
-        UserInputError: the word-vector file is missing, unreadable or of the wrong shape.
-    """
-    vectors = load_word_vectors(word_vectors, num_classes) if word_vectors is not None else None
-    return build_model(
-        GINet,
-        backbone_weights=backbone_weights,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        backbone=backbone,
-        width_mult=width_mult,
-        num_nodes=num_nodes,
-        word_vectors=vectors,
-        word_dim=word_dim,
-        dropout=dropout,
-    )

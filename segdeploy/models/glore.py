@@ -17,13 +17,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from segdeploy.models._builder import build_model
 from segdeploy.models._registry import register_model
 from segdeploy.models.dilated import DilatedNet, aux_head
 from segdeploy.models.graph import GraphConv, project_to_nodes, reproject
 from segdeploy.models.layers import conv_bn_relu, scaled_width
 
-__all__ = ["GloReNet", "GloReUnit", "glore"]
+__all__ = ["GloReNet", "GloReUnit"]
 
 PAPER = "Chen et al., GloRe (Graph-Based Global Reasoning), CVPR 2019"
 
@@ -57,11 +56,28 @@ class GloReUnit(nn.Module):
         return (out, proj, v, y) if return_graph else out
 
 
+@register_model("glore", paper=PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG, backbone_weights=True)
 class GloReNet(DilatedNet):
-    """FCN + one GloRe unit: 1x1 conv-BN-ReLU to 512, GloRe (128 state channels, 64 nodes), 1x1 classifier."""
+    """GloRe: dilated ResNet (output stride 8), 1x1 conv-BN-ReLU to 512, one global reasoning unit, classifier.
+
+    Args:
+        num_classes: output channels of the logits.
+        in_channels: input image channels.
+        backbone: ``"resnet50"`` or ``"resnet101"``.
+        width_mult: scales every channel width (at least 8 channels).
+        num_nodes: nodes of the interaction-space graph (128 state channels at full width).
+        dropout: before the classifiers (training only).
+    """
 
     def __init__(
-        self, *, num_classes: int, in_channels: int, backbone: str, width_mult: float, num_nodes: int, dropout: float
+        self,
+        *,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        backbone: str = "resnet50",
+        width_mult: float = 1.0,
+        num_nodes: int = 64,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__(in_channels=in_channels, backbone=backbone, width_mult=width_mult)
         self.aux_head = aux_head(self.backbone.channels["layer3"], num_classes, width_mult, dropout)
@@ -72,40 +88,3 @@ class GloReNet(DilatedNet):
 
     def decode(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.classifier(self.glore(self.reduce(features))), {}
-
-
-@register_model("glore", paper=PAPER, rewrites=(), min_size=32, test_config=_TEST_CONFIG)
-def glore(
-    *,
-    num_classes: int = 21,
-    in_channels: int = 3,
-    backbone: str = "resnet50",
-    width_mult: float = 1.0,
-    num_nodes: int = 64,
-    dropout: float = 0.1,
-    backbone_weights: str | None = None,
-) -> nn.Module:
-    """GloRe: dilated ResNet-50 (output stride 8), 1x1 conv to 512, one global reasoning unit, classifier.
-
-    Args:
-        num_classes: output channels of the logits.
-        in_channels: input image channels.
-        backbone: ``"resnet50"`` or ``"resnet101"``.
-        width_mult: scales every channel width (at least 8 channels).
-        num_nodes: nodes of the interaction-space graph.
-        dropout: before the classifiers (training only).
-        backbone_weights: optional torchvision ImageNet ResNet checkpoint.
-
-    Returns:
-        The model.
-    """
-    return build_model(
-        GloReNet,
-        backbone_weights=backbone_weights,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        backbone=backbone,
-        width_mult=width_mult,
-        num_nodes=num_nodes,
-        dropout=dropout,
-    )

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segdeploy.errors import UserInputError
+
 __all__ = [
     "ConvBNReLU",
     "conv_bn_relu",
@@ -34,10 +36,10 @@ def scaled_widths(widths: Sequence[int], width_mult: float) -> list[int]:
     """Channel counts multiplied by ``width_mult``, rounded, at least 1 each (U-Net, UNet++, U²-Net).
 
     Raises:
-        ValueError: ``width_mult`` is not positive.
+        UserInputError: ``width_mult`` is not positive.
     """
     if width_mult <= 0:
-        raise ValueError(f"width_mult must be positive, got {width_mult}")
+        raise UserInputError(f"width_mult must be positive, got {width_mult}")
     return [max(1, round(w * width_mult)) for w in widths]
 
 

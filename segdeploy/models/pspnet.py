@@ -19,7 +19,6 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from segdeploy.models._builder import build_model
 from segdeploy.models._registry import register_model
 from segdeploy.models.dilated import DilatedNet, aux_head
 from segdeploy.models.layers import conv_bn_relu, conv_head, scaled_width, upsample_to
@@ -48,50 +47,16 @@ class PyramidPooling(nn.Module):
         return torch.cat([x] + [upsample_to(stage(x), size) for stage in self.stages], dim=1)
 
 
-class PSPNet(DilatedNet):
-    """PSPNet: dilated ResNet, pyramid pooling, 3x3 conv head; auxiliary layer3 head in training.
-
-    ``forward`` returns logits ``[N, num_classes, H, W]`` in eval mode and
-    ``{"out": logits, "aux": aux_logits}`` in training mode.
-    """
-
-    def __init__(
-        self,
-        *,
-        num_classes: int,
-        in_channels: int,
-        backbone: str,
-        width_mult: float,
-        bins: Sequence[int],
-        dropout: float,
-    ) -> None:
-        super().__init__(in_channels=in_channels, backbone=backbone, width_mult=width_mult)
-        self.ppm = PyramidPooling(self.backbone.channels["layer4"], bins)
-        self.head = conv_head(self.ppm.out_channels, scaled_width(512, width_mult), num_classes, dropout)
-        self.aux_head = aux_head(self.backbone.channels["layer3"], num_classes, width_mult, dropout)
-
-    def decode(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.head(self.ppm(features)), {}
-
-
 @register_model(
     "pspnet",
     paper=PAPER,
     rewrites=("adaptive_avg_pool",),
     min_size=32,
     test_config={"width_mult": 0.125, "backbone": "resnet50"},
+    backbone_weights=True,
 )
-def pspnet(
-    *,
-    num_classes: int = 21,
-    in_channels: int = 3,
-    backbone: str = "resnet50",
-    width_mult: float = 1.0,
-    bins: Sequence[int] = (1, 2, 3, 6),
-    dropout: float = 0.1,
-    backbone_weights: str | None = None,
-) -> nn.Module:
-    """PSPNet with a dilated ResNet-50 (or ``backbone="resnet101"``), output stride 8.
+class PSPNet(DilatedNet):
+    """PSPNet: dilated ResNet, pyramid pooling, 3x3 conv head; auxiliary layer3 head in training.
 
     Args:
         num_classes: output channels of the logits.
@@ -100,18 +65,25 @@ def pspnet(
         width_mult: scales every width (at least 8 channels).
         bins: output sizes of the pyramid's average pools.
         dropout: dropout before the classifiers (training only).
-        backbone_weights: optional torchvision ImageNet checkpoint for the backbone.
 
-    Returns:
-        The model (in training mode, as built; ``create_model`` switches it to eval).
+    ``forward`` returns logits ``[N, num_classes, H, W]`` in eval mode and
+    ``{"out": logits, "aux": aux_logits}`` in training mode.
     """
-    return build_model(
-        PSPNet,
-        backbone_weights=backbone_weights,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        backbone=backbone,
-        width_mult=width_mult,
-        bins=bins,
-        dropout=dropout,
-    )
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        backbone: str = "resnet50",
+        width_mult: float = 1.0,
+        bins: Sequence[int] = (1, 2, 3, 6),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__(in_channels=in_channels, backbone=backbone, width_mult=width_mult)
+        self.ppm = PyramidPooling(self.backbone.channels["layer4"], bins)
+        self.head = conv_head(self.ppm.out_channels, scaled_width(512, width_mult), num_classes, dropout)
+        self.aux_head = aux_head(self.backbone.channels["layer3"], num_classes, width_mult, dropout)
+
+    def decode(self, features: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.head(self.ppm(features)), {}

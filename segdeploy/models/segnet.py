@@ -25,18 +25,28 @@ from segdeploy.models._registry import register_model
 from segdeploy.models.backbones.vgg import VGG
 from segdeploy.models.layers import conv_bn_relu
 
-__all__ = ["SegNet", "pool_with_indices", "segnet", "unpool"]
+__all__ = ["SegNet", "pool_with_indices", "unpool"]
 
 _POOL = 2  # SegNet's pools and unpools are 2x2, stride 2
 
 
+@register_model(
+    "segnet",
+    paper="Badrinarayanan et al., SegNet, TPAMI 2017",
+    rewrites=("max_unpool",),
+    min_size=32,
+    test_config={"width_mult": 0.125},
+    index_unpooling=True,
+)
 class SegNet(nn.Module):
-    """SegNet with a VGG16-BN encoder and a mirrored decoder.
+    """SegNet with a VGG16-BN encoder and a mirrored decoder; 29.4M parameters with 12 classes (CamVid).
 
     Args:
         num_classes: output channels.
         in_channels: input image channels.
         width_mult: scales every conv width (at least 8); 1.0 is the paper's network.
+
+    ``forward(x)`` gives logits ``[N, num_classes, H, W]``.
     """
 
     def __init__(self, *, num_classes: int = 21, in_channels: int = 3, width_mult: float = 1.0) -> None:
@@ -94,25 +104,3 @@ def _decoder_stage(in_channels: int, widths: list[int], *, last_is_classifier: b
             layers += conv_bn_relu(in_channels, width, 3, bias=True)
         in_channels = width
     return nn.Sequential(*layers)
-
-
-@register_model(
-    "segnet",
-    paper="Badrinarayanan et al., SegNet, TPAMI 2017",
-    rewrites=("max_unpool",),
-    min_size=32,
-    test_config={"width_mult": 0.125},
-    index_unpooling=True,
-)
-def segnet(*, num_classes: int = 21, in_channels: int = 3, width_mult: float = 1.0) -> nn.Module:
-    """SegNet; 29.4M parameters with 12 classes (CamVid) at ``width_mult=1``.
-
-    Args:
-        num_classes: output channels.
-        in_channels: input image channels.
-        width_mult: scales every conv width (at least 8 channels).
-
-    Returns:
-        The model; ``forward(x)`` gives logits ``[N, num_classes, H, W]``.
-    """
-    return SegNet(num_classes=num_classes, in_channels=in_channels, width_mult=width_mult)

@@ -101,15 +101,29 @@ def _block(kind: int | str, in_channels: int, mid_channels: int, out_channels: i
     return RSU(int(kind), in_channels, mid_channels, out_channels)
 
 
+@register_model(
+    "u2net",
+    paper="Qin et al., U²-Net, Pattern Recognition 2020",
+    rewrites=(),
+    min_size=32,
+    test_config={"width_mult": 0.125},
+)
 class U2Net(nn.Module):
     """U²-Net: encoder En_1..En_6, decoder De_5..De_1 (top to bottom), six side outputs fused by a 1x1 conv.
+
+    The full 44M-parameter version at ``width_mult=1`` (``num_classes=1`` as in the paper).
+
+    Args:
+        num_classes: output channels (the paper's salient-object model has 1).
+        in_channels: input channels.
+        width_mult: scales every block's mid and output channels.
 
     Eval returns the fused logits ``[N, num_classes, H, W]`` (no sigmoid).
     Training returns ``(fused, side_1, ..., side_6)``, all at the input size,
     for the paper's deep-supervision loss.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, width_mult: float = 1.0) -> None:
+    def __init__(self, *, num_classes: int = 21, in_channels: int = 3, width_mult: float = 1.0) -> None:
         super().__init__()
 
         def width(c: int) -> int:
@@ -152,24 +166,3 @@ class U2Net(nn.Module):
         if self.training:
             return (fused, *sides)
         return fused
-
-
-@register_model(
-    "u2net",
-    paper="Qin et al., U²-Net, Pattern Recognition 2020",
-    rewrites=(),
-    min_size=32,
-    test_config={"width_mult": 0.125},
-)
-def u2net(*, num_classes: int = 21, in_channels: int = 3, width_mult: float = 1.0) -> nn.Module:
-    """U²-Net, the full 44M-parameter version at ``width_mult=1`` (``num_classes=1`` as in the paper).
-
-    Args:
-        num_classes: output channels (the paper's salient-object model has 1).
-        in_channels: input channels.
-        width_mult: scales every block's mid and output channels.
-
-    Returns:
-        The model; in eval mode ``forward(x)`` returns the fused logits ``[N, num_classes, H, W]``.
-    """
-    return U2Net(num_classes, in_channels, width_mult)

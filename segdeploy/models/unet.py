@@ -56,11 +56,30 @@ class UpConcat(nn.Module):
         return self.conv(torch.cat([*skips, up], dim=1))
 
 
+@register_model(
+    "unet",
+    paper="Ronneberger et al., U-Net, MICCAI 2015",
+    rewrites=(),
+    min_size=32,
+    test_config={"width_mult": 0.125},
+)
 class UNet(nn.Module):
-    """U-Net: four max-pool downsamplings, four transposed-conv upsamplings with skip concatenation."""
+    """U-Net: four max-pool downsamplings, four transposed-conv upsamplings with skip concatenation.
 
-    def __init__(self, num_classes: int, in_channels: int, widths: list[int], *, batch_norm: bool = True) -> None:
+    Args:
+        num_classes: output channels.
+        in_channels: input channels.
+        width_mult: scales the level widths 64, 128, 256, 512, 1024.
+        batch_norm: BatchNorm after every 3x3 convolution.
+
+    ``forward(x)`` returns logits ``[N, num_classes, H, W]``.
+    """
+
+    def __init__(
+        self, *, num_classes: int = 21, in_channels: int = 3, width_mult: float = 1.0, batch_norm: bool = True
+    ) -> None:
         super().__init__()
+        widths = scaled_widths(UNET_WIDTHS, width_mult)
         self.inc = DoubleConv(in_channels, widths[0], batch_norm=batch_norm)
         self.downs = nn.ModuleList(
             nn.Sequential(nn.MaxPool2d(2), DoubleConv(widths[i], widths[i + 1], batch_norm=batch_norm))
@@ -82,26 +101,43 @@ class UNet(nn.Module):
         return self.head(x)
 
 
+@register_model(
+    "unetpp",
+    paper="Zhou et al., UNet++, DLMIA 2018 / TMI 2019",
+    rewrites=(),
+    min_size=32,
+    test_config={"width_mult": 0.25, "deep_supervision": True},
+)
 class UNetPlusPlus(nn.Module):
-    """UNet++: nested, dense skip pathways between encoder and decoder.
+    """UNet++: nested, dense skip pathways between encoder and decoder, VGG-style double-conv nodes.
 
     Node X^{i,j} (level i, column j) is a DoubleConv over the concatenation of
     X^{i,0..j-1} and the 2x upsampled X^{i+1,j-1}. The heads are 1x1 convs on
     X^{0,1..4}. With deep supervision, training returns all four heads (one
     loss each); eval returns their average, the paper's "accurate mode".
     Without it, the single head on X^{0,4} is used.
+
+    Args:
+        num_classes: output channels.
+        in_channels: input channels.
+        width_mult: scales the level widths 32, 64, 128, 256, 512.
+        deep_supervision: heads on X^{0,1..4}; training returns all four, eval their average (accurate mode).
+        batch_norm: BatchNorm after every 3x3 convolution.
+
+    In eval mode ``forward(x)`` returns logits ``[N, num_classes, H, W]``.
     """
 
     def __init__(
         self,
-        num_classes: int,
-        in_channels: int,
-        widths: list[int],
         *,
+        num_classes: int = 21,
+        in_channels: int = 3,
+        width_mult: float = 1.0,
         deep_supervision: bool = False,
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
+        widths = scaled_widths(UNETPP_WIDTHS, width_mult)
         self.deep_supervision = deep_supervision
         self.pool = nn.MaxPool2d(2)
         self.encoder = nn.ModuleList(
@@ -133,62 +169,3 @@ class UNetPlusPlus(nn.Module):
         if self.training:
             return tuple(logits)
         return torch.stack(logits).mean(dim=0)
-
-
-@register_model(
-    "unet",
-    paper="Ronneberger et al., U-Net, MICCAI 2015",
-    rewrites=(),
-    min_size=32,
-    test_config={"width_mult": 0.125},
-)
-def unet(*, num_classes: int = 21, in_channels: int = 3, width_mult: float = 1.0, batch_norm: bool = True) -> nn.Module:
-    """U-Net with BatchNorm (optional) and transposed-convolution upsampling.
-
-    Args:
-        num_classes: output channels.
-        in_channels: input channels.
-        width_mult: scales the level widths 64, 128, 256, 512, 1024.
-        batch_norm: BatchNorm after every 3x3 convolution.
-
-    Returns:
-        The model; ``forward(x)`` returns logits ``[N, num_classes, H, W]``.
-    """
-    return UNet(num_classes, in_channels, scaled_widths(UNET_WIDTHS, width_mult), batch_norm=batch_norm)
-
-
-@register_model(
-    "unetpp",
-    paper="Zhou et al., UNet++, DLMIA 2018 / TMI 2019",
-    rewrites=(),
-    min_size=32,
-    test_config={"width_mult": 0.25, "deep_supervision": True},
-)
-def unetpp(
-    *,
-    num_classes: int = 21,
-    in_channels: int = 3,
-    width_mult: float = 1.0,
-    deep_supervision: bool = False,
-    batch_norm: bool = True,
-) -> nn.Module:
-    """UNet++ with VGG-style double-conv nodes and transposed-convolution upsampling.
-
-    Args:
-        num_classes: output channels.
-        in_channels: input channels.
-        width_mult: scales the level widths 32, 64, 128, 256, 512.
-        deep_supervision: heads on X^{0,1..4}; training returns all four,
-            eval their average (accurate mode).
-        batch_norm: BatchNorm after every 3x3 convolution.
-
-    Returns:
-        The model; in eval mode ``forward(x)`` returns logits ``[N, num_classes, H, W]``.
-    """
-    return UNetPlusPlus(
-        num_classes,
-        in_channels,
-        scaled_widths(UNETPP_WIDTHS, width_mult),
-        deep_supervision=deep_supervision,
-        batch_norm=batch_norm,
-    )

@@ -31,10 +31,12 @@ def _quantize_ort(
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
+    from segdeploy.precision import name_unnamed_nodes
+
     input_name = _input_name(proto)
     work = onnx.ModelProto()
     work.CopyFrom(proto)
-    _name_unnamed_nodes(work.graph)
+    name_unnamed_nodes(work.graph, "int8pass")
     selected, skipped = _nodes_to_quantize(work.graph)
     report.float_nodes.extend(skipped)
     if not selected:
@@ -86,14 +88,6 @@ def _quantize_ort(
     if residual_adds:
         report.residual_adds.extend(_quantize_residual_adds(quantized, work, calibration))
     return quantized
-
-
-def _name_unnamed_nodes(graph: onnx.GraphProto) -> None:
-    seen: set[str] = set()
-    for index, node in enumerate(graph.node):
-        if not node.name or node.name in seen:
-            node.name = f"{node.op_type}_{index}_int8pass"
-        seen.add(node.name)
 
 
 def _value_dependent(graph: onnx.GraphProto) -> set[str]:

@@ -29,7 +29,7 @@ from types import ModuleType
 from typing import Any
 
 from segdeploy._version import __version__
-from segdeploy.artifact import InputFormat, parse_choice, parse_precision
+from segdeploy.artifact import InputFormat, Metadata, Precision, parse_choice, parse_precision
 from segdeploy.errors import MissingDependencyError, SegdeployError, UserInputError
 from segdeploy.fileio import atomic_output, check_output_path, sha256_file, write_bytes_atomic
 from segdeploy.runtime.sidecar import EngineSidecar, ProfileShapes, sidecar_path
@@ -41,7 +41,6 @@ from segdeploy.runtime.trt_plan import (
     check_precision,
     derive_profile,
     network_flags,
-    normalize_precision,
     plan_build,
     trt_major,
 )
@@ -102,24 +101,24 @@ class OnnxFacts:
 
     input_name: str
     input_dims: tuple[int | None, ...]
-    precision: str
-    metadata: dict[str, str] = field(default_factory=dict)
+    precision: Precision
+    metadata: Metadata = field(default_factory=Metadata)
 
 
 def read_onnx_facts(onnx_path: str | Path) -> OnnxFacts:
     """Load an ONNX file's graph (not its external weights) and read input, precision and metadata.
 
-    The float precision is the ``precision`` metadata written by ``segdeploy export``, else fp16 when any
-    initializer is FLOAT16. QuantizeLinear/DequantizeLinear nodes make it ``int8`` (FP32 elsewhere) or
-    ``int8-fp16`` (FP16 elsewhere), whatever the metadata says: the nodes are what TensorRT builds.
+    The float part is FP16 when the metadata written by ``segdeploy export`` says fp16 (or int8-fp16) or any
+    initializer is FLOAT16, else FP32. QuantizeLinear/DequantizeLinear nodes make it INT8 (FP32 elsewhere) or
+    INT8_FP16 (FP16 elsewhere), whatever the metadata says: the nodes are what TensorRT builds.
 
     Raises:
-        UserInputError: missing file, not an ONNX model, not exactly one 4-D input, or metadata claiming
-            int8 for a file without Q/DQ nodes.
+        UserInputError: missing file, not an ONNX model, not exactly one 4-D input, unreadable segdeploy
+            metadata, or metadata claiming int8 for a file without Q/DQ nodes.
     """
     import onnx
 
-    from segdeploy.artifact import load_onnx
+    from segdeploy.artifact import load_onnx, read_metadata
 
     path = Path(onnx_path)
     model = load_onnx(path)
@@ -135,19 +134,21 @@ def read_onnx_facts(onnx_path: str | Path) -> OnnxFacts:
     dims = tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None for d in tensor_type.shape.dim)
     if len(dims) != 4:
         raise UserInputError(f"{path}: input {inputs[0].name!r} has rank {len(dims)}; expected NCHW (rank 4)")
-    metadata = {p.key: p.value for p in model.metadata_props}
-    claimed = normalize_precision(metadata.get("precision"), what="precision metadata")
+    metadata = read_metadata(model)
+    claimed = metadata.precision
     quantized = _has_qdq(graph)
     if claimed in QUANTIZED and not quantized:
         raise UserInputError(
-            f"{path} says precision {claimed} but has no QuantizeLinear/DequantizeLinear nodes: re-export it with "
-            f"`segdeploy export MODEL --precision {claimed} --calib PATH`"
+            f"{path} says precision {claimed.value} but has no QuantizeLinear/DequantizeLinear nodes: re-export it "
+            f"with `segdeploy export MODEL --precision {claimed.value} --calib PATH`"
         )
-    if claimed is not None:
-        fp16 = claimed in ("fp16", "int8-fp16")
+    fp16 = claimed in (Precision.FP16, Precision.INT8_FP16) or any(
+        t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer
+    )
+    if quantized:
+        precision = Precision.INT8_FP16 if fp16 else Precision.INT8
     else:
-        fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.initializer)
-    precision = ("int8-fp16" if fp16 else "int8") if quantized else ("fp16" if fp16 else "fp32")
+        precision = Precision.FP16 if fp16 else Precision.FP32
     return OnnxFacts(inputs[0].name, dims, precision, metadata)
 
 
@@ -220,7 +221,7 @@ def build_engine(
     max_shape: ShapeLike | None = None,
     workspace_gb: float = 4.0,
     timing_cache: str | Path | None = None,
-    precision: str | None = None,
+    precision: Precision | str | None = None,
     progress: Progress | None = None,
 ) -> BuildResult:
     """Build a TensorRT engine (plus ``ENGINE.json`` sidecar) from an ONNX file.
@@ -233,7 +234,7 @@ def build_engine(
         min_shape, opt_shape, max_shape: the optimization profile (see :func:`derive_profile` for defaults).
         workspace_gb: TensorRT workspace memory pool limit in GiB.
         timing_cache: a timing cache file to reuse (when it exists) and update after the build.
-        precision: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"int8-fp16"``; default: the ONNX's own precision.
+        precision: the engine precision (``Precision`` or its name); default: the ONNX's own precision.
         progress: called with a short message at each stage.
 
     Returns:
@@ -272,7 +273,7 @@ def build_engine(
         profile=profile,
         input_name=input_name,
         trt_version=str(trt.__version__),
-        input_format=facts.metadata.get("input_format", "float32-nchw"),
+        input_format=facts.metadata.preprocessing.input_format,
         gpu_name=gpu.name,
         compute_capability=gpu.compute_capability,
         onnx_path=onnx_path,
@@ -367,7 +368,7 @@ def _run_builder(
             cache = config.create_timing_cache(b"")
             config.set_timing_cache(cache, False)
 
-    say(f"building {plan.precision} engine with TensorRT {trt.__version__} (this can take minutes)")
+    say(f"building {plan.precision.value} engine with TensorRT {trt.__version__} (this can take minutes)")
     serialized = builder.build_serialized_network(network, config)  # [PY] Builder: IHostMemory or None
     if serialized is None:
         raise SegdeployError(

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from segdeploy.artifact import InputFormat, Metadata, Precision, parse_precision
 from segdeploy.errors import MissingDependencyError, UserInputError
 from segdeploy.shapes import Shape, check_shape, format_shape, parse_shape
 
@@ -18,9 +19,8 @@ DEFAULT_MIN_SIDE = 32  # the largest total stride in the zoo; used when the ONNX
 
 ShapeLike = Shape | Sequence[int] | str
 
-PRECISIONS = ("fp32", "fp16", "int8", "int8-fp16")
 # Explicitly quantized: INT8 where the ONNX has QuantizeLinear/DequantizeLinear, FP32 or FP16 elsewhere.
-QUANTIZED = ("int8", "int8-fp16")
+QUANTIZED = (Precision.INT8, Precision.INT8_FP16)
 
 
 # --------------------------------------------------------------------------- decisions (no TensorRT needed)
@@ -39,8 +39,8 @@ class BuildPlan:
 
     Attributes:
         trt_major: the TensorRT line the plan is for.
-        precision: the engine's precision: ``"fp32"``, ``"fp16"``, ``"int8"`` (Q/DQ, FP32 elsewhere) or
-            ``"int8-fp16"`` (Q/DQ, FP16 elsewhere).
+        precision: the engine's precision: FP32, FP16, INT8 (Q/DQ, FP32 elsewhere) or INT8_FP16 (Q/DQ, FP16
+            elsewhere).
         strongly_typed: layer types come from the ONNX tensor types.
         strongly_typed_flag: pass ``NetworkDefinitionCreationFlag.STRONGLY_TYPED`` (10.x only; 11.x is
             always strongly typed and deprecates the flag).
@@ -50,7 +50,7 @@ class BuildPlan:
     """
 
     trt_major: int
-    precision: str
+    precision: Precision
     strongly_typed: bool
     strongly_typed_flag: bool
     fp16_flag: bool
@@ -58,14 +58,12 @@ class BuildPlan:
     explicit_quantization: bool = False
 
 
-def normalize_precision(value: Any, *, what: str = "precision") -> str | None:
-    """``"FP16"``/``"float16"``/``Precision.FP16`` -> ``"fp16"``; None stays None (``artifact.parse_precision``)."""
-    from segdeploy.artifact import parse_precision
-
-    return None if value is None else parse_precision(value, what).value
+def normalize_precision(value: Any, *, what: str = "precision") -> Precision | None:
+    """``"FP16"``/``"float16"``/``Precision.FP16`` -> ``Precision.FP16``; None stays None (``parse_precision``)."""
+    return None if value is None else parse_precision(value, what)
 
 
-def check_precision(onnx_precision: str, requested_precision: str | None) -> str:
+def check_precision(onnx_precision: Precision | str, requested_precision: Precision | str | None) -> Precision:
     """The engine precision an ONNX gives, refusing requests no TensorRT line can meet from it.
 
     Called before TensorRT is even imported, so a wrong request is reported on any machine.
@@ -81,21 +79,23 @@ def check_precision(onnx_precision: str, requested_precision: str | None) -> str
         UserInputError: INT8 from an ONNX without Q/DQ nodes, a Q/DQ ONNX asked for another precision, or
             FP32 from an FP16 ONNX.
     """
-    onnx_precision = normalize_precision(onnx_precision, what="ONNX precision") or "fp32"
+    onnx_precision = normalize_precision(onnx_precision, what="ONNX precision") or Precision.FP32
     wanted = normalize_precision(requested_precision) or onnx_precision
     if wanted in QUANTIZED and onnx_precision not in QUANTIZED:
         raise UserInputError(
-            f"this ONNX has no QuantizeLinear/DequantizeLinear nodes, so TensorRT cannot build {wanted} from it: "
-            f"export a quantized ONNX with `segdeploy export MODEL --precision {wanted} --calib PATH` and build that"
+            f"this ONNX has no QuantizeLinear/DequantizeLinear nodes, so TensorRT cannot build {wanted.value} from "
+            f"it: export a quantized ONNX with `segdeploy export MODEL --precision {wanted.value} --calib PATH` and "
+            "build that"
         )
     if onnx_precision in QUANTIZED and wanted != onnx_precision:
-        hint = f"--precision {wanted} --calib PATH" if wanted in QUANTIZED else f"--precision {wanted}"
+        hint = f"--precision {wanted.value} --calib PATH" if wanted in QUANTIZED else f"--precision {wanted.value}"
+        elsewhere = "FP16" if onnx_precision is Precision.INT8_FP16 else "FP32"
         raise UserInputError(
-            f"this ONNX is quantized as {onnx_precision} (QuantizeLinear/DequantizeLinear nodes, "
-            f"{'FP16' if onnx_precision == 'int8-fp16' else 'FP32'} elsewhere), so its engine is {onnx_precision}: "
-            f"export the {wanted} ONNX with `segdeploy export MODEL {hint}` and build that"
+            f"this ONNX is quantized as {onnx_precision.value} (QuantizeLinear/DequantizeLinear nodes, {elsewhere} "
+            f"elsewhere), so its engine is {onnx_precision.value}: export the {wanted.value} ONNX with "
+            f"`segdeploy export MODEL {hint}` and build that"
         )
-    if onnx_precision == "fp16" and wanted == "fp32":
+    if onnx_precision is Precision.FP16 and wanted is Precision.FP32:
         raise UserInputError(
             "this ONNX stores FP16 weights, so its engine is FP16: build the FP32 ONNX "
             "(`segdeploy export MODEL --precision fp32`) for an FP32 engine"
@@ -103,7 +103,9 @@ def check_precision(onnx_precision: str, requested_precision: str | None) -> str
     return wanted
 
 
-def plan_build(trt_major: int, onnx_precision: str, requested_precision: str | None) -> BuildPlan:
+def plan_build(
+    trt_major: int, onnx_precision: Precision | str, requested_precision: Precision | str | None
+) -> BuildPlan:
     """Decide network typing and builder flags for one TensorRT line.
 
     TensorRT >= 11 has no FP16 or INT8 builder flag (removed, [REM]); networks are always strongly typed, so
@@ -119,7 +121,7 @@ def plan_build(trt_major: int, onnx_precision: str, requested_precision: str | N
 
     Args:
         trt_major: TensorRT major version (see :func:`trt_major`).
-        onnx_precision: what the ONNX file stores: ``"fp32"``, ``"fp16"``, ``"int8"`` or ``"int8-fp16"``.
+        onnx_precision: what the ONNX file stores (:func:`read_onnx_facts`).
         requested_precision: the engine precision asked for, or None for the ONNX's own.
 
     Returns:
@@ -129,7 +131,7 @@ def plan_build(trt_major: int, onnx_precision: str, requested_precision: str | N
         UserInputError: a precision this TensorRT line cannot give from this ONNX.
         MissingDependencyError: TensorRT older than 10.
     """
-    onnx_precision = normalize_precision(onnx_precision, what="ONNX precision") or "fp32"
+    onnx_precision = normalize_precision(onnx_precision, what="ONNX precision") or Precision.FP32
     if trt_major < 10:
         raise MissingDependencyError(f"TensorRT {trt_major}.x is too old: segdeploy needs TensorRT 10.3 or newer")
     wanted = check_precision(onnx_precision, requested_precision)
@@ -144,7 +146,7 @@ def plan_build(trt_major: int, onnx_precision: str, requested_precision: str | N
             explicit_quantization=True,
         )
     if trt_major >= 11:
-        if wanted == "fp16" and onnx_precision == "fp32":
+        if wanted is Precision.FP16 and onnx_precision is Precision.FP32:
             raise UserInputError(
                 f"TensorRT {trt_major} takes precision from the ONNX types (its FP16 builder flag was removed): "
                 "export an FP16 ONNX with `segdeploy export MODEL --precision fp16` and build that"
@@ -155,19 +157,19 @@ def plan_build(trt_major: int, onnx_precision: str, requested_precision: str | N
             strongly_typed=True,
             strongly_typed_flag=False,
             fp16_flag=False,
-            strict_fp32=wanted == "fp32",
+            strict_fp32=wanted is Precision.FP32,
         )
-    if onnx_precision == "fp16":
+    if onnx_precision is Precision.FP16:
         return BuildPlan(
-            trt_major, "fp16", strongly_typed=True, strongly_typed_flag=True, fp16_flag=False, strict_fp32=False
+            trt_major, Precision.FP16, strongly_typed=True, strongly_typed_flag=True, fp16_flag=False, strict_fp32=False
         )
     return BuildPlan(
         trt_major,
         wanted,
         strongly_typed=False,
         strongly_typed_flag=False,
-        fp16_flag=wanted == "fp16",
-        strict_fp32=wanted == "fp32",
+        fp16_flag=wanted is Precision.FP16,
+        strict_fp32=wanted is Precision.FP32,
     )
 
 
@@ -199,7 +201,7 @@ class Profile:
 
 
 def derive_profile(
-    metadata: Mapping[str, str],
+    metadata: Metadata | Mapping[str, str],
     min_shape: ShapeLike | None = None,
     opt_shape: ShapeLike | None = None,
     max_shape: ShapeLike | None = None,
@@ -210,8 +212,13 @@ def derive_profile(
 
     See :func:`_derive_nchw` for the defaults. Every height and width is checked against the sizes the
     model accepts (``size_multiple`` in the metadata).
+
+    Args:
+        metadata: the file's :class:`Metadata` (a raw ``metadata_props`` mapping is parsed into one).
     """
-    nhwc = metadata.get("input_format") == "uint8-nhwc"
+    if not isinstance(metadata, Metadata):
+        metadata = Metadata.from_props(dict(metadata))
+    nhwc = metadata.preprocessing.input_format is InputFormat.UINT8_NHWC
 
     def to_nchw(shape: Any) -> Any:
         if shape is None or not nhwc:
@@ -229,7 +236,7 @@ def derive_profile(
         to_nchw(max_shape),
         graph_shape=to_nchw(graph_shape) if graph_shape is not None else None,
     )
-    multiple = int(metadata.get("size_multiple") or 1)
+    multiple = max(metadata.size_multiple, 1)
     for which, shape in (("min", nchw.min), ("opt", nchw.opt), ("max", nchw.max)):
         if shape[2] % multiple or shape[3] % multiple:
             raise UserInputError(
@@ -240,7 +247,7 @@ def derive_profile(
 
 
 def _derive_nchw(
-    metadata: Mapping[str, str],
+    metadata: Metadata,
     min_shape: ShapeLike | None = None,
     opt_shape: ShapeLike | None = None,
     max_shape: ShapeLike | None = None,
@@ -256,8 +263,8 @@ def _derive_nchw(
     A dimension the ONNX fixes is that value in min, opt and max; a fully static ONNX gets min = opt = max.
 
     Args:
-        metadata: the ONNX ``metadata_props`` written by ``segdeploy export`` (``trace_shape``, ``in_channels``,
-            ``min_size``; all optional).
+        metadata: the file's metadata (``trace_shape``, ``in_channels``, ``min_size``; all optional: a
+            ``min_size`` of 1, the unknown minimum, is taken as ``DEFAULT_MIN_SIDE``).
         min_shape, opt_shape, max_shape: user shapes (``"1x3x512x512"`` or 4 ints), or None for the default.
         graph_shape: the ONNX input's dims with None for dynamic ones; None treats N, H, W as dynamic.
 
@@ -282,13 +289,12 @@ def _derive_nchw(
 
     opt = given["opt"]
     if opt is None:
-        trace = metadata.get("trace_shape")
-        if not trace:
+        if metadata.trace_shape is None:
             raise UserInputError(
                 "cannot choose the optimization shape: the ONNX has no trace_shape metadata; pass --opt-shape NxCxHxW"
             )
-        opt = _fill_fixed(parse_shape(trace), fixed)
-    min_side = int(metadata.get("min_size") or DEFAULT_MIN_SIDE)
+        opt = _fill_fixed(metadata.trace_shape, fixed)
+    min_side = metadata.min_size if metadata.min_size > 1 else DEFAULT_MIN_SIDE
     lo = given["min"] or _fill_fixed((1, opt[1], min(min_side, opt[2]), min(min_side, opt[3])), fixed)
     hi = given["max"] or _fill_fixed((2 * opt[0], opt[1], 2 * opt[2], 2 * opt[3]), fixed)
     if given["opt"] is None:
@@ -316,12 +322,12 @@ def _as_shape(value: ShapeLike | None, which: str) -> Shape | None:
     return dims  # type: ignore[return-value]
 
 
-def _fixed_dims(metadata: Mapping[str, str], graph_shape: Sequence[int | None] | None) -> tuple[int | None, ...]:
+def _fixed_dims(metadata: Metadata, graph_shape: Sequence[int | None] | None) -> tuple[int | None, ...]:
     fixed: list[int | None] = list(graph_shape) if graph_shape is not None else [None, None, None, None]
     if len(fixed) != 4:
         raise UserInputError(f"the ONNX input has rank {len(fixed)}; expected NCHW (rank 4)")
-    if fixed[1] is None and metadata.get("in_channels"):
-        fixed[1] = int(metadata["in_channels"])
+    if fixed[1] is None and metadata.in_channels:
+        fixed[1] = metadata.in_channels
     return tuple(fixed)
 
 

@@ -9,7 +9,7 @@ from segdeploy.artifact import load_onnx
 
 if TYPE_CHECKING:
     import onnx
-from segdeploy.export.lint.report import LintIssue, _attr, _type_name
+from segdeploy.export.lint.report import LintIssue, Severity, _attr, _type_name
 
 QDQ_RULES = {
     "qdq-zero-point": "QuantizeLinear/DequantizeLinear zero points must be constant zeros (TensorRT is symmetric)",
@@ -95,7 +95,7 @@ def check_qdq(model: str | os.PathLike[str] | onnx.ModelProto) -> list[LintIssue
             source = next((s for s in (_dequantized_upstream(name, producers) for name in inputs) if s), None)
             if source:
                 add(
-                    "error",
+                    Severity.ERROR,
                     node,
                     "qdq-unpool",
                     f"{node.op_type} compares values that passed through Q/DQ ({source}): int8-rounded values "
@@ -114,11 +114,13 @@ def _qdq_node_problems(
     zero_name = node.input[2] if len(node.input) > 2 else ""
     zero_point = values.get(zero_name) if zero_name else None
     if zero_name and zero_point is None:
-        problems.append(("error", "qdq-zero-point", "the zero point is computed, not a constant; TensorRT needs zeros"))
+        problems.append(
+            (Severity.ERROR, "qdq-zero-point", "the zero point is computed, not a constant; TensorRT needs zeros")
+        )
     elif zero_point is not None and zero_point.size and (zero_point != 0).any():
         problems.append(
             (
-                "error",
+                Severity.ERROR,
                 "qdq-zero-point",
                 f"zero point {_preview(zero_point)} is not 0: TensorRT supports symmetric quantization only",
             )
@@ -130,7 +132,7 @@ def _qdq_node_problems(
                 f"QuantizeLinear produces {_type_name(quantized_type)}; TensorRT's INT8 path needs INT8 "
                 "(an INT8 zero point of 0)"
             )
-            problems.append(("error", "qdq-int8", message))
+            problems.append((Severity.ERROR, "qdq-int8", message))
     else:
         source = node.input[0]
         quantized = producers.get(source)
@@ -147,7 +149,7 @@ def _qdq_node_problems(
                 f"DequantizeLinear input {source} is {_type_name(input_type)}{what}; TensorRT's parser "
                 f"takes {', '.join(_DEQUANTIZE_INPUT_TYPES)} only"
             )
-            problems.append(("error", "qdq-dequantize-input", message))
+            problems.append((Severity.ERROR, "qdq-dequantize-input", message))
     scale = values.get(scale_name) if scale_name else None
     # Weights are stored int8 (DQ of a constant) or float (Q of a constant, then DQ, as ModelOpt writes them).
     source_node = producers.get(node.input[0])
@@ -160,7 +162,7 @@ def _qdq_node_problems(
     if scale is None:
         problems.append(
             (
-                "error",
+                Severity.ERROR,
                 "qdq-activation-scale" if not is_weight else "qdq-weight-axis",
                 "the scale is computed in the graph; TensorRT needs a constant scale",
             )
@@ -169,7 +171,7 @@ def _qdq_node_problems(
         if not (scale > 0).all() or not _finite(scale):
             problems.append(
                 (
-                    "error",
+                    Severity.ERROR,
                     "qdq-activation-scale" if not is_weight else "qdq-weight-axis",
                     f"scale {_preview(scale)} is not positive and finite",
                 )
@@ -179,7 +181,7 @@ def _qdq_node_problems(
                 f"activation scale has {scale.size} values (axis {_attr(node, 'axis', 1)}); "
                 "TensorRT quantizes activations per tensor"
             )
-            problems.append(("error", "qdq-activation-scale", message))
+            problems.append((Severity.ERROR, "qdq-activation-scale", message))
     return problems
 
 
@@ -195,7 +197,7 @@ def _conv_qdq_problems(
     ]
     if float_inputs:
         message = f"{' and '.join(float_inputs)} not fed by DequantizeLinear: this {node.op_type} runs in float"
-        problems.append(("warning", "qdq-float-conv", message))
+        problems.append((Severity.WARNING, "qdq-float-conv", message))
     weight_dq = sources[1] if len(sources) > 1 else None
     weight = None
     if weight_dq is not None and weight_dq.op_type == "DequantizeLinear":
@@ -214,10 +216,14 @@ def _conv_qdq_problems(
                     f"per-channel weight scales on axis {axis}; {node.op_type} needs axis {expected} "
                     "(its output channels)"
                 )
-                problems.append(("error", "qdq-weight-axis", message))
+                problems.append((Severity.ERROR, "qdq-weight-axis", message))
             elif weight.ndim > axis and weight.shape[axis] != scale.size:
                 problems.append(
-                    ("error", "qdq-weight-axis", f"{scale.size} weight scales for {weight.shape[axis]} output channels")
+                    (
+                        Severity.ERROR,
+                        "qdq-weight-axis",
+                        f"{scale.size} weight scales for {weight.shape[axis]} output channels",
+                    )
                 )
     return problems
 

@@ -5,19 +5,31 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from segdeploy.artifact import Choice
+
 if TYPE_CHECKING:
     import onnx
 
 
+class Severity(Choice):
+    """How bad a finding is: an error stops TensorRT's parser, a warning does not."""
+
+    ERROR = "error"
+    WARNING = "warning"
+
+
 @dataclass(frozen=True)
 class LintIssue:
-    """One finding: ``severity`` is ``"error"`` (the parser refuses it) or ``"warning"``."""
+    """One finding: ``severity`` is ``ERROR`` (the parser refuses it) or ``WARNING``."""
 
-    severity: str
+    severity: Severity
     node: str
     op_type: str
     message: str
     rule: str = ""  # a stable name for rule families (e.g. the Q/DQ rules ``qdq-*``)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "severity", Severity(self.severity))  # "error" from a caller becomes the enum
 
 
 @dataclass
@@ -31,11 +43,11 @@ class LintReport:
 
     @property
     def errors(self) -> list[LintIssue]:
-        return [i for i in self.issues if i.severity == "error"]
+        return [i for i in self.issues if i.severity is Severity.ERROR]
 
     @property
     def warnings(self) -> list[LintIssue]:
-        return [i for i in self.issues if i.severity == "warning"]
+        return [i for i in self.issues if i.severity is Severity.WARNING]
 
     @property
     def ok(self) -> bool:

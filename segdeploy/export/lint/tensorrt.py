@@ -24,7 +24,7 @@ from segdeploy.errors import first_line
 if TYPE_CHECKING:
     import onnx
 from segdeploy.export.lint.qdq import check_qdq
-from segdeploy.export.lint.report import LintIssue, LintReport, _attr, _type_name
+from segdeploy.export.lint.report import LintIssue, LintReport, Severity, _attr, _type_name
 from segdeploy.export.lint.sizes import baked_sizes
 
 # Operators TensorRT 10's ONNX parser imports ("Y" in onnx-tensorrt's docs/operators.md).
@@ -118,11 +118,11 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto, *, checker: bool 
     issues = report.issues
 
     if opset is None:
-        issues.append(LintIssue("error", "-", "-", "the model imports no default-domain (ai.onnx) opset"))
+        issues.append(LintIssue(Severity.ERROR, "-", "-", "the model imports no default-domain (ai.onnx) opset"))
     elif opset not in SUPPORTED_OPSETS:
         issues.append(
             LintIssue(
-                "error",
+                Severity.ERROR,
                 "-",
                 "-",
                 f"opset {opset} is outside the range segdeploy supports "
@@ -135,7 +135,7 @@ def lint_onnx(model: str | os.PathLike[str] | onnx.ModelProto, *, checker: bool 
             onnx.checker.check_model(proto)
     except Exception as exc:  # ValidationError, or a C++ error for malformed protos
         first = first_line(exc)
-        issues.append(LintIssue("warning", "-", "-", f"onnx.checker: {first}"))
+        issues.append(LintIssue(Severity.WARNING, "-", "-", f"onnx.checker: {first}"))
 
     functions = {(f.domain, f.name): f for f in proto.functions}
     producers = _producers(proto.graph)
@@ -173,7 +173,7 @@ def _check_uint8_inputs(proto: onnx.ModelProto) -> list[LintIssue]:
         for node in proto.graph.node:
             if value.name in node.input and node.op_type != "Cast":
                 issues.append(LintIssue(
-                    "error", node.name or node.output[0], node.op_type,
+                    Severity.ERROR, node.name or node.output[0], node.op_type,
                     f"the uint8 input {value.name!r} feeds {node.op_type}: TensorRT needs a uint8 input to feed a "
                     "Cast directly (cast to float first, then transpose or normalize)",
                 ))  # fmt: skip
@@ -227,29 +227,29 @@ def _check_node(
         if node.domain in TRT_PLUGIN_DOMAINS:
             return [
                 issue(
-                    "warning",
+                    Severity.WARNING,
                     f"plugin op {node.domain}::{op}: the plugin must be registered with TensorRT at build time",
                 )
             ]
         return [
             issue(
-                "error",
+                Severity.ERROR,
                 f"custom op {node.domain}::{op} is not standard ONNX and not a TensorRT plugin domain "
                 f"({', '.join(sorted(TRT_PLUGIN_DOMAINS))}); TensorRT's parser cannot import it",
             )
         ]
     if op == "MaxUnpool":
-        return [issue("error", f"MaxUnpool is not supported by TensorRT 10's ONNX parser; {_UNPOOL_HINT}")]
+        return [issue(Severity.ERROR, f"MaxUnpool is not supported by TensorRT 10's ONNX parser; {_UNPOOL_HINT}")]
     if op in TRT10_UNSUPPORTED_OPS:
-        return [issue("error", f"{op} is not supported by TensorRT 10's ONNX parser")]
+        return [issue(Severity.ERROR, f"{op} is not supported by TensorRT 10's ONNX parser")]
     if op not in TRT10_SUPPORTED_OPS:
-        return [issue("error", f"{op} is not in TensorRT 10's ONNX operator support matrix")]
+        return [issue(Severity.ERROR, f"{op} is not in TensorRT 10's ONNX operator support matrix")]
 
     found: list[LintIssue] = []
     if op == "MaxPool" and len(node.output) > 1:
         found.append(
             issue(
-                "error",
+                Severity.ERROR,
                 f"MaxPool with an Indices output (max_pool2d(return_indices=True)) is not supported "
                 f"by TensorRT; {_UNPOOL_HINT}",
             )
@@ -257,50 +257,55 @@ def _check_node(
     if op in ("MaxPool", "AveragePool", "LpPool"):
         kernel = _attr(node, "kernel_shape", [])
         if len(kernel) not in (2, 3):
-            found.append(issue("error", f"{op} over {len(kernel)} spatial dims: TensorRT pools 2D or 3D only"))
+            found.append(issue(Severity.ERROR, f"{op} over {len(kernel)} spatial dims: TensorRT pools 2D or 3D only"))
         if any(d != 1 for d in _attr(node, "dilations", [])):
             found.append(
-                issue("error", f"{op} with dilations {list(_attr(node, 'dilations'))}: TensorRT needs all ones")
+                issue(Severity.ERROR, f"{op} with dilations {list(_attr(node, 'dilations'))}: TensorRT needs all ones")
             )
     if op == "ScatterND":
         reduction = _attr(node, "reduction")
         if reduction is not None and reduction != "none":
-            found.append(issue("error", f"ScatterND with reduction={reduction!r} is not supported by TensorRT"))
+            found.append(issue(Severity.ERROR, f"ScatterND with reduction={reduction!r} is not supported by TensorRT"))
         elif reduction == "none":
             found.append(
                 issue(
-                    "warning",
+                    Severity.WARNING,
                     "ScatterND carries an explicit reduction='none' attribute, which TensorRT "
                     "10.0/10.1 parsers refuse; drop the attribute",
                 )
             )
         if len(node.input) > 1 and _comes_from_maxpool_indices(node.input[1], producers):
             found.append(
-                issue("error", f"ScatterND writes through MaxPool indices (a stock max_unpool export); {_UNPOOL_HINT}")
+                issue(
+                    Severity.ERROR,
+                    f"ScatterND writes through MaxPool indices (a stock max_unpool export); {_UNPOOL_HINT}",
+                )
             )
     if op == "Resize":
         found.extend(issue(sev, msg) for sev, msg in _resize_problems(node))
     if op == "Upsample" and _attr(node, "mode", "nearest") not in ("nearest", "linear", "bilinear"):
-        found.append(issue("error", f"Upsample mode {_attr(node, 'mode')!r}: TensorRT supports nearest and linear"))
+        found.append(
+            issue(Severity.ERROR, f"Upsample mode {_attr(node, 'mode')!r}: TensorRT supports nearest and linear")
+        )
     if op == "BatchNormalization" and _attr(node, "training_mode", 0):
-        found.append(issue("error", "BatchNormalization in training mode: export the model in eval() mode"))
+        found.append(issue(Severity.ERROR, "BatchNormalization in training mode: export the model in eval() mode"))
     if op == "LayerNormalization" and sum(1 for out in node.output if out) > 1:
-        found.append(issue("error", "LayerNormalization: TensorRT supports only the first output (Y)"))
+        found.append(issue(Severity.ERROR, "LayerNormalization: TensorRT supports only the first output (Y)"))
     if op == "TopK" and _attr(node, "sorted", 1) != 1:
-        found.append(issue("error", "TopK with sorted=0: TensorRT needs sorted=1"))
+        found.append(issue(Severity.ERROR, "TopK with sorted=0: TensorRT needs sorted=1"))
     if op == "Constant" and any(a.name in ("sparse_value", "value_string", "value_strings") for a in node.attribute):
-        found.append(issue("error", "Constant with a sparse or string value is not supported by TensorRT"))
+        found.append(issue(Severity.ERROR, "Constant with a sparse or string value is not supported by TensorRT"))
     if op == "Cast":
         to = _attr(node, "to")
-        if to is not None and _type_problem(to) == "error":
-            found.append(issue("error", f"Cast to {_type_name(to)}, a type TensorRT does not support"))
+        if to is not None and _type_problem(to) == Severity.ERROR:
+            found.append(issue(Severity.ERROR, f"Cast to {_type_name(to)}, a type TensorRT does not support"))
     if op == "LpNormalization" and _attr(node, "p", 2) not in (1, 2):
-        found.append(issue("error", "LpNormalization: TensorRT supports p=1 and p=2 only"))
+        found.append(issue(Severity.ERROR, "LpNormalization: TensorRT supports p=1 and p=2 only"))
     for index, what in _CONSTANT_INPUTS.get(op, {}).items():
         if len(node.input) > index and node.input[index] and node.input[index] not in constants:
             found.append(
                 issue(
-                    "error",
+                    Severity.ERROR,
                     f"{op}: input {what!r} must be an initializer or constant for TensorRT (run onnxsim to fold it)",
                 )
             )
@@ -313,13 +318,13 @@ def _resize_problems(node: onnx.NodeProto) -> list[tuple[str, str]]:
     ctm = _attr(node, "coordinate_transformation_mode", "half_pixel")
     nearest = _attr(node, "nearest_mode", "round_prefer_floor")
     if mode not in RESIZE_MODES:
-        problems.append(("error", f"Resize mode {mode!r} is not one TensorRT supports (nearest, linear, cubic)"))
+        problems.append((Severity.ERROR, f"Resize mode {mode!r} is not one TensorRT supports (nearest, linear, cubic)"))
     elif mode == "cubic":
         # The parser maps cubic to IResizeLayer's bicubic mode, which resizes only the two innermost axes and
         # is absent from the documented matrix: build it, but check parity.
         problems.append(
             (
-                "warning",
+                Severity.WARNING,
                 "Resize mode 'cubic': TensorRT resizes only the two innermost axes bicubically "
                 "and documents nearest/linear; verify parity",
             )
@@ -327,24 +332,24 @@ def _resize_problems(node: onnx.NodeProto) -> list[tuple[str, str]]:
     if ctm not in RESIZE_COORDINATE_MODES:
         problems.append(
             (
-                "error",
+                Severity.ERROR,
                 f"Resize coordinate_transformation_mode {ctm!r} is not supported by TensorRT "
                 f"(supported: {', '.join(sorted(RESIZE_COORDINATE_MODES))})",
             )
         )
     if mode == "nearest" and nearest not in RESIZE_NEAREST_MODES:
-        problems.append(("error", f"Resize nearest_mode {nearest!r} is not supported by TensorRT"))
+        problems.append((Severity.ERROR, f"Resize nearest_mode {nearest!r} is not supported by TensorRT"))
     if ctm == "tf_half_pixel_for_nn" and nearest != "round_prefer_floor":
         problems.append(
-            ("error", "Resize tf_half_pixel_for_nn works in TensorRT only with nearest_mode round_prefer_floor")
+            (Severity.ERROR, "Resize tf_half_pixel_for_nn works in TensorRT only with nearest_mode round_prefer_floor")
         )
     if _attr(node, "antialias", 0):
-        problems.append(("error", "Resize with antialias=1 is not supported by TensorRT"))
+        problems.append((Severity.ERROR, "Resize with antialias=1 is not supported by TensorRT"))
     if _attr(node, "keep_aspect_ratio_policy", "stretch") != "stretch":
-        problems.append(("error", "Resize keep_aspect_ratio_policy must be 'stretch' for TensorRT"))
+        problems.append((Severity.ERROR, "Resize keep_aspect_ratio_policy must be 'stretch' for TensorRT"))
     axes = list(_attr(node, "axes", []))
     if len(set(axes)) != len(axes):
-        problems.append(("error", f"Resize axes {axes} repeat an axis"))
+        problems.append((Severity.ERROR, f"Resize axes {axes} repeat an axis"))
     return problems
 
 
@@ -365,7 +370,7 @@ def _comes_from_maxpool_indices(name: str, producers: dict[str, tuple[onnx.NodeP
 
 
 def _type_problem(elem_type: int) -> str | None:
-    """``"error"`` for types TensorRT 10 lacks, ``"warning"`` for DOUBLE (cast down), else None."""
+    """``Severity.ERROR`` for types TensorRT 10 lacks, ``Severity.WARNING`` for DOUBLE (cast down), else None."""
     import onnx
 
     T = onnx.TensorProto
@@ -383,7 +388,7 @@ def _type_problem(elem_type: int) -> str | None:
         T.INT4,
     ):
         return None
-    return "warning" if elem_type == T.DOUBLE else "error"
+    return Severity.WARNING if elem_type == T.DOUBLE else Severity.ERROR
 
 
 def _check_types(proto: onnx.ModelProto) -> list[LintIssue]:
@@ -410,7 +415,9 @@ def _check_types(proto: onnx.ModelProto) -> list[LintIssue]:
         severity = _type_problem(elem_type)
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
         what = (
-            "TensorRT casts DOUBLE down to FLOAT (clamped)" if severity == "warning" else "TensorRT does not support it"
+            "TensorRT casts DOUBLE down to FLOAT (clamped)"
+            if severity == Severity.WARNING
+            else "TensorRT does not support it"
         )
         issues.append(
             LintIssue(severity, shown, "-", f"{len(names)} tensor(s) of type {_type_name(elem_type)}: {what}")
