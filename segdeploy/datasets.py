@@ -138,8 +138,12 @@ class DatasetSpec:
 
 
 # --------------------------------------------------------------------------- listing and pairing
-def list_images(directory: Path) -> list[Path]:
+def list_images(directory: Path, *, unique_stems: bool = True) -> list[Path]:
     """The image files directly in ``directory``, sorted by name.
+
+    Args:
+        directory: where the images are.
+        unique_stems: refuse two images with one stem (pairs are matched by stem).
 
     Raises:
         UserInputError: not a directory, or no images in it.
@@ -152,7 +156,8 @@ def list_images(directory: Path) -> list[Path]:
         raise UserInputError(f"cannot read {directory}: {exc.strerror or exc}") from None
     if not files:
         raise UserInputError(f"{directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    _check_unique_stems(files)
+    if unique_stems:
+        _check_unique_stems(files)
     return files
 
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from segdeploy.errors import UserInputError
-from segdeploy.fileio import atomic_output, check_output_path, write_bytes_atomic, write_text_atomic
+from segdeploy.fileio import check_output_path, write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -130,6 +130,8 @@ def check_plot_path(path: str | os.PathLike[str]) -> Path:
 
 def plot_per_class(result: EvalResult, path: str | os.PathLike[str]) -> Path:
     """Grouped bars of per-class IoU, one bar per candidate (absent classes draw no bar)."""
+    from segdeploy.report import save_figure
+
     target = check_plot_path(path)
     import matplotlib.pyplot as plt
 
@@ -148,13 +150,7 @@ def plot_per_class(result: EvalResult, path: str | os.PathLike[str]) -> Path:
     ax.set_ylim(0, 100)
     ax.set_title(f"segdeploy eval: IoU per class, {result.dataset}")
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    try:
-        with atomic_output(target) as tmp:
-            fig.savefig(tmp, format=target.suffix.lstrip(".").lower(), dpi=120)
-    finally:
-        plt.close(fig)
-    return target
+    return save_figure(fig, target)
 
 
 # --------------------------------------------------------------------------- worst images

@@ -202,6 +202,12 @@ def plot(records: Sequence[BenchRecord], path: str | os.PathLike[str]) -> Path:
     ax.set_ylabel("latency, ms (mean; whiskers min to p99)")
     ax.set_title("segdeploy bench: latency per engine")
     ax.legend()
+    return save_figure(fig, target)
+
+
+def save_figure(fig: Any, target: Path) -> Path:
+    """Write a matplotlib figure atomically in the format its suffix names, then close it."""
+    plt = _pyplot()
     fig.tight_layout()
     try:
         with atomic_output(target) as tmp:

@@ -12,9 +12,8 @@ from typing import Any
 import numpy as np
 
 from segdeploy.artifact import IMAGENET_MEAN, IMAGENET_STD
-from segdeploy.datasets import DatasetSpec
+from segdeploy.datasets import DatasetSpec, list_images
 from segdeploy.errors import MissingDependencyError, UserInputError, first_line
-from segdeploy.pixels import IMAGE_SUFFIXES
 from segdeploy.quantize.common import DEFAULT_CALIB_SIZE
 
 CALIBRATION_SPLIT = "train"
@@ -121,12 +120,7 @@ def _load_image_dir(
     std: float | Sequence[float] | None,
     normalize: Callable[[np.ndarray], np.ndarray] | None,
 ) -> np.ndarray:
-    try:
-        files = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    except OSError as exc:
-        raise UserInputError(f"cannot read calibration directory {directory}: {exc.strerror or exc}") from None
-    if not files:
-        raise UserInputError(f"calibration directory {directory} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    files = list_images(directory, unique_stems=False)
     return _load_images(files[:calib_size], size, in_channels, mean, std, normalize)
 
 

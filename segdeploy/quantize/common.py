@@ -13,7 +13,6 @@ if TYPE_CHECKING:
 QUANTIZERS = ("ort", "modelopt")
 DEFAULT_CALIB_SIZE = 64
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"})
 
 # Ops whose inputs carry the work TensorRT runs in INT8.
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
