@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -192,7 +191,3 @@ def disagreement_panel(
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name or name).strip("_") or "candidate"
-
-
-def write_reports(result: EvalResult, paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    return [write_report(result, path) for path in paths]

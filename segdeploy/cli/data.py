@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from segdeploy.artifact import Runtime
-from segdeploy.cli.common import app, guarded, make_console
+from segdeploy.cli.common import JsonFlag, app, guarded, make_console
 from segdeploy.errors import UserInputError
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ def eval_cmd(
     plot: Annotated[
         Optional[Path], typer.Option("--plot", help="Per-class IoU bar plot (.png/.svg/.pdf; needs matplotlib).")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report to stdout instead of tables.")] = False,
+    as_json: JsonFlag = False,
     report: Annotated[
         Optional[list[Path]], typer.Option("--report", help="Write the report: .json or .md by suffix (repeatable).")
     ] = None,
