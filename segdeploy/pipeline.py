@@ -152,8 +152,9 @@ def export_onnx(
 
     started = time.perf_counter()
     options = ExportOptions(
-        input_shape, opset, dynamic, simplify, precision, spec or ModelSpec(), io or IOFormat(), calibration
-    )
+        input_shape, opset=opset, dynamic=dynamic, simplify=simplify, precision=precision,
+        spec=spec or ModelSpec(), io=io or IOFormat(), calibration=calibration,
+    )  # fmt: skip
     plan = options.check()
     check_output_path(path)  # before minutes of export work, not after
     clock = StageClock(progress)
@@ -165,8 +166,9 @@ def export_onnx(
         report = _verify_written(built, tmp, clock) if verify else None
         clock(None)
         result = ExportResult(
-            Path(path), built.metadata, built.ir_version, built.size_rule, lint, report,
-            built.fp32_nodes, built.warnings, clock.timings, time.perf_counter() - started,
+            Path(path), built.metadata, built.ir_version, built.size_rule, lint=lint, verification=report,
+            fp32_nodes=built.fp32_nodes, warnings=built.warnings, stage_seconds=clock.timings,
+            seconds=time.perf_counter() - started,
         )  # fmt: skip
         if report is not None and not report.passed:
             what = "disagrees with PyTorch" if report.judged else "cannot be verified"
@@ -261,7 +263,7 @@ def cached_onnx(
         path.parent.mkdir(parents=True, exist_ok=True)
         options = ExportOptions(
             shape,
-            opset,
+            opset=opset,
             precision=precision,
             spec=ModelSpec(num_classes=num_classes, config=config),
             calibration=Calibration(calibration, calib_size) if calibration is not None else None,
