@@ -41,7 +41,7 @@ def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
 def _bundle(model: str, size: int, work: Path) -> Path:
     import segdeploy
     from segdeploy.bundle import write_bundle
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import export_onnx
 
     net = segdeploy.create_model(model, **segdeploy.model_info(model).test_config).eval()
     onnx_path = work / f"{model}.onnx"

@@ -142,7 +142,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    from segdeploy.cache import cached_onnx
+    from segdeploy.pipeline import cached_onnx
 
     config = json.loads(args.config)
     onnx = cached_onnx(args.model, config=config, shape=(1, 3, args.size, args.size), num_classes=args.classes)

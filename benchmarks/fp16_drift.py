@@ -46,8 +46,8 @@ def measure(name: str, *, seconds: float, seed: int, train: tuple[np.ndarray, np
 
     from segdeploy.criteria import compare, thresholds_for
     from segdeploy.data import evaluate, make_shapes, train_tiny
-    from segdeploy.export.onnx import export_onnx
     from segdeploy.models import create_model, model_info
+    from segdeploy.pipeline import ModelSpec, export_onnx
     from segdeploy.precision import convert_to_fp16, fp16_weight_fraction
 
     info = model_info(name)
@@ -57,7 +57,7 @@ def measure(name: str, *, seconds: float, seed: int, train: tuple[np.ndarray, np
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.onnx"
         started = time.perf_counter()
-        export_onnx(model, path, input_shape=(2, 3, *TRAIN_SIZE), num_classes=NUM_CLASSES, verify=False)
+        export_onnx(model, path, input_shape=(2, 3, *TRAIN_SIZE), spec=ModelSpec(num_classes=NUM_CLASSES), verify=False)
         fp32 = onnx.load(path)
     fp16, kept = convert_to_fp16(fp32)
     export_seconds = time.perf_counter() - started

@@ -33,8 +33,8 @@ from helpers import calibrate_batchnorm
 
 from segdeploy.artifact import read_metadata
 from segdeploy.criteria import NOISE_MULTIPLE
-from segdeploy.export.onnx import export_onnx
 from segdeploy.models import create_model, list_models, model_info
+from segdeploy.pipeline import export_onnx
 from segdeploy.verify import verification_shapes, verify
 
 RESULTS = Path(__file__).resolve().parent / "results"

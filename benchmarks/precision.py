@@ -60,8 +60,8 @@ def measure(name: str, *, steps: int, seconds: float | None, seed: int, quantize
     from segdeploy.criteria import compare
     from segdeploy.data import evaluate, make_shapes, train_tiny
     from segdeploy.export.lint import lint_onnx
-    from segdeploy.export.onnx import export_onnx
     from segdeploy.models import create_model, model_info
+    from segdeploy.pipeline import ModelSpec, export_onnx
     from segdeploy.precision import convert_to_fp16
     from segdeploy.quantize import quantize_int8
     from segdeploy.verify import verification_shapes
@@ -86,7 +86,7 @@ def measure(name: str, *, steps: int, seconds: float | None, seed: int, quantize
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{name}.onnx"
         started = time.perf_counter()
-        export_onnx(model, path, input_shape=(2, 3, *TRAIN_SIZE), num_classes=NUM_CLASSES, verify=False)
+        export_onnx(model, path, input_shape=(2, 3, *TRAIN_SIZE), spec=ModelSpec(num_classes=NUM_CLASSES), verify=False)
         fp32 = onnx.load(path)
         row["seconds"]["export"] = round(time.perf_counter() - started, 1)
     files = {"fp32": fp32}

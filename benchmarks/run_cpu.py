@@ -83,8 +83,7 @@ def compare_segnet_unpooling(
         rewritten / stock.
     """
     from segdeploy.bench import benchmark
-    from segdeploy.cache import cached_onnx
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import ModelSpec, cached_onnx, export_onnx
     from segdeploy.runtime.ort_runner import OrtRunner
 
     batch = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
@@ -97,7 +96,7 @@ def compare_segnet_unpooling(
                 input_shape=shape,
                 dynamic=False,
                 verify=False,
-                config=config,
+                spec=ModelSpec(config=config),
             ).path,
             "rewritten_dynamic": cached_onnx("segnet", config=config, shape=shape),
         }
@@ -189,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from segdeploy.bench import run_benchmarks
     from segdeploy.fileio import write_text_atomic
     from segdeploy.models import list_models, model_info
+    from segdeploy.pipeline import run_benchmarks
 
     models = [m for m in args.models.split(",") if m] or list_models()
     for name in models:

@@ -1,4 +1,4 @@
-"""A cache of exported ONNX files and built engines, keyed by everything that makes them differ.
+"""Where exported ONNX files and built engines are kept, keyed by everything that makes them differ.
 
 An exported file depends on the model, its options and classes, the input
 shape, opset and precision, segdeploy's model and export code, and the
@@ -6,7 +6,8 @@ exporters' versions. An engine depends on the exact ONNX bytes, the profile,
 the precision, the TensorRT version and the GPU: after a TensorRT upgrade or on
 another GPU the key changes and the engine is rebuilt, never served stale.
 
-Files live in ``$SEGDEPLOY_CACHE`` or ``~/.cache/segdeploy`` (``onnx/``, ``engines/``).
+Files live in ``$SEGDEPLOY_CACHE`` or ``~/.cache/segdeploy`` (``onnx/``, ``engines/``). This module
+names them; ``segdeploy.pipeline.cached_onnx`` and ``cached_engine`` export or build what is missing.
 """
 
 from __future__ import annotations
@@ -99,48 +100,6 @@ def onnx_cache_path(
     return cache_root(cache_dir) / "onnx" / f"{name}-{opset}-{precision.value}-{key}.onnx"
 
 
-def cached_onnx(
-    name: str,
-    *,
-    config: dict[str, Any],
-    shape: Shape,
-    precision: Precision | str = Precision.FP32,
-    num_classes: int = 21,
-    opset: int = DEFAULT_OPSET,
-    calibration: str | os.PathLike[str] | None = None,
-    calib_size: int = 64,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> Path:
-    """The zoo model ``name`` exported with dynamic N/H/W: from the cache, or exported into it (unverified).
-
-    Parity is export's and verify's business; a cached file only saves the export time.
-
-    Args:
-        calibration, calib_size: INT8 only: the calibration images or ``.npy`` and how many to use.
-    """
-    from segdeploy.export.onnx import export_onnx
-
-    path = onnx_cache_path(
-        name, config=config, shape=shape, precision=precision, num_classes=num_classes, opset=opset,
-        calibration=calibration, calib_size=calib_size, cache_dir=cache_dir,
-    )  # fmt: skip
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        export_onnx(
-            name,
-            path,
-            input_shape=shape,
-            opset=opset,
-            precision=precision,
-            verify=False,
-            num_classes=num_classes,
-            config=config,
-            calibration=calibration,
-            calib_size=calib_size,
-        )
-    return path
-
-
 def engine_cache_path(
     onnx_path: Path,
     *,
@@ -166,38 +125,3 @@ def engine_cache_path(
         }
     )
     return cache_root(cache_dir) / "engines" / f"{onnx_path.stem}-{precision.value}-{key}.engine"
-
-
-def cached_engine(
-    onnx_path: Path,
-    *,
-    min_shape: Shape,
-    opt_shape: Shape,
-    max_shape: Shape,
-    precision: Precision | str | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> Path:
-    """An engine built from ``onnx_path`` with this profile, from the cache or built into it.
-
-    Raises:
-        MissingDependencyError: TensorRT or a CUDA GPU is missing.
-    """
-    from segdeploy.runtime.trt_build import build_engine, read_onnx_facts, require_tensorrt
-
-    trt, gpu = require_tensorrt()
-    wanted = parse_precision(precision if precision is not None else read_onnx_facts(onnx_path).precision)
-    path = engine_cache_path(
-        onnx_path,
-        profile=(min_shape, opt_shape, max_shape),
-        precision=wanted,
-        trt_version=str(trt.__version__),
-        gpu_name=gpu.name,
-        compute_capability=gpu.compute_capability,
-        cache_dir=cache_dir,
-    )
-    if not path.is_file():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        build_engine(
-            onnx_path, path, min_shape=min_shape, opt_shape=opt_shape, max_shape=max_shape, precision=wanted.value
-        )
-    return path

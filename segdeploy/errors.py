@@ -30,7 +30,11 @@ class ExportError(SegdeployError):
 
 
 class VerificationError(SegdeployError):
-    """A runtime disagreed with PyTorch beyond the thresholds."""
+    """A runtime disagreed with PyTorch beyond the thresholds.
+
+    A failed export raises the subclass ``segdeploy.pipeline.ExportVerificationError``, whose ``report``
+    and ``result`` attributes hold the verification report and the would-be export result.
+    """
 
     exit_code = 4
 

@@ -385,46 +385,6 @@ def verify_file(
     return report
 
 
-def verify_rule(
-    path: str | os.PathLike[str],
-    module: Any,
-    metadata: Metadata,
-    rule: Any,
-    trace_shape: Shape,
-    narrow: Callable[[Any], Metadata],
-    progress: Callable[[str], None] | None = None,
-) -> tuple[VerificationReport, Any]:
-    """Verify a just-written ONNX file over its size rule, narrowing the rule to what its runs prove.
-
-    Args:
-        path: the ONNX file (run with ONNX Runtime).
-        module: the PyTorch network.
-        metadata: the file's metadata.
-        rule: its ``segdeploy.export.capture.SizeRule``.
-        trace_shape: the NCHW shape it was traced at.
-        narrow: called with a narrower rule; rewrites the file for it and returns its new metadata.
-        progress: optional callable receiving one line per shape.
-
-    Returns:
-        The last ``VerificationReport`` and the rule it verified. A failing probe narrows the rule
-        (``segdeploy.proof.narrowed_rule``: a maximum size, or the traced size alone), and the narrowed
-        file is verified again over its own plan; a failure that no narrowing leaves out stays a failure.
-    """
-    from segdeploy.proof import narrowed_rule
-    from segdeploy.runtime import open_runner
-
-    while True:
-        shapes, probes = verification_plan(
-            trace_shape, rule.min_size, rule.multiple, rule.max_size, metadata.dynamic_axes
-        )
-        runner = open_runner(path, runtime="ort", precision=metadata.precision)  # a temporary file: name the runtime
-        report = verify(runner, module, shapes=shapes, metadata=metadata, progress=progress, probe_shapes=probes)
-        narrower = narrowed_rule(rule, trace_shape, report.results)
-        if report.passed or narrower == rule:
-            return report, rule
-        rule, metadata = narrower, narrow(narrower)
-
-
 def _engine_metadata(engine: Any) -> Metadata:
     """An engine's metadata: that of the ONNX its sidecar names when the file is still there, else its precision."""
     from pathlib import Path

@@ -23,6 +23,7 @@ from segdeploy.bundle.layout import file_hashes
 from segdeploy.bundle.manifest import dumps
 from segdeploy.cli import app
 from segdeploy.errors import MissingDependencyError
+from segdeploy.pipeline import IOFormat
 
 runner = CliRunner()
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -50,18 +51,28 @@ class TinySeg(nn.Module):
 # name -> (in channels, classes, NCHW trace shape, export options)
 FLAVOURS = {
     # raw BGR frames in, normalization and argmax in the graph, at an odd size
-    "u8_classmap": (3, 4, (1, 3, 27, 41), {"input_format": "uint8-nhwc", "color": "bgr", "output": "classmap"}),
+    "u8_classmap": (
+        3,
+        4,
+        (1, 3, 27, 41),
+        {"io": IOFormat(input_format="uint8-nhwc", color="bgr", output_kind="classmap")},
+    ),
     # FP16 with probabilities and one std for all channels
     "fp16_probs": (
         3,
         4,
         (2, 3, 32, 40),
-        {"precision": "fp16", "output": "probs", "mean": (0.5, 0.4, 0.3), "std": (0.25, 0.25, 0.25)},
+        {"precision": "fp16", "io": IOFormat(output_kind="probs", mean=(0.5, 0.4, 0.3), std=(0.25, 0.25, 0.25))},
     ),
     # the plain export: float32 in, ImageNet normalization (per-channel std) by the caller, logits out
     "logits": (3, 4, (1, 3, 24, 32), {}),
     # one gray channel, one class, fixed shape
-    "gray_probs": (1, 1, (2, 1, 20, 28), {"output": "probs", "mean": (0.5,), "std": (0.2,), "dynamic": False}),
+    "gray_probs": (
+        1,
+        1,
+        (2, 1, 20, 28),
+        {"io": IOFormat(output_kind="probs", mean=(0.5,), std=(0.2,)), "dynamic": False},
+    ),
 }
 
 
@@ -74,7 +85,7 @@ def tiny_net(name: str) -> nn.Module:
 
 @functools.cache
 def _exports(base: Path) -> dict[str, Path]:
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import export_onnx
 
     directory = base / "bundle_models"
     directory.mkdir()

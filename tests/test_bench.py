@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdeploy import bench, cache
+from segdeploy import bench, cache, pipeline
 from segdeploy.artifact import Runtime
 from segdeploy.bench import BenchRecord, BenchSuite, benchmark, latency_stats
 from segdeploy.errors import MissingDependencyError, UserInputError
@@ -250,7 +250,7 @@ def test_bench_restores_the_torch_thread_count(tmp_path, monkeypatch):
     _tiny_conv_onnx(model)
     before = torch.get_num_threads()
     other = 2 if before != 2 else 1
-    bench.run_benchmarks([str(model)], shape=(1, 3, 16, 16), iters=1, warmup=0, threads=other)
+    pipeline.run_benchmarks([str(model)], shape=(1, 3, 16, 16), iters=1, warmup=0, threads=other)
     assert torch.get_num_threads() == before
 
 
@@ -319,7 +319,7 @@ def test_cli_smoke_torch_and_ort_side_by_side(cli, tmp_path, monkeypatch):
     _tiny_conv_onnx(cached)
     import segdeploy.export.onnx
 
-    monkeypatch.setattr(segdeploy.export.onnx, "export_onnx", lambda *a, **k: pytest.fail("exported despite the cache"))
+    monkeypatch.setattr(segdeploy.export.onnx, "build_onnx", lambda *a, **k: pytest.fail("exported despite the cache"))
     # the bench exports at each batch's shape only through the cache: batch 1 is the shape asked for
 
     out_json, out_csv = tmp_path / "bench.json", tmp_path / "bench.csv"
@@ -382,7 +382,7 @@ def test_cli_int8_asks_for_calibration_by_an_option_that_exists(cli, tmp_path, m
         _tiny_conv_onnx(tmp_path / "int8.onnx")
         return tmp_path / "int8.onnx"
 
-    monkeypatch.setattr(cache, "cached_onnx", fake_cached_onnx)
+    monkeypatch.setattr(pipeline, "cached_onnx", fake_cached_onnx)
     args = ["--engine", "ort", "--precision", "int8", "--calib", str(calib), "--calib-size", "2", "--iters", "2"]
     result = cli(*SMALL_UNET, *args, "--warmup", "0", "--json")
     assert result.exit_code == 0, result.output

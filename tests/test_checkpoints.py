@@ -249,7 +249,7 @@ def test_wrapped_checkpoints_load_and_export_the_model_they_were_saved_from(tmp_
     import numpy as np
     from helpers import calibrate_batchnorm
 
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import ModelSpec, export_onnx
     from segdeploy.runtime import open_runner
 
     namespace: dict = {}
@@ -260,7 +260,9 @@ def test_wrapped_checkpoints_load_and_export_the_model_they_were_saved_from(tmp_
     path = tmp_path / "trained.ckpt"
     torch.save({"state_dict": _prefixed(source.state_dict(), prefix), "epoch": 9}, path)
     out = tmp_path / "net.onnx"
-    export_onnx(f"{tmp_path / 'net.py'}:{factory}", out, input_shape=(1, 3, 32, 32), num_classes=3, weights=path)
+    export_onnx(
+        f"{tmp_path / 'net.py'}:{factory}", out, input_shape=(1, 3, 32, 32), spec=ModelSpec(num_classes=3, weights=path)
+    )
     x = np.random.default_rng(0).standard_normal((2, 3, 40, 24), dtype=np.float32)
     with open_runner(out) as runner:
         got = runner.infer(x)

@@ -13,7 +13,7 @@ Three bundles from two briefly trained tiny nets (random weights sit on near-tie
 - ``grey_probs``: uint8 NCHW 1-channel in, fixed shape 2x1x45x67 (the frame is repeated over the batch), 1-class
   sigmoid out (p > 0.5): bright versus dark pixels.
 
-Each is exported by ``segdeploy.export.onnx.export_onnx`` (which fuses the pre- and post-processing and records
+Each is exported by ``segdeploy.pipeline.export_onnx`` (which fuses the pre- and post-processing and records
 them in the metadata) and bundled by ``segdeploy.bundle.write_bundle``: the C++ program reads real bundles.
 """
 
@@ -35,7 +35,7 @@ from torch import nn
 
 from segdeploy.bundle import write_bundle
 from segdeploy.data import make_shapes, train_tiny
-from segdeploy.export.onnx import export_onnx
+from segdeploy.pipeline import IOFormat, export_onnx
 
 pytestmark = pytest.mark.slow  # builds the C++ program
 
@@ -166,7 +166,11 @@ def models(tmp_path_factory) -> dict:
             MultipleOf8(rgb_net),
             (2, 3, *TRACE_SIZE),
             four_labels,
-            {"input_format": "uint8-nhwc", "mean": (TRAIN_MEAN,) * 3, "std": (TRAIN_STD,) * 3, "output": "classmap"},
+            {
+                "io": IOFormat(
+                    input_format="uint8-nhwc", mean=(TRAIN_MEAN,) * 3, std=(TRAIN_STD,) * 3, output_kind="classmap"
+                )
+            },
         ),
         # mean/std in RGB order, as export takes them; the manifest gives them in the input's (BGR) order
         "bgr_logits": (
@@ -174,11 +178,9 @@ def models(tmp_path_factory) -> dict:
             (2, 3, *TRACE_SIZE),
             four_labels,
             {
-                "input_format": "float32-nchw",
-                "color": "bgr",
-                "mean": IMAGENET_MEAN,
-                "std": IMAGENET_STD,
-                "output": "logits",
+                "io": IOFormat(
+                    input_format="float32-nchw", color="bgr", mean=IMAGENET_MEAN, std=IMAGENET_STD, output_kind="logits"
+                )
             },
         ),
         "grey_probs": (
@@ -186,10 +188,7 @@ def models(tmp_path_factory) -> dict:
             (2, 1, *IMAGE_SIZE),
             ["bright"],
             {
-                "input_format": "uint8-nchw",
-                "mean": (TRAIN_MEAN,),
-                "std": (TRAIN_STD,),
-                "output": "probs",
+                "io": IOFormat(input_format="uint8-nchw", mean=(TRAIN_MEAN,), std=(TRAIN_STD,), output_kind="probs"),
                 "dynamic": False,
             },
         ),

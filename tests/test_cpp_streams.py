@@ -35,7 +35,7 @@ from torch import nn
 
 from segdeploy.bundle import write_bundle
 from segdeploy.data import make_shapes
-from segdeploy.export.onnx import export_onnx
+from segdeploy.pipeline import IOFormat, export_onnx
 
 pytestmark = pytest.mark.slow  # builds the C++ program
 
@@ -76,17 +76,17 @@ def bundles(tmp_path_factory) -> dict[str, Path]:
     f32: float32 NCHW BGR normalized by the caller, logits, any size."""
     root = tmp_path_factory.mktemp("stream_bundles")
     specs = {
-        "u8": (MultipleOf8(Net()), {"input_format": "uint8-nhwc", "output": "classmap"}),
+        "u8": (MultipleOf8(Net()), IOFormat(input_format="uint8-nhwc", output_kind="classmap")),
         "f32": (
             Net(),
-            {"input_format": "float32-nchw", "color": "bgr", "mean": (0.485, 0.456, 0.406),
-             "std": (0.229, 0.224, 0.225), "output": "logits"},
+            IOFormat(input_format="float32-nchw", color="bgr", mean=(0.485, 0.456, 0.406),
+                     std=(0.229, 0.224, 0.225), output_kind="logits"),
         ),
     }  # fmt: skip
     out = {}
-    for name, (module, options) in specs.items():
+    for name, (module, io) in specs.items():
         onnx_path = root / f"{name}.onnx"
-        export_onnx(module.eval(), onnx_path, input_shape=(2, 3, 32, 48), opset=17, **options)
+        export_onnx(module.eval(), onnx_path, input_shape=(2, 3, 32, 48), opset=17, io=io)
         out[name] = write_bundle(onnx_path, root / name, name=name)
     return out
 

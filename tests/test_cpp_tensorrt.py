@@ -25,7 +25,7 @@ import pytest
 from cpp_support import CPP, assert_one_error_line, build, cuda_headers, infer, pipeline_of, run
 
 from segdeploy.bundle import write_bundle
-from segdeploy.export.onnx import export_onnx
+from segdeploy.pipeline import IOFormat, export_onnx
 
 pytestmark = pytest.mark.slow
 
@@ -90,7 +90,7 @@ def onnx_bundles(tmp_path_factory) -> dict[str, Path]:
         torch.manual_seed(0)
         path = root / f"{kind}.onnx"
         export_onnx(nn.Conv2d(3, 4, 1).eval(), path, input_shape=(2, 3, 32, 48), opset=17,
-                    input_format="uint8-nhwc", output=kind)  # fmt: skip
+                    io=IOFormat(input_format="uint8-nhwc", output_kind=kind))  # fmt: skip
         out[kind] = write_bundle(path, root / kind, name=kind)
     return out
 

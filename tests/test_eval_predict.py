@@ -29,9 +29,9 @@ from segdeploy.bundle.layout import palette
 from segdeploy.bundle.manifest import BundleManifest
 from segdeploy.cli import app
 from segdeploy.data import make_shapes, train_tiny
-from segdeploy.export.onnx import export_onnx
 from segdeploy.frames import FramePipeline
 from segdeploy.models.loading import load_model
+from segdeploy.pipeline import Calibration, IOFormat, ModelSpec, export_onnx
 from segdeploy.runtime import open_runner
 
 runner = CliRunner()
@@ -129,18 +129,18 @@ def world(tmp_path_factory):
         shutil.copytree(images, camvid / split)
         shutil.copytree(masks, camvid / f"{split}annot")
     shape = (1, 3, 32, 32)
-    fp32 = export_onnx(tiny, root / "tiny.onnx", input_shape=shape, num_classes=NUM_CLASSES, weights=tiny_pt).path
+    tiny_spec = ModelSpec(num_classes=NUM_CLASSES, weights=tiny_pt)
+    fp32 = export_onnx(tiny, root / "tiny.onnx", input_shape=shape, spec=tiny_spec).path
     int8 = export_onnx(
-        tiny, root / "tiny.int8.onnx", input_shape=shape, num_classes=NUM_CLASSES, weights=tiny_pt,
-        precision="int8", calibration=f"camvid:{camvid}:train", verify=False,
+        tiny, root / "tiny.int8.onnx", input_shape=shape, spec=tiny_spec,
+        precision="int8", calibration=Calibration(f"camvid:{camvid}:train"), verify=False,
     ).path  # fmt: skip
     fp16 = export_onnx(
-        tiny, root / "tiny.fp16.onnx", input_shape=shape, num_classes=NUM_CLASSES, weights=tiny_pt,
-        precision="fp16", verify=False,
+        tiny, root / "tiny.fp16.onnx", input_shape=shape, spec=tiny_spec, precision="fp16", verify=False,
     ).path  # fmt: skip
     frames = export_onnx(
-        strict, root / "strict.onnx", input_shape=shape, num_classes=NUM_CLASSES, weights=strict_pt,
-        input_format="uint8-nhwc", color="bgr", output="classmap",
+        strict, root / "strict.onnx", input_shape=shape, spec=ModelSpec(num_classes=NUM_CLASSES, weights=strict_pt),
+        io=IOFormat(input_format="uint8-nhwc", color="bgr", output_kind="classmap"),
     )  # fmt: skip
     assert frames.metadata.size_multiple == 4
     bundle = write_bundle(frames.path, root / "strict_bundle")

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from segdeploy.artifact import read_metadata
 from segdeploy.errors import ExportError, UserInputError
-from segdeploy.export.onnx import export_onnx
 from segdeploy.models import create_model, model_info
+from segdeploy.pipeline import IOFormat, ModelSpec, export_onnx
 from segdeploy.proof import PROBE_CRITERION
 
 FORBIDDEN_OPS = {"MaxUnpool", "ScatterND", "ArgMax", "TopK"}
@@ -135,7 +135,9 @@ def test_every_zoo_model_with_calibrated_weights_exports_lints_clean_and_verifie
 def test_user_segnet_with_functional_unpooling_exports_and_verifies(tmp_path):
     (tmp_path / "tiny_segnet.py").write_text(USER_SEGNET)
     path = tmp_path / "segnet.onnx"
-    result = export_onnx(f"{tmp_path / 'tiny_segnet.py'}:build", path, input_shape=(1, 3, 37, 50), num_classes=4)
+    result = export_onnx(
+        f"{tmp_path / 'tiny_segnet.py'}:build", path, input_shape=(1, 3, 37, 50), spec=ModelSpec(num_classes=4)
+    )
     assert result.metadata.rewrites == ("max_unpool",)
     assert result.verification.passed, result.verification.worst()
     assert read_metadata(path).architecture.endswith("tiny_segnet.py:build")
@@ -149,7 +151,7 @@ def test_user_adaptive_pooling_module_is_exact_where_bins_do_not_divide(tmp_path
     (tmp_path / "ppm.py").write_text(USER_PPM)
     spec, path = f"{tmp_path / 'ppm.py'}:Pyramid", tmp_path / "ppm.onnx"
     torch.manual_seed(7)
-    result = export_onnx(spec, path, input_shape=(1, 3, 36, 48), num_classes=4)
+    result = export_onnx(spec, path, input_shape=(1, 3, 36, 48), spec=ModelSpec(num_classes=4))
     assert result.metadata.rewrites == ("adaptive_avg_pool",)
     assert result.verification.passed, result.verification.worst()
     torch.manual_seed(7)  # the same weights as the exported module
@@ -270,6 +272,59 @@ def test_failed_verification_exits_4_writes_the_report_but_no_model(tmp_path, mo
     assert data["verification"]["passed"] is False and data["rewrites"] == ["adaptive_avg_pool"]
 
 
+def test_a_failed_export_raises_its_report_and_would_be_result_as_attributes(tmp_path, monkeypatch):
+    import pickle
+
+    import segdeploy.verify as verify_module
+    from segdeploy.errors import VerificationError
+    from segdeploy.pipeline import ExportVerificationError
+
+    real_verify = verify_module.verify
+
+    def strict_verify(*args, **kwargs):
+        report = real_verify(*args, **kwargs)
+        report.results[0].passed = False  # as if ONNX Runtime had disagreed
+        report.results[0].failed = ["error 1 is 9x the noise floor"]
+        return report
+
+    monkeypatch.setattr(verify_module, "verify", strict_verify)
+    target = tmp_path / "tiny.onnx"
+    with pytest.raises(VerificationError) as caught:
+        export_onnx(TinyNet(), target, input_shape=(1, 3, 32, 40))
+    error = caught.value
+    assert isinstance(error, ExportVerificationError) and error.exit_code == 4
+    assert not error.report.passed and "noise floor" in error.report.worst()
+    assert error.result.path == target and error.result.verification is error.report
+    assert error.result.to_dict()["verification"]["passed"] is False
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    again = pickle.loads(pickle.dumps(error))  # e.g. across processes: the attributes travel with it
+    assert str(again) == str(error) and again.report.worst() == error.report.worst()
+
+
+def test_the_public_names_are_the_composed_export_and_its_option_groups():
+    import segdeploy
+    import segdeploy.pipeline
+    from segdeploy.export import options
+
+    assert segdeploy.export_onnx is segdeploy.pipeline.export_onnx
+    assert segdeploy.ExportResult is segdeploy.pipeline.ExportResult
+    assert (segdeploy.ModelSpec, segdeploy.IOFormat, segdeploy.Calibration) == (
+        options.ModelSpec,
+        options.IOFormat,
+        options.Calibration,
+    )
+
+
+def test_option_errors_come_before_the_output_path_is_checked(tmp_path):
+    missing_dir = tmp_path / "no" / "such" / "dir" / "x.onnx"
+    with pytest.raises(UserInputError, match="opset"):
+        export_onnx(TinyNet(), missing_dir, input_shape=(1, 3, 32, 32), opset=9)
+    with pytest.raises(UserInputError, match="needs calibration data"):
+        export_onnx(TinyNet(), missing_dir, input_shape=(1, 3, 32, 32), precision="int8")
+    with pytest.raises(UserInputError, match="directory"):
+        export_onnx(TinyNet(), missing_dir, input_shape=(1, 3, 32, 32))
+
+
 def test_capture_failure_names_the_cause_and_the_models_line_and_writes_nothing(tmp_path):
     class DataDependent(nn.Module):
         def forward(self, x):
@@ -359,7 +414,7 @@ def _user_file(tmp_path, name: str, source: str) -> str:
 def test_textbook_segnet_exports_at_multiples_of_32_with_a_clear_note(tmp_path):
     file = _user_file(tmp_path, "textbook_segnet", TEXTBOOK_SEGNET)
     path = tmp_path / "textbook.onnx"
-    result = export_onnx(f"{file}:build", path, input_shape=(1, 3, 64, 64), num_classes=4)
+    result = export_onnx(f"{file}:build", path, input_shape=(1, 3, 64, 64), spec=ModelSpec(num_classes=4))
     assert result.size_rule.multiple == 32 and "accepts only multiples of 32" in " ".join(result.warnings)
     meta = read_metadata(path)
     assert (meta.size_multiple, meta.min_size) == (32, 32)
@@ -445,14 +500,18 @@ def test_user_segnet_with_textbook_unpooling_exports_verifies_and_is_refused_oth
 
 def test_unet_whose_skips_must_line_up_exports_at_multiples_of_16(tmp_path):
     file = _user_file(tmp_path, "strict_unet", STRICT_UNET)
-    result = export_onnx(f"{file}:StrictUNet", tmp_path / "u.onnx", input_shape=(1, 3, 48, 64), num_classes=3)
+    result = export_onnx(
+        f"{file}:StrictUNet", tmp_path / "u.onnx", input_shape=(1, 3, 48, 64), spec=ModelSpec(num_classes=3)
+    )
     assert result.size_rule.multiple == 16
     assert result.verification.passed, result.verification.worst()
 
 
 def test_model_that_raises_on_other_sizes_exports_and_verifies_at_valid_ones(tmp_path):
     file = _user_file(tmp_path, "checked", DIVISIBLE_BY_32)
-    result = export_onnx(f"{file}:Checked", tmp_path / "c.onnx", input_shape=(1, 3, 64, 96), num_classes=2)
+    result = export_onnx(
+        f"{file}:Checked", tmp_path / "c.onnx", input_shape=(1, 3, 64, 96), spec=ModelSpec(num_classes=2)
+    )
     assert result.size_rule.multiple == 32
     assert result.verification.passed, result.verification.worst()
     assert read_metadata(tmp_path / "c.onnx").dynamic_axes == ("batch", "height", "width")
@@ -583,11 +642,9 @@ def test_uint8_classmap_file_gives_pytorchs_argmax_of_the_normalized_input(tmp_p
         model,
         path,
         input_shape=(1, 3, 64, 64),
-        input_format=input_format,
-        output="classmap",
-        color="bgr",
-        mean=(0.4, 0.5, 0.6),
-        std=(0.2, 0.25, 0.3),
+        io=IOFormat(
+            input_format=input_format, output_kind="classmap", color="bgr", mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3)
+        ),
     )
     assert result.verification.passed, result.verification.worst()
     assert result.lint.ok, [i.message for i in result.lint.issues]  # the uint8 input feeds only a Cast

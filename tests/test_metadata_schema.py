@@ -75,7 +75,7 @@ def test_metadata_round_trips_through_json_and_the_onnx_props_and_validates(vali
 
 
 def test_an_exported_files_metadata_validates(validator, tmp_path):
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import export_onnx
 
     path = tmp_path / "tiny.onnx"
     export_onnx(nn.Conv2d(3, 2, 1), path, input_shape=(1, 3, 16, 16), verify=False)

@@ -21,8 +21,8 @@ from typer.testing import CliRunner
 
 from segdeploy.cli import app
 from segdeploy.data import make_shapes, train_tiny
-from segdeploy.export.onnx import export_onnx
 from segdeploy.models import create_model, model_info
+from segdeploy.pipeline import ModelSpec, export_onnx
 from segdeploy.verify import verification_shapes, verify
 
 SHAPE = (1, 3, 64, 64)
@@ -48,7 +48,10 @@ class _Exports(dict):
         torch.save(model.state_dict(), weights)
         path = self.root / f"{name}.onnx"
         result = export_onnx(
-            name, path, input_shape=SHAPE, num_classes=5, weights=weights, config=model_info(name).test_config
+            name,
+            path,
+            input_shape=SHAPE,
+            spec=ModelSpec(num_classes=5, weights=weights, config=model_info(name).test_config),
         )
         self[name] = (path, weights, model, result)
         return self[name]

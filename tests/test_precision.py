@@ -195,7 +195,7 @@ def test_fp16_unpooling_after_conv_relu_keeps_one_value_per_window(tmp_path):
             # nonzero values, so a dropped one shows as an empty window
             return F.max_unpool2d(pooled + 1.0, indices, 2, 2, output_size=y.shape[-2:])
 
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import export_onnx
 
     torch.manual_seed(0)
     export_onnx(ConvUnpool().eval(), tmp_path / "unpool.onnx", input_shape=TRACE_SHAPE, opset=17, verify=False)
@@ -298,7 +298,7 @@ class _PixelMean(nn.Module):
 
 
 def test_a_sum_over_pixels_made_a_mean_stays_finite_in_fp16(tmp_path):
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import export_onnx
 
     model = _PixelMean().eval()
     with torch.no_grad():
@@ -322,7 +322,7 @@ class _SharedTwo(nn.Module):
 
 
 def test_a_constant_shared_by_fp32_and_fp16_nodes_converts(tmp_path):
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import export_onnx
 
     result = export_onnx(_SharedTwo(), tmp_path / "shared.onnx", input_shape=(1, 3, 8, 8), precision="fp16")
     assert result.verification.passed, result.verification.worst()
@@ -351,7 +351,7 @@ def _zoo_gcu() -> nn.Module:
     "build", [_OneGraphUnit, pytest.param(_zoo_gcu, marks=pytest.mark.slow)], ids=["one unit", "zoo gcu"]
 )
 def test_softmax_scores_from_distances_are_computed_in_fp32(tmp_path, build):
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import export_onnx
 
     torch.manual_seed(0)
     model = build().eval()

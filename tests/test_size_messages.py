@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from segdeploy.artifact import Metadata
 from segdeploy.cli import app
 from segdeploy.errors import UserInputError
-from segdeploy.export.onnx import export_onnx
 from segdeploy.export.translate import readable_dim
+from segdeploy.pipeline import ModelSpec, export_onnx
 from segdeploy.runtime import open_runner
 from segdeploy.shapes import size_problem
 
@@ -79,7 +79,7 @@ def pooled(tmp_path_factory):
     root = tmp_path_factory.mktemp("pooled")
     (root / "pooled.py").write_text(POOLED)
     out = root / "pooled.onnx"
-    result = export_onnx(f"{root / 'pooled.py'}:Pooled", out, input_shape=(1, 3, 32, 48), num_classes=4)
+    result = export_onnx(f"{root / 'pooled.py'}:Pooled", out, input_shape=(1, 3, 32, 48), spec=ModelSpec(num_classes=4))
     assert result.size_rule.multiple == 8 and result.verification.passed
     return out
 

@@ -157,7 +157,9 @@ def test_a_file_fixed_to_its_traced_size_refuses_other_sizes_at_its_input(tmp_pa
 
     model = PatchUnfold().eval()
     path = tmp_path / "fixed.onnx"
-    result = segdeploy.export_onnx(model, path, input_shape=(1, 3, 64, 64), opset=17, verify=False, output=kind)
+    result = segdeploy.export_onnx(
+        model, path, input_shape=(1, 3, 64, 64), opset=17, verify=False, io=segdeploy.IOFormat(output_kind=kind)
+    )
     proto = onnx.load(path)
     translate.fix_spatial_dims(proto, (64, 64), result.metadata.preprocessing.input_format)
     dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]

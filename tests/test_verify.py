@@ -338,7 +338,7 @@ def test_no_signal_names_zero_tiny_and_constant_outputs_and_passes_real_ones():
 
 @pytest.mark.parametrize(("factory", "reason"), [("Zero", "zero everywhere"), ("Vanishing", "normal range")])
 def test_an_output_without_signal_is_refused_not_judged_ok(tmp_path, factory, reason):
-    from segdeploy.export.onnx import export_onnx
+    from segdeploy.pipeline import export_onnx
 
     (tmp_path / "dead.py").write_text(DEAD_NETS)
     spec = f"{tmp_path / 'dead.py'}:{factory}"

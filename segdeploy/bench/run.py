@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,9 +24,35 @@ from segdeploy.bench.measure import benchmark, check_loop_options
 from segdeploy.bench.stats import BenchRecord, BenchSuite
 from segdeploy.errors import UserInputError
 from segdeploy.runtime.base import MIN_ITERATIONS
+from segdeploy.shapes import Shape
 
 # progress(done, total, what): called before each measurement and once at the end (done == total).
 ProgressCallback = Callable[[int, int, str], None]
+
+
+class BenchFiles(Protocol):
+    """Where the bench gets the files it times (``segdeploy.pipeline.CachedFiles``: from the cache)."""
+
+    def onnx(
+        self,
+        name: str,
+        *,
+        config: dict[str, Any],
+        shape: Shape,
+        precision: Precision,
+        num_classes: int,
+        opset: int,
+        calibration: str | os.PathLike[str] | None,
+        calib_size: int,
+    ) -> Path:
+        """Zoo model ``name`` exported with dynamic N/H/W at these settings."""
+        ...
+
+    def engine(
+        self, onnx_path: Path, *, min_shape: Shape, opt_shape: Shape, max_shape: Shape, precision: Precision | None
+    ) -> Path:
+        """A TensorRT engine built from ``onnx_path`` with this profile (precision None: the file's own)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -148,6 +174,7 @@ def run_benchmarks(
     models: Sequence[str] = (),
     engines: Sequence[Runtime | str] | None = None,
     *,
+    files: BenchFiles,
     shape: tuple[int, int, int, int] = (1, 3, 512, 512),
     batches: Sequence[int] | None = None,
     precision: Precision | str | None = None,
@@ -157,7 +184,6 @@ def run_benchmarks(
     iters: int | None = None,
     seconds: float | None = None,
     threads: int | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
     model_config: dict[str, Any] | None = None,
     small: bool = False,
@@ -170,6 +196,8 @@ def run_benchmarks(
     Args:
         models: zoo names, ``.onnx`` files or ``.engine`` files; empty means every zoo model.
         engines: ``torch``, ``ort``, ``trt``, in the order the table compares them; None picks ``default_engines``.
+        files: where zoo models' exports and engines come from (``segdeploy.pipeline.run_benchmarks`` passes
+            the cache's).
         shape: ``NxCxHxW``; N is the batch unless ``batches`` is given.
         batches: batch sizes to run.
         precision: what zoo models are exported at: ``fp32`` (default), ``fp16``, ``int8``... (not on torch).
@@ -178,7 +206,6 @@ def run_benchmarks(
             many images to use.
         warmup, iters, seconds: see ``segdeploy.bench.measure.benchmark``.
         threads: intra-op threads for torch and ONNX Runtime alike, restored afterwards; default torch's count.
-        cache_dir: where exported ONNX and engines are kept (``segdeploy.cache``).
         progress: ``progress(done, total, what)`` callback.
         model_config: builder options for zoo models (e.g. ``{"width_mult": 0.25}``).
         small: use each zoo model's ``test_config`` (fast smoke runs); ``model_config`` overrides it.
@@ -227,7 +254,7 @@ def run_benchmarks(
                 if progress:
                     progress(len(records), total, f"{target.name} {engine.value}: preparing")
                 source = _engine_source(
-                    target, engine, config, shape, batch_sizes, precision, num_classes, cache_dir, opset,
+                    target, engine, config, shape, batch_sizes, precision, num_classes, files, opset,
                     calibration, calib_size,
                 )  # fmt: skip
                 # A file runs at its own precision: the runner reads it from the metadata or sidecar.
@@ -280,12 +307,10 @@ def _flops_per_image(
 
 def _engine_source(
     target: BenchTarget, engine: Runtime, config: dict[str, Any], shape: tuple[int, int, int, int],
-    batch_sizes: Sequence[int], precision: Precision, num_classes: int, cache_dir: Any, opset: int,
+    batch_sizes: Sequence[int], precision: Precision, num_classes: int, files: BenchFiles, opset: int,
     calibration: Any = None, calib_size: int = 64,
 ) -> Any:  # fmt: skip
     """What the runner loads: an ``nn.Module`` for torch, an ONNX path for ort, an engine path for trt."""
-    from segdeploy import cache
-
     if engine is Runtime.TORCH:
         from segdeploy.models.loading import load_model
 
@@ -295,7 +320,7 @@ def _engine_source(
     if target.kind == "onnx":
         onnx_path = target.path
     else:
-        onnx_path = cache.cached_onnx(
+        onnx_path = files.onnx(
             target.name,
             config=config,
             shape=shape,
@@ -304,19 +329,17 @@ def _engine_source(
             opset=opset,
             calibration=calibration,
             calib_size=calib_size,
-            cache_dir=cache_dir,
         )
     if engine is Runtime.ORT:
         return onnx_path
     c, h, w = shape[1:]
     lo, hi = min(batch_sizes), max(batch_sizes)
-    return cache.cached_engine(
+    return files.engine(
         onnx_path,
         min_shape=(lo, c, h, w),
         opt_shape=(hi, c, h, w),
         max_shape=(hi, c, h, w),
         precision=precision if target.kind == "zoo" else None,
-        cache_dir=cache_dir,
     )
 
 

@@ -87,7 +87,7 @@ def bench_cmd(
     --json prints the records and the environment as JSON on stdout; --report PATH writes them to a file.
     """
     from segdeploy import report
-    from segdeploy.bench import run_benchmarks
+    from segdeploy.pipeline import run_benchmarks
     from segdeploy.shapes import parse_shape
 
     input_shape = parse_shape(shape)

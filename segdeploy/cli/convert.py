@@ -181,10 +181,9 @@ def export_cmd(
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from segdeploy.errors import VerificationError
-    from segdeploy.export.onnx import STAGES, export_onnx
     from segdeploy.fileio import check_output_path
     from segdeploy.models.loading import is_user_spec
+    from segdeploy.pipeline import STAGES, Calibration, ExportVerificationError, IOFormat, ModelSpec, export_onnx
     from segdeploy.shapes import parse_shape
 
     shape = parse_shape(input_shape) if input_shape else (1, in_channels, 512, 512)
@@ -194,6 +193,15 @@ def export_cmd(
     replaced = output.is_file()
     if report is not None:
         check_output_path(report)
+    spec = ModelSpec(num_classes=num_classes, weights=weights, config=parse_config(config))
+    io = IOFormat(
+        input_format=input_format,
+        color=color,
+        mean=parse_floats(mean, "--mean"),
+        std=parse_floats(std, "--std"),
+        output_kind=output_kind,
+    )
+    calibration = Calibration(calib, max_images=calib_size, quantizer=quantizer) if calib is not None else None
     with Progress(
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -208,33 +216,14 @@ def export_cmd(
 
         try:
             result = export_onnx(
-                model,
-                output,
-                input_shape=shape,
-                opset=opset,
-                dynamic=dynamic,
-                precision=precision,
-                simplify=simplify,
-                verify=verify,
-                num_classes=num_classes,
-                weights=weights,
-                config=parse_config(config),
-                input_format=input_format,
-                color=color,
-                mean=parse_floats(mean, "--mean"),
-                std=parse_floats(std, "--std"),
-                output=output_kind,
-                calibration=calib,
-                calib_size=calib_size,
-                quantizer=quantizer,
-                progress=step,
-            )
-        except VerificationError as exc:
+                model, output, input_shape=shape, opset=opset, dynamic=dynamic, precision=precision, spec=spec,
+                io=io, calibration=calibration, simplify=simplify, verify=verify, progress=step,
+            )  # fmt: skip
+        except ExportVerificationError as exc:
             bar.stop()
-            if getattr(exc, "report", None) is not None:
-                _print_verification(exc.report)  # type: ignore[attr-defined]
-            if report is not None and getattr(exc, "result", None) is not None:
-                write_json(report, exc.result.to_dict())  # type: ignore[attr-defined]
+            _print_verification(exc.report)
+            if report is not None:
+                write_json(report, exc.result.to_dict())
             raise
     _print_export(result, replaced)
     if report is not None:

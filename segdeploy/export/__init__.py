@@ -1,9 +1,10 @@
-"""PyTorch -> ONNX export: graph rewrites, the export pipeline, opset conversion, lint.
+"""PyTorch -> ONNX export: graph rewrites, the export stages, opset conversion, lint.
 
 Submodules are imported on use (``segdeploy.export.lint`` must stay light):
-``capture`` (accepted sizes, one torch.export capture), ``rewrites`` (graph-level rewrites),
-``io`` (fused pre/post-processing), ``onnx`` (``export_onnx``), ``opset`` (exact opset
-conversion), ``lint`` (TensorRT compatibility).
+``options`` (what an export is asked for), ``capture`` (accepted sizes, one torch.export capture),
+``rewrites`` (graph-level rewrites), ``io`` (fused pre/post-processing), ``onnx`` (``build_onnx``:
+capture -> rewrite -> translate -> post-process), ``opset`` (exact opset conversion), ``lint``
+(TensorRT compatibility). Verifying and writing a checked file is ``segdeploy.pipeline.export_onnx``.
 """
 
 from __future__ import annotations
@@ -12,8 +13,12 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "export_onnx": "segdeploy.export.onnx",
-    "ExportResult": "segdeploy.export.onnx",
+    "build_onnx": "segdeploy.export.onnx",
+    "OnnxModel": "segdeploy.export.onnx",
+    "ExportOptions": "segdeploy.export.options",
+    "ModelSpec": "segdeploy.export.options",
+    "IOFormat": "segdeploy.export.options",
+    "Calibration": "segdeploy.export.options",
     "apply_rewrites": "segdeploy.export.rewrites",
     "lint_onnx": "segdeploy.export.lint",
 }
