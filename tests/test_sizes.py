@@ -70,6 +70,129 @@ class TokenView(nn.Module):
         return F.interpolate(self.head(grid), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class GlobalContext(nn.Module):
+    """A global-context branch pooled by 32: at a 32x32 trace it is 1x1, and torch records contiguity
+    guards on that size-1 map (``Eq(w//32, 1)``) that change nothing the graph computes."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.stem(x)
+        context = F.max_pool2d(f, 32)
+        context = context.flatten(2).transpose(1, 2).reshape(context.shape)
+        return self.head(f + F.interpolate(context, size=f.shape[-2:], mode="nearest"))
+
+
+class SmoothingPasses(nn.Module):
+    """One more smoothing pass per 64 columns, counted with a Python int: the capture bakes the count."""
+
+    def __init__(self, num_classes: int = 3) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.head = nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.stem(x)
+        passes = int(x.shape[-1] // 64) + 1
+        for _ in range(passes):
+            f = F.avg_pool2d(f, 3, 1, 1)
+        return self.head(f)
+
+
+class WindowPad(nn.Module):
+    """Swin's pattern: pad the patch grid to a window multiple only when needed, mix within windows, crop."""
+
+    def __init__(self, num_classes: int = 3, window: int = 4) -> None:
+        super().__init__()
+        self.window = window
+        self.embed = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.BatchNorm2d(8))
+        self.mix = nn.Linear(8 * window * window, 8 * window * window)
+        self.head = nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.embed(x)
+        n, c, h, w = f.shape
+        ws = self.window
+        pad_h, pad_w = (ws - h % ws) % ws, (ws - w % ws) % ws
+        if pad_h > 0 or pad_w > 0:
+            f = F.pad(f, (0, pad_w, 0, pad_h))
+        rows, cols = f.shape[2] // ws, f.shape[3] // ws
+        windows = f.reshape(n, c, rows, ws, cols, ws).permute(0, 2, 4, 1, 3, 5).reshape(n, rows, cols, c * ws * ws)
+        windows = self.mix(windows).reshape(n, rows, cols, c, ws, ws).permute(0, 3, 1, 4, 2, 5)
+        f = windows.reshape(n, c, rows * ws, cols * ws)[:, :, :h, :w]
+        return F.interpolate(self.head(f), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def _matches_pytorch(model, path, shapes):
+    """Each shape runs in ONNX Runtime and matches PyTorch within 1e-4 of the output's scale."""
+    proto = onnx.load(path)
+    for shape in shapes:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = run_onnx(proto, x.numpy())
+        assert np.abs(got - expected).max() <= 1e-4 * np.abs(expected).max(), shape
+
+
+def _claimed(rule, trace):
+    """Sizes the rule admits, spread over it: its ends, above the trace, non-square both ways, batch 2."""
+    m, low = rule.multiple, -(-rule.min_size // rule.multiple) * rule.multiple
+    high = rule.max_size // m * m if rule.max_size is not None else 2 * trace[2] // m * m
+    mid = min(max(trace[2] * 3 // 2 // m * m, low), high)
+    return [(2, 3, low, high), (1, 3, high, low), (1, 3, high, high), (2, 3, mid, low)]
+
+
+def _run_sides(result):
+    return {side for r in result.verification.results for side in r.shape[2:]}
+
+
+def test_a_harmless_guard_of_the_capture_does_not_narrow_a_correct_file(tmp_path):
+    from segdeploy.export.capture import capture
+    from segdeploy.export.guards import CaptureGuards
+
+    model = calibrate_batchnorm(GlobalContext(), (2, 3, 64, 64))
+    axes = {0: "batch", 2: "height", 3: "width"}
+    guards = CaptureGuards.from_program(capture(model, torch.randn(2, 3, 32, 32), axes), axes)
+    assert guards.failing((1, 3, 64, 32))  # the capture did assume the traced size there
+    path = tmp_path / "context.onnx"
+    result = segdeploy.export_onnx(model, path, input_shape=(1, 3, 32, 32), opset=17)
+    assert result.verification.passed and not result.size_rule.narrowed
+    assert result.metadata.describe_sizes() == "accepts any height and width, at least 32"
+    assert 64 in _run_sides(result) and max(_run_sides(result)) >= 64  # the runs looked where the guard fails
+    _matches_pytorch(model, path, [(1, 3, 128, 96), (2, 3, 64, 160), (1, 3, 256, 256)])
+
+
+def test_a_size_baked_above_the_trace_narrows_the_rule_to_proven_sizes_naming_the_line(tmp_path):
+    model = calibrate_batchnorm(SmoothingPasses(), (2, 3, 48, 48))
+    path = tmp_path / "passes.onnx"
+    result = segdeploy.export_onnx(model, path, input_shape=(1, 3, 48, 48), opset=17)
+    rule = result.size_rule
+    assert result.verification.passed and rule.fixed is None
+    assert rule.max_size == 63 and rule.valid(48) and not rule.valid(64)
+    assert "test_sizes.py" in rule.narrowed and "Eq(" in rule.narrowed  # the model's own line and its guard
+    assert result.metadata.max_size == 63 and any("sizes narrowed" in note for note in result.warnings)
+    assert {rule.min_size, rule.max_size} <= _run_sides(result)  # both ends of the claim were run
+    _matches_pytorch(model, path, _claimed(rule, (1, 3, 48, 48)))
+    with pytest.raises(AssertionError):  # where the file would be wrong, it is
+        _matches_pytorch(model, path, [(1, 3, 48, 64)])
+
+
+def test_a_window_padding_model_is_narrowed_to_the_window_multiple_its_runs_prove(tmp_path):
+    model = calibrate_batchnorm(WindowPad(), (2, 3, 64, 64))
+    path = tmp_path / "windows.onnx"
+    result = segdeploy.export_onnx(model, path, input_shape=(1, 3, 64, 64), opset=17)
+    rule = result.size_rule
+    assert result.verification.passed and rule.fixed is None and rule.max_size is None
+    assert rule.multiple == 16 and "test_sizes.py" in rule.narrowed
+    assert result.metadata.size_multiple == 16 and result.metadata.min_size == rule.min_size
+    assert max(_run_sides(result)) >= 128  # proven well above the trace
+    _matches_pytorch(model, path, [*_claimed(rule, (1, 3, 64, 64)), (1, 3, 80, 96)])
+    assert not rule.valid(72) and _sizes_that_run(path, [(1, 3, 72, 64)]) == []  # padding needed: the file cannot
+
+
 def _sizes_that_run(path, shapes):
     model = onnx.load(path)
     ok = []
@@ -137,18 +260,34 @@ def test_the_float64_judgement_runs_away_from_the_trace_and_the_trace_is_a_probe
     assert fixed == [(1, 3, 64, 48)] and batch == [(2, 3, 64, 48)]
 
 
-def test_a_failing_probe_narrows_to_a_maximum_or_to_the_traced_size():
+def test_failing_runs_narrow_to_a_maximum_a_minimum_or_the_traced_size():
     from segdeploy.criteria import ShapeComparison
 
     rule = SizeRule(32, 32, 4)
     ok = ShapeComparison((1, 3, 256, 256), (), "noise-floor")
     above = ShapeComparison((1, 3, 1024, 64), (), "float32-probe", passed=False, failed=["runs out"])
     narrowed = narrowed_rule(rule, (1, 3, 256, 256), [ok, above])
-    assert narrowed.max_size == 992 and "1x3x1024x64" in narrowed.narrowed
+    assert narrowed.max_size == 992 and narrowed.min_size == 32 and "1x3x1024x64" in narrowed.narrowed
     below = ShapeComparison((2, 3, 32, 64), (), "float32-probe", passed=False, failed=["runs out"])
-    fixed = narrowed_rule(rule, (1, 3, 256, 256), [ok, above, below])
+    raised = narrowed_rule(rule, (1, 3, 256, 256), [ok, above, below])
+    assert (raised.min_size, raised.max_size) == (64, 992) and not raised.valid(32)
+    # failures on both sides of the trace, close to it: nothing but the traced size is left
+    tall = ShapeComparison((1, 3, 288, 256), (), "float32-probe", passed=False, failed=["runs out"])
+    small = ShapeComparison((1, 3, 224, 224), (), "float32-probe", passed=False, failed=["runs out"])
+    fixed = narrowed_rule(rule, (1, 3, 256, 256), [ok, tall, small])
     assert fixed.fixed == (256, 256) and not fixed.valid(224)
+    # a shape that failed under an earlier, wider rule stays excluded
+    again = narrowed_rule(rule, (1, 3, 256, 256), [ok, above], failed=[(2, 3, 32, 64)])
+    assert (again.min_size, again.max_size) == (64, 992)
     assert narrowed_rule(rule, (1, 3, 256, 256), [ok]) is rule
+
+
+def test_an_output_without_signal_does_not_narrow_the_rule():
+    from segdeploy.criteria import NO_SIGNAL, ShapeComparison
+
+    rule = SizeRule(1, 8, 4)
+    flat = ShapeComparison((1, 3, 33, 35), (), NO_SIGNAL, passed=False, failed=["cannot judge: constant output"])
+    assert narrowed_rule(rule, (1, 3, 64, 64), [flat]) is rule
 
 
 @pytest.mark.parametrize("kind", ["logits", "classmap"])

@@ -235,11 +235,14 @@ def export_onnx(
         # a small shape keeps the check cheap; the traced one is valid wherever the capture's guards are not
         shapes = [_check_shape(shape, rule), example_shape] if dynamic else [shape]
         _check_rewritten(wrapper, program, shapes, preprocessing, found.applied)
-    if dynamic:  # what the capture assumed about sizes, rewrites included: a rule it cannot keep is narrowed
+    guards = None
+    if dynamic:  # what the capture assumed about sizes, rewrites included: where the runs must look
         clock("sizes")
         from segdeploy.export.guards import CaptureGuards
 
-        rule = _narrowed(rule, CaptureGuards.from_program(program, axes).narrow(rule, example_shape), notes)  # type: ignore[arg-type]
+        guards = CaptureGuards.from_program(program, axes)  # type: ignore[arg-type]
+        if not verify and (unproven := guards.unproven(rule, shape)):
+            notes.append(unproven)
 
     clock("onnx")
     contiguous_reshapes(program)
@@ -301,14 +304,16 @@ def export_onnx(
             def narrow(narrower: SizeRule) -> Metadata:
                 nonlocal rule
                 rule = result.size_rule = _narrowed(rule, narrower, notes)
-                metadata.max_size, metadata.dynamic_axes = rule.max_size, _file_axes(axes, rule)
+                metadata.min_size, metadata.size_multiple = rule.min_size, rule.multiple
+                metadata.max_size = rule.max_size
+                metadata.dynamic_axes = _file_axes(axes, rule)
                 if rule.fixed is not None:
                     translate.fix_spatial_dims(proto, rule.fixed, preprocessing.input_format)
                 translate.set_metadata(proto, metadata)
                 translate.save(proto, tmp)
                 return metadata
 
-            result.verification, _ = verify_rule(tmp, loaded.module, metadata, rule, shape, narrow)
+            result.verification, _ = verify_rule(tmp, loaded.module, metadata, rule, shape, narrow, guards=guards)
             report = result.verification
             clock(None)
             result.seconds = time.perf_counter() - started
