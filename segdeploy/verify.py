@@ -419,21 +419,23 @@ def verify_rule(
 
     from segdeploy.proof import narrowed_rule
     from segdeploy.runtime import open_runner
+    from segdeploy.threads import fitted_threads
 
     failed: list[Shape] = []
     passed: list[Shape] = []
-    for round_ in range(NARROWING_ROUNDS + 1):
+    for round_ in range(NARROWING_ROUNDS + 2):
         shapes, probes = verification_plan(
             trace_shape, rule.min_size, rule.multiple, rule.max_size, metadata.dynamic_axes
         )
         if guards is not None and rule.fixed is None:
             probes += [s for s in guards.suspect_shapes(rule, trace_shape) if s not in shapes and s not in probes]
         runner = open_runner(path, runtime="ort", precision=metadata.precision)  # a temporary file: name the runtime
-        report = verify(runner, module, shapes=shapes, metadata=metadata, progress=progress, probe_shapes=probes)
+        with fitted_threads():  # a busy machine: fewer PyTorch threads run the reference faster
+            report = verify(runner, module, shapes=shapes, metadata=metadata, progress=progress, probe_shapes=probes)
         narrower = narrowed_rule(rule, trace_shape, report.results, guards, failed, passed)
         if report.passed or _sizes(narrower) == _sizes(rule):
             return report, rule
-        if round_ == NARROWING_ROUNDS - 1 and narrower.fixed is None:
+        if round_ >= NARROWING_ROUNDS and narrower.fixed is None:
             narrower = replace(narrower, fixed=(trace_shape[2], trace_shape[3]))
         failed += [tuple(r.shape) for r in report.results if not r.passed]
         passed += [tuple(r.shape) for r in report.results if r.passed]

@@ -316,3 +316,20 @@ def test_the_lint_reports_a_size_baked_from_the_trace_and_not_a_correct_file(tmp
     clean = tmp_path / "tokens.onnx"
     segdeploy.export_onnx(TokenView().eval(), clean, input_shape=(1, 3, 64, 64), opset=17, verify=False)
     assert not [i for i in lint_onnx(clean).issues if i.rule == "baked-size"]
+
+
+def test_the_reference_threads_fit_the_idle_cpus_and_are_restored(monkeypatch):
+    from segdeploy import threads
+
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.2, 2.0, 2.0))  # another process keeps a CPU busy
+    assert threads.idle_cpus() == 1
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (0.4, 0.5, 0.5))  # only this process
+    assert threads.idle_cpus() == 2
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (9.0, 9.0, 9.0))
+    assert threads.idle_cpus() == 1
+    monkeypatch.setattr(threads.os, "getloadavg", lambda: (2.2, 2.0, 2.0))
+    before = torch.get_num_threads()
+    with threads.fitted_threads() as used:
+        assert used == min(before, 1) and torch.get_num_threads() == used
+    assert torch.get_num_threads() == before
