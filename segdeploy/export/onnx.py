@@ -234,7 +234,10 @@ def export_onnx(
     if found.applied:
         # a small shape keeps the check cheap; the traced one is valid wherever the capture's guards are not
         shapes = [_check_shape(shape, rule), example_shape] if dynamic else [shape]
-        _check_rewritten(wrapper, program, shapes, preprocessing, found.applied)
+        from segdeploy.threads import fitted_threads
+
+        with fitted_threads():  # a busy machine: fewer PyTorch threads run faster
+            _check_rewritten(wrapper, program, shapes, preprocessing, found.applied)
     guards = None
     if dynamic:  # what the capture assumed about sizes, rewrites included: where the runs must look
         clock("sizes")
