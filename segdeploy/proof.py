@@ -7,10 +7,11 @@ paired with the rule's minimum on the other side: the minimum is run on both sid
 non-square both ways and cost little), and where the capture's guards fail inside the rule
 (``CaptureGuards.suspect_shapes``). The traced size itself is not run: it is the one size where the
 capture is exact by construction (every guard holds there), and a full traced forward in PyTorch and
-in ONNX Runtime would cost a quarter of verification. Those extra shapes are judged more cheaply against PyTorch's
-float32 output, within a multiple of the noise the float64 shapes measured (``compare_probe``). A rule
-whose runs fail is narrowed to what the runs and the guards support (``narrowed_rule``): a range, a
-larger multiple, or the traced size alone; the caller then proves the narrower rule by runs.
+in ONNX Runtime would cost a quarter of verification. Those extra shapes are judged more cheaply
+against PyTorch's float32 output, within a multiple of the noise the float64 shapes measured
+(``compare_probe``). A rule whose runs fail is narrowed to what the runs and the guards support
+(``narrowed_rule``): a range, a larger multiple, or the traced size alone; the caller then proves the
+narrower rule by runs.
 """
 
 from __future__ import annotations
@@ -135,9 +136,8 @@ def narrowed_rule(
     Candidates: the rules the capture's guards allow (``CaptureGuards.candidates``: a range, or a
     larger multiple; a guard that fails where a run passed does not count), the rule bounded by the
     runs (a maximum below the failing shapes above the trace, a minimum above those below it), and
-    the traced size alone. The widest that admits the
-    traced size and none of the failing shapes wins (a guard's rule on a tie); the caller proves it
-    with runs over its own plan.
+    the traced size alone. The widest that admits the traced size and none of the failing shapes
+    wins (a guard's rule on a tie); the caller proves it with runs over its own plan.
 
     Args:
         rule: the ``SizeRule`` the runs tested.
