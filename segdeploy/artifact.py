@@ -239,10 +239,17 @@ class Metadata:
     def static(self) -> bool:
         return not self.dynamic_axes
 
+    @property
+    def fixed_sides(self) -> bool:
+        """Height and width are fixed at the traced ones (a static file, or one narrowed to its traced size)."""
+        return "height" not in self.dynamic_axes or "width" not in self.dynamic_axes
+
     def describe_sizes(self) -> str:
         """The input sizes the file takes, in words: ``fixed 1x3x64x64`` or ``accepts only multiples of 32, ...``."""
         if self.static:
             return f"fixed {format_shape(self.trace_shape)}" if self.trace_shape else "fixed (shape unknown)"
+        if self.fixed_sides and self.trace_shape is not None:
+            return f"fixed height x width {self.trace_shape[2]}x{self.trace_shape[3]}, any batch"
         m = max(self.size_multiple, 1)
         sizes = "any height and width" if m == 1 else f"only multiples of {m}"
         upper = f" and at most {self.max_size}" if self.max_size else ""
@@ -263,6 +270,11 @@ class Metadata:
                     f"{format_shape(self.trace_shape)}"
                 )
             return
+        if self.fixed_sides and self.trace_shape is not None and (h, w) != tuple(self.trace_shape[2:]):
+            raise UserInputError(
+                f"bad {what} shape {format_shape(nchw)}: this file takes only its fixed height x width "
+                f"{self.trace_shape[2]}x{self.trace_shape[3]}"
+            )
         problem = size_problem(h, w, self.size_multiple, self.min_size, self.max_size)
         if problem:
             raise UserInputError(f"bad {what} shape {format_shape(nchw)}: {problem}")

@@ -304,6 +304,17 @@ def test_a_file_fixed_to_its_traced_size_refuses_other_sizes_at_its_input(tmp_pa
     onnx.checker.check_model(proto, full_check=True)
 
 
+def test_a_file_narrowed_to_its_traced_size_says_fixed_and_refuses_other_sizes():
+    from segdeploy.artifact import Metadata
+    from segdeploy.errors import UserInputError
+
+    meta = Metadata(trace_shape=(1, 3, 128, 96), dynamic_axes=("batch",), min_size=36)
+    assert meta.describe_sizes() == "fixed height x width 128x96, any batch"
+    meta.check_size((2, 3, 128, 96))
+    with pytest.raises(UserInputError, match="fixed height x width 128x96"):
+        meta.check_size((1, 3, 96, 96))
+
+
 def test_the_lint_reports_a_size_baked_from_the_trace_and_not_a_correct_file(tmp_path):
     from segdeploy.export.lint import lint_onnx
 
