@@ -157,10 +157,12 @@ def export_onnx(
 
     from segdeploy.export import translate
     from segdeploy.export.capture import SizeRule, capture, check_runs, network_channels, size_rule
+    from segdeploy.export.guards import CaptureGuards
     from segdeploy.export.io import FusedIO
     from segdeploy.export.layout import contiguous_reshapes
     from segdeploy.export.rewrites import apply_rewrites
     from segdeploy.models.loading import provenance
+    from segdeploy.threads import fitted_threads
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -234,15 +236,11 @@ def export_onnx(
     if found.applied:
         # a small shape keeps the check cheap; the traced one is valid wherever the capture's guards are not
         shapes = [_check_shape(shape, rule), example_shape] if dynamic else [shape]
-        from segdeploy.threads import fitted_threads
-
         with fitted_threads():  # a busy machine: fewer PyTorch threads run faster
             _check_rewritten(wrapper, program, shapes, preprocessing, found.applied)
     guards = None
     if dynamic:  # what the capture assumed about sizes, rewrites included: where the runs must look
         clock("sizes")
-        from segdeploy.export.guards import CaptureGuards
-
         guards = CaptureGuards.from_program(program, axes)  # type: ignore[arg-type]
         if not verify and (unproven := guards.unproven(rule, shape)):
             notes.append(unproven)
@@ -308,8 +306,7 @@ def export_onnx(
                 nonlocal rule
                 rule = result.size_rule = _narrowed(rule, narrower, notes)
                 metadata.min_size, metadata.size_multiple = rule.min_size, rule.multiple
-                metadata.max_size = rule.max_size
-                metadata.dynamic_axes = _file_axes(axes, rule)
+                metadata.max_size, metadata.dynamic_axes = rule.max_size, _file_axes(axes, rule)
                 if rule.fixed is not None:
                     translate.fix_spatial_dims(proto, rule.fixed, preprocessing.input_format)
                 translate.set_metadata(proto, metadata)
