@@ -180,6 +180,14 @@ def test_a_size_baked_above_the_trace_narrows_the_rule_to_proven_sizes_naming_th
         _matches_pytorch(model, path, [(1, 3, 48, 64)])
 
 
+def test_without_verification_a_guard_inside_the_rule_is_a_note_not_a_narrowing(tmp_path):
+    model = calibrate_batchnorm(SmoothingPasses(), (2, 3, 48, 48))
+    result = segdeploy.export_onnx(model, tmp_path / "passes.onnx", input_shape=(1, 3, 48, 48), verify=False)
+    assert result.verification is None and not result.size_rule.narrowed and result.metadata.max_size is None
+    notes = [note for note in result.warnings if note.startswith("sizes not proven")]
+    assert len(notes) == 1 and "test_sizes.py" in notes[0] and "1x3x" in notes[0]
+
+
 def test_a_window_padding_model_is_narrowed_to_the_window_multiple_its_runs_prove(tmp_path):
     model = calibrate_batchnorm(WindowPad(), (2, 3, 64, 64))
     path = tmp_path / "windows.onnx"
