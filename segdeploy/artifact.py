@@ -243,14 +243,15 @@ class Metadata:
         """The input sizes the file takes, in words: ``fixed 1x3x64x64`` or ``accepts only multiples of 32, ...``."""
         if self.static:
             return f"fixed {format_shape(self.trace_shape)}" if self.trace_shape else "fixed (shape unknown)"
+        if self._fixed_sides():  # narrowed to its traced height and width, the batch still dynamic
+            return f"fixed height x width {self.trace_shape[2]}x{self.trace_shape[3]}, any batch"  # type: ignore[index]
         m = max(self.size_multiple, 1)
         sizes = "any height and width" if m == 1 else f"only multiples of {m}"
         upper = f" and at most {self.max_size}" if self.max_size else ""
         return f"accepts {sizes}, at least {self.min_size}{upper}"
 
     def check_size(self, nchw: Shape, what: str = "input") -> None:
-        """Refuse an NCHW shape the file does not take: a static file's other shapes, or sides off its rule
-        (``size_multiple``, ``min_size``, ``max_size``).
+        """Refuse an NCHW shape the file does not take: a static or fixed file's other sizes, sides off its rule.
 
         Raises:
             UserInputError: naming the rule and the nearest valid sizes.
@@ -263,9 +264,14 @@ class Metadata:
                     f"{format_shape(self.trace_shape)}"
                 )
             return
+        if self._fixed_sides() and (h, w) != tuple(self.trace_shape[2:]):  # type: ignore[index]
+            raise UserInputError(f"bad {what} shape {format_shape(nchw)}: this file takes {self.describe_sizes()}")
         problem = size_problem(h, w, self.size_multiple, self.min_size, self.max_size)
         if problem:
             raise UserInputError(f"bad {what} shape {format_shape(nchw)}: {problem}")
+
+    def _fixed_sides(self) -> bool:
+        return self.trace_shape is not None and not {"height", "width"} <= set(self.dynamic_axes)
 
     @property
     def index_unpooling(self) -> bool:

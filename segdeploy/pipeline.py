@@ -159,6 +159,12 @@ def export_onnx(
     check_output_path(path)  # before minutes of export work, not after
     clock = StageClock(progress)
     built = build_onnx(model, plan, clock)
+    if (
+        not verify
+        and built.guards is not None
+        and (unproven := built.guards.unproven(built.size_rule, built.trace_shape))
+    ):
+        built.warnings.append(unproven)  # nothing narrows an unverified rule: say where it may not hold
     with atomic_output(path) as tmp:
         built.write(tmp)
         clock("lint")
@@ -186,7 +192,9 @@ def _verify_written(built: OnnxModel, tmp: Path, clock: StageClock) -> Verificat
         built.write(tmp)
         return metadata
 
-    report, _ = verify_rule(tmp, built.module, built.metadata, built.size_rule, built.trace_shape, narrow)
+    report, _ = verify_rule(
+        tmp, built.module, built.metadata, built.size_rule, built.trace_shape, narrow, guards=built.guards
+    )
     return report
 
 
@@ -198,6 +206,7 @@ def verify_rule(
     trace_shape: Shape,
     narrow: Callable[[Any], Metadata],
     progress: Callable[[str], None] | None = None,
+    guards: Any = None,
 ) -> tuple[VerificationReport, Any]:
     """Verify a just-written ONNX file over its size rule, narrowing the rule to what its runs prove.
 
@@ -209,26 +218,50 @@ def verify_rule(
         trace_shape: the NCHW shape it was traced at.
         narrow: called with a narrower rule; rewrites the file for it and returns its new metadata.
         progress: optional callable receiving one line per shape.
+        guards: the capture's ``segdeploy.export.guards.CaptureGuards``: where a guard fails inside the
+            rule, the runs also probe there (``suspect_shapes``), and a failing run is explained by them.
 
     Returns:
-        The last ``VerificationReport`` and the rule it verified. A failing probe narrows the rule
-        (``segdeploy.proof.narrowed_rule``: a maximum size, or the traced size alone), and the narrowed
-        file is verified again over its own plan; a failure that no narrowing leaves out stays a failure.
+        The last ``VerificationReport`` and the rule it verified. A failing run narrows the rule
+        (``segdeploy.proof.narrowed_rule``), and the narrowed file is verified again over its own plan;
+        after ``NARROWING_ROUNDS`` narrowings the next is the traced size alone. A failure that no
+        narrowing leaves out stays a failure.
     """
+    from dataclasses import replace
+
     from segdeploy.proof import narrowed_rule
     from segdeploy.runtime import open_runner
+    from segdeploy.threads import fitted_threads
     from segdeploy.verify import verification_plan, verify
 
-    while True:
+    failed: list[Shape] = []
+    passed: list[Shape] = []
+    for round_ in range(NARROWING_ROUNDS + 2):
         shapes, probes = verification_plan(
             trace_shape, rule.min_size, rule.multiple, rule.max_size, metadata.dynamic_axes
         )
+        if guards is not None and rule.fixed is None:
+            probes += [s for s in guards.suspect_shapes(rule, trace_shape) if s not in shapes and s not in probes]
         runner = open_runner(path, runtime="ort", precision=metadata.precision)  # a temporary file: name the runtime
-        report = verify(runner, module, shapes=shapes, metadata=metadata, progress=progress, probe_shapes=probes)
-        narrower = narrowed_rule(rule, trace_shape, report.results)
-        if report.passed or narrower == rule:
+        with fitted_threads():  # a busy machine: fewer PyTorch threads run the reference faster
+            report = verify(runner, module, shapes=shapes, metadata=metadata, progress=progress, probe_shapes=probes)
+        narrower = narrowed_rule(rule, trace_shape, report.results, guards, failed, passed)
+        if report.passed or _sizes(narrower) == _sizes(rule):
             return report, rule
+        if round_ >= NARROWING_ROUNDS and narrower.fixed is None:
+            narrower = replace(narrower, fixed=(trace_shape[2], trace_shape[3]))
+        failed += [tuple(r.shape) for r in report.results if not r.passed]
+        passed += [tuple(r.shape) for r in report.results if r.passed]
         rule, metadata = narrower, narrow(narrower)
+    return report, rule
+
+
+NARROWING_ROUNDS = 3
+"""How many narrower rules are tried before the traced size alone (each is a verification)."""
+
+
+def _sizes(rule: Any) -> tuple[Any, ...]:
+    return rule.multiple, rule.min_size, rule.max_size, rule.fixed
 
 
 # --------------------------------------------------------------------------- cache -> export / build

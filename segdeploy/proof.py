@@ -2,12 +2,16 @@
 
 The float64 judgement (``segdeploy.verify``) runs at a few shapes, where it decides whether the file
 computes the model within PyTorch's own float32 noise. A size rule promises much more: every height and
-width it admits. So the file also runs at the traced shape, the rule's minimum (batch 2) and, per side,
-well above the traced size (about 2x and 1.5x, each paired with a much smaller other side so that the
-work stays near half a traced forward), non-square both ways. Those extra shapes are judged more cheaply
+width it admits. So the file also runs, per side, well above the traced size (about 2x and 1.5x, each
+paired with the rule's minimum on the other side: the minimum is run on both sides, the shapes are
+non-square both ways and cost little), and where the capture's guards fail inside the rule
+(``CaptureGuards.suspect_shapes``). The traced size itself is not run: it is the one size where the
+capture is exact by construction (every guard holds there), and a full traced forward in PyTorch and
+in ONNX Runtime would cost a quarter of verification. Those extra shapes are judged more cheaply
 against PyTorch's float32 output, within a multiple of the noise the float64 shapes measured
-(``compare_probe``). A rule whose probes fail is narrowed to what was proven (``narrowed_rule``):
-a maximum size, or the traced size alone.
+(``compare_probe``). A rule whose runs fail is narrowed to what the runs and the guards support
+(``narrowed_rule``): a range, a larger multiple, or the traced size alone; the caller then proves the
+narrower rule by runs.
 """
 
 from __future__ import annotations
@@ -40,18 +44,18 @@ PROBE_CRITERION = "float32-probe"
 def proof_shapes(
     trace_shape: Sequence[int], min_size: int = 1, size_multiple: int = 1, max_size: int | None = None
 ) -> list[Shape]:
-    """The traced shape and the shapes that spread the rule: its minimum at batch 2, and each side well above.
+    """The shapes that spread the rule: each side well above the trace, the other at the rule's minimum.
 
     Args:
         trace_shape: the NCHW shape the file was traced at.
         min_size, size_multiple, max_size: the rule (``max_size`` None: unbounded).
 
     Returns:
-        Distinct NCHW shapes, the traced one first; tall (~2x height, ~1/8 width) and wide (~1/8 height,
-        ~1.5x width), odd-sized when the rule takes any size; all valid for the rule. Tall and wide
-        together cost about half a traced forward.
+        Distinct NCHW shapes, all valid for the rule: tall (~2x the traced height by the minimum width)
+        and wide (the minimum height by ~1.5x the traced width), the long side odd when the rule takes
+        any size. Together about a fifth of the traced area at 512x512 with a minimum of 32.
     """
-    n, c, h, w = (int(d) for d in trace_shape)
+    _, c, h, w = (int(d) for d in trace_shape)
     m = max(size_multiple, 1)
     low = -(-max(min_size, 1) // m) * m
     high = None if max_size is None else max(max_size // m * m, low)
@@ -62,14 +66,9 @@ def proof_shapes(
             value += 1
         return value if high is None else min(value, high)
 
-    minimum = (2, c, low, side(low + m))
-    tall = (1, c, side(2 * h, odd=True), side(w // 8))
-    wide = (1, c, side(h // 8), side(3 * w // 2, odd=True))
-    shapes: list[Shape] = []
-    for shape in ((n, c, h, w), minimum, tall, wide):
-        if shape not in shapes:
-            shapes.append(shape)
-    return shapes
+    tall = (1, c, side(2 * h, odd=True), low)
+    wide = (1, c, low, side(3 * w // 2, odd=True))
+    return [tall] if wide == tall else [tall, wide]
 
 
 def compare_probe(
@@ -124,33 +123,106 @@ def compare_probe(
     return result
 
 
-def narrowed_rule(rule: Any, trace: Shape, results: Sequence[ShapeComparison]) -> Any:
-    """The widest rule of the form "``rule`` up to a maximum side" that no failing result contradicts.
+def narrowed_rule(
+    rule: Any,
+    trace: Shape,
+    results: Sequence[ShapeComparison],
+    guards: Any = None,
+    failed: Sequence[Shape] = (),
+    passed: Sequence[Shape] = (),
+) -> Any:
+    """The widest rule, among the narrowings the evidence suggests, that no failing run contradicts.
+
+    Candidates: the rules the capture's guards allow (``CaptureGuards.candidates``: a range, or a
+    larger multiple; a guard that fails where a run passed does not count), the rule bounded by the
+    runs (a maximum below the failing shapes above the trace, a minimum above those below it), and
+    the traced size alone. The widest that admits the traced size and none of the failing shapes
+    wins (a guard's rule on a tie); the caller proves it with runs over its own plan.
 
     Args:
         rule: the ``SizeRule`` the runs tested.
         trace: the traced shape (it must stay valid).
-        results: every shape's result (float64 and probes).
+        results: every shape's result (float64 and probes) of these runs.
+        guards: the capture's ``CaptureGuards``, which explain a failure and propose narrowings (optional).
+        failed: shapes that failed in earlier runs of wider rules (a narrowing never admits them again).
+        passed: shapes that passed in earlier runs (with this run's, they refute guards).
 
     Returns:
-        ``rule`` itself when nothing failed; ``rule`` with ``max_size`` below the smallest failing shape
-        when that still admits the traced size (its own probes must then pass too); else the traced size
-        alone (``fixed``).
+        ``rule`` itself when nothing failed, when it is already the traced size alone, or when a
+        failure says nothing about sizes (no signal to judge); else the narrower rule, its
+        ``narrowed`` naming the failing shape and, when a guard fails there, the model's line that
+        made it.
     """
-    failed = [r for r in results if not r.passed]
-    if not failed:
+    from segdeploy.criteria import NO_SIGNAL
+
+    failing = [r for r in results if not r.passed]
+    if not failing or rule.fixed is not None or any(r.criterion == NO_SIGNAL for r in failing):
         return rule
-    why = _failure_text(failed[0])
-    if rule.fixed is None:
-        m = max(rule.multiple, 1)
-        bound = (min(max(r.shape[2], r.shape[3]) for r in failed) - 1) // m * m
-        if bound >= max(trace[2], trace[3]) and bound >= rule.min_size:
-            return replace(rule, max_size=min(bound, rule.max_size or bound), narrowed=why)
-    return replace(rule, fixed=(trace[2], trace[3]), narrowed=why)
+    bad = list(dict.fromkeys([*failed, *(tuple(r.shape) for r in failing)]))
+    fixed = replace(rule, fixed=(trace[2], trace[3]))
+    options = []
+    if guards is not None:
+        good = [*passed, *(tuple(r.shape) for r in results if r.passed)]
+        options = list(guards.candidates(rule, trace, guards.refuted(good)))
+    bounded = _bounded_by_runs(rule, trace, bad)
+    if bounded is not None:
+        options.append(bounded)
+    sides = _SCAN * max(trace[2], trace[3], 64)
+    admitted = [o for o in options if o.valid(trace[2]) and o.valid(trace[3]) and not any(_admits(o, s) for s in bad)]
+    chosen = max(admitted, key=lambda o: _width(o, sides), default=fixed)  # max() keeps the first of equals
+    excluded = next((r for r in failing if not _admits(chosen, r.shape)), failing[0])
+    return replace(chosen, narrowed=_why(excluded, guards))
 
 
-def _failure_text(result: ShapeComparison) -> str:
+_SCAN = 4  # rules are compared by the sides they admit up to this many times the traced side
+
+
+def _admits(rule: Any, shape: Sequence[int]) -> bool:
+    return (
+        rule.valid(int(shape[2]))
+        and rule.valid(int(shape[3]))
+        and (rule.fixed is None or (int(shape[2]), int(shape[3])) == tuple(rule.fixed))
+    )
+
+
+def _width(rule: Any, sides: int) -> int:
+    """How many sides up to ``sides`` the rule admits (1 for a fixed size)."""
+    if rule.fixed is not None:
+        return 1
+    top = min(sides, rule.max_size) if rule.max_size is not None else sides
+    m = max(rule.multiple, 1)
+    return max(top // m - (-(-rule.min_size // m)) + 1, 0)
+
+
+def _bounded_by_runs(rule: Any, trace: Shape, bad: Sequence[Shape]) -> Any:
+    """``rule`` with a maximum below the failing shapes that reach above the trace and a minimum above the rest.
+
+    None when that leaves nothing but the traced size, or no bound excludes them.
+    """
+    if rule.fixed is not None:
+        return None
+    m = max(rule.multiple, 1)
+    above = [max(s[2], s[3]) for s in bad if max(s[2], s[3]) > max(trace[2], trace[3])]
+    high = (min(above) - 1) // m * m if above else rule.max_size
+    below = [min(s[2], s[3]) for s in bad if high is None or max(s[2], s[3]) <= high]
+    low = _round_up(max(below) + 1, m) if below else rule.min_size
+    low = max(low, rule.min_size)
+    if high is not None and high <= low or low > min(trace[2], trace[3]):
+        return None
+    return replace(rule, min_size=low, max_size=high)
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _why(result: ShapeComparison, guards: Any) -> str:
+    """The failing shape and its first reason; the capture's guard that fails there, when there is one."""
     from segdeploy.shapes import format_shape
 
-    reason = result.failed[0] if result.failed else "failed"
-    return f"the file fails at {format_shape(result.shape)}: {reason}"
+    reason = (result.failed[0] if result.failed else "failed")[:160]
+    fails = f"the file fails at {format_shape(result.shape)}: {reason}"
+    guard = guards.explain(result.shape) if guards is not None else None
+    if guard is None:
+        return fails
+    return f"the capture specialized on the input size at {guard.text()}, and {fails}"

@@ -93,9 +93,10 @@ def verification_plan(
     """The shapes judged against float64, and the probes judged against PyTorch's float32 (``segdeploy.proof``).
 
     The float64 judgement runs where it decides, away from the traced shape: the odd-sized and batch-2
-    shapes of ``verification_shapes``. The traced shape itself (the one size the capture cannot get
-    wrong), the rule's minimum and sizes well above the trace are probes. A file of fixed height and
-    width is judged in float64 at its one size, plus batch 2 when its batch is dynamic.
+    shapes of ``verification_shapes``. The probes (``proof_shapes``) put each side well above the
+    trace with the rule's minimum on the other side. The traced shape itself is not run: it is the one
+    size the capture cannot get wrong. A file of fixed height and width is judged in float64 at its one
+    size, plus batch 2 when its batch is dynamic.
 
     Args:
         trace_shape, min_size, size_multiple, max_size: the traced shape and the file's size rule.
@@ -111,7 +112,7 @@ def verification_plan(
         return [(n, c, h, w)], ([(2, c, h, w)] if "batch" in dynamic and n != 2 else [])
     shapes = verification_shapes(trace_shape, min_size, size_multiple, False, max_size)
     exact = [s for s in shapes if s != shapes[0]] or shapes[:1]
-    probes = [s for s in proof_shapes(shapes[0], min_size, size_multiple, max_size) if s not in exact]
+    probes = [s for s in proof_shapes(shapes[0], min_size, size_multiple, max_size) if s not in shapes]
     return exact, probes
 
 

@@ -108,6 +108,7 @@ FOUNDATION = (
     "segdeploy.frames",
     "segdeploy.environment",
     "segdeploy.schemas",
+    "segdeploy.threads",
 )
 STAGES = [
     # where labeled images come from: read by INT8 calibration (export) and by eval alike

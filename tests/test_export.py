@@ -124,7 +124,7 @@ def test_every_zoo_model_with_calibrated_weights_exports_lints_clean_and_verifie
     probes = [r.shape for r in report.results if r.criterion == PROBE_CRITERION]
     shapes = [r.shape for r in exact]
     assert len(shapes) == 2 and any(s[0] == 2 for s in shapes) and any(s[2] % 2 and s[3] % 2 for s in shapes)
-    assert (1, 3, 64, 64) in probes and any(max(s[2:]) >= 128 for s in probes)  # the trace, and well above it
+    assert any(s[2] >= 128 for s in probes) and any(s[3] >= 96 for s in probes)  # each side well above the trace
     assert all(r.floor > 0 and r.ratio <= report.criteria.noise_multiple for r in exact)
     assert set(model_info(name).rewrites) <= set(result.metadata.rewrites)
     if "max_unpool" in result.metadata.rewrites:  # the reference followed the file's window choices

@@ -94,3 +94,49 @@ def test_a_dispatch_mode_sees_every_aten_call():
     with Recorder():
         torch.nn.functional.max_pool2d(torch.ones(1, 1, 4, 4), 2, return_indices=True)
     assert any("max_pool2d_with_indices" in name for name in seen)
+
+
+class _Rounded(nn.Module):
+    """Rounds its size up to a multiple of 4 with Python ints: the capture records a guard on it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        padded = int(-(-x.shape[-1] // 4) * 4)  # noqa: F841 -- the int() is the point
+        return x * 2
+
+
+def test_the_guards_of_a_capture_are_read_with_their_source_line_and_evaluated_fast():
+    dims = {2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}
+    program = torch.export.export(_Rounded(), (torch.randn(1, 2, 16, 16),), dynamic_shapes=(dims,))
+    values = [n.meta["val"] for n in program.graph.nodes if n.op == "placeholder"]
+    guards = torch_compat.shape_guards(values)
+    assert guards is not None and torch_compat.shape_guards([torch.ones(2)]) is None
+    width = values[0].shape[3].node.expr
+    rounded = [(expr, where) for expr, where in guards if width in expr.free_symbols]
+    assert rounded and any("test_torch_compat.py" in text for _, where in rounded for text in where)
+    expr = rounded[0][0]
+    check = torch_compat.size_predicate(expr)
+    held = [side for side in range(1, 40) if check({width: side})]
+    assert 16 in held and 13 in held and 12 not in held and 17 not in held  # int(ceil(w / 4) * 4) == 16
+
+
+def test_the_size_predicate_agrees_with_torchs_sympy_interpreter_on_its_size_functions():
+    import sympy
+    from torch.utils._sympy.functions import CeilToInt, FloorDiv, IntTrueDiv, PythonMod
+
+    h = sympy.Symbol("h", integer=True, positive=True)
+    exprs = [
+        sympy.Le(PythonMod(4 - PythonMod(FloorDiv(h, 4), 4), 4), 0),  # Swin: no padding to a window multiple
+        sympy.Eq(2 * CeilToInt(IntTrueDiv(FloorDiv(h - 1, 8) + 1, 2)), 16),  # MobileViT: int(ceil(h / 2) * 2)
+        sympy.Eq(FloorDiv(h, 32), 1),
+    ]
+    for expr in exprs:
+        fast = torch_compat.size_predicate(expr)
+        for side in range(1, 200):
+            assert bool(fast({h: side})) == bool(torch_compat.evaluate_size_expr(expr, {h: side})), (expr, side)
+
+
+def test_contiguity_of_a_fake_tensor_is_told_without_a_guard():
+    program = _capture(min_side=4)
+    value = next(n.meta["val"] for n in program.graph.nodes if n.op == "placeholder")
+    assert torch_compat.is_contiguous_or_false(value)
+    assert not torch_compat.is_contiguous_or_false(torch.ones(3, 4).t())

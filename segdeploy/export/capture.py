@@ -193,9 +193,10 @@ def _output_shape(module: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...] 
     import torch
 
     from segdeploy.models.loading import main_output
+    from segdeploy.threads import fitted_threads
 
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), fitted_threads():
             out = main_output(module(torch.zeros(shape)))
         return tuple(int(d) for d in out.shape) if isinstance(out, torch.Tensor) else None
     except Exception as exc:

@@ -30,8 +30,7 @@ def contiguous_reshapes(program: ExportedProgram) -> int:
     Returns:
         How many copies were inserted.
     """
-    from torch._guards import detect_fake_mode
-    from torch._prims_common import is_contiguous_or_false
+    from segdeploy.export.torch_compat import detect_fake_mode, is_contiguous_or_false
 
     graph = program.graph_module.graph
     inserted = 0

@@ -69,6 +69,7 @@ class OnnxModel:
     trace_shape: Shape
     fp32_nodes: list[str]
     warnings: list[str]
+    guards: Any = None  # segdeploy.export.guards.CaptureGuards of a dynamic capture: where runs must look
 
     @property
     def ir_version(self) -> int:
@@ -83,6 +84,7 @@ class OnnxModel:
         from segdeploy.export import translate
 
         self.size_rule = _narrowed(self.size_rule, rule, self.warnings)
+        self.metadata.min_size, self.metadata.size_multiple = rule.min_size, rule.multiple
         self.metadata.max_size = rule.max_size
         self.metadata.dynamic_axes = _file_axes(self.metadata.dynamic_axes, rule)
         if rule.fixed is not None:
@@ -133,12 +135,12 @@ def build_onnx(model: nn.Module | str, plan: ExportPlan, clock: StageClock | Non
     clock("rewrite")
     found = apply_rewrites(captured.program)
     _check_rewrites(captured, found, rule, plan, notes)
+    guards = None
     if plan.options.dynamic:
-        clock("sizes")  # what the capture assumed about sizes, rewrites included: a rule it cannot keep narrows
+        clock("sizes")  # what the capture assumed about sizes, rewrites included: where the runs must look
         from segdeploy.export.guards import CaptureGuards
 
         guards = CaptureGuards.from_program(captured.program, captured.axes)  # type: ignore[arg-type]
-        rule = _narrowed(rule, guards.narrow(rule, captured.example_shape), notes)
     clock("onnx")
     proto, unpool_inputs = _translate(captured, found, rule, plan, clock, notes)
     metadata = _metadata(captured, plan, rule, tuple(found.applied), unpool_inputs)
@@ -146,7 +148,7 @@ def build_onnx(model: nn.Module | str, plan: ExportPlan, clock: StageClock | Non
     translate.set_metadata(proto, metadata)
     clock("check")
     translate.check(proto, plan.options.opset)
-    return OnnxModel(proto, metadata, rule, captured.loaded.module, captured.shape, fp32_nodes, notes)
+    return OnnxModel(proto, metadata, rule, captured.loaded.module, captured.shape, fp32_nodes, notes, guards)
 
 
 class StageClock:
@@ -241,7 +243,10 @@ def _check_rewrites(captured: _Captured, found: Any, rule: SizeRule, plan: Expor
         shape = captured.shape
         # a small shape keeps the check cheap; the traced one is valid wherever the capture's guards are not
         shapes = [_check_shape(shape, rule), captured.example_shape] if plan.options.dynamic else [shape]
-        _check_rewritten(captured.wrapper, captured.program, shapes, plan.preprocessing, found.applied)
+        from segdeploy.threads import fitted_threads
+
+        with fitted_threads():  # a busy machine: fewer PyTorch threads run faster
+            _check_rewritten(captured.wrapper, captured.program, shapes, plan.preprocessing, found.applied)
 
 
 def _translate(
