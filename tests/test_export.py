@@ -421,7 +421,10 @@ def test_textbook_segnet_exports_at_multiples_of_32_with_a_clear_note(tmp_path):
     report = result.verification
     assert report.passed, report.worst()
     assert all(h % 32 == 0 and w % 32 == 0 for _, _, h, w in (r.shape for r in report.results))
-    assert len({r.shape for r in report.results}) >= 5 and any(r.shape[0] == 2 for r in report.results)
+    shapes = {r.shape for r in report.results}
+    # Probes cover batch 2 and sides well above the traced 64x64 (the traced shape itself is not re-probed).
+    assert len(shapes) >= 4 and any(s[0] == 2 for s in shapes)
+    assert any(h >= 2 * 64 or w >= 2 * 64 for _, _, h, w in shapes)
 
 
 @pytest.mark.slow
