@@ -197,7 +197,10 @@ def unfold_patches(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     kh, kw = int(kernel[0]), int(kernel[1])
     n, c, height, width = x.shape
     hp, wp = height // kh, width // kw
-    blocks = x[:, :, : hp * kh, : wp * kw].reshape(n, c, hp, kh, wp, kw)
+    # The crop as a negative pad, a new tensor: reshaping a slice makes torch.export decide whether the
+    # slice is contiguous, i.e. assume W == Wp*kw (or not) at every size.
+    crop = F.pad(x, (0, wp * kw - width, 0, hp * kh - height))
+    blocks = crop.reshape(n, c, hp, kh, wp, kw)
     return blocks.permute(0, 1, 3, 5, 2, 4).reshape(n, c * kh * kw, hp * wp)
 
 
