@@ -226,7 +226,7 @@ def fold_patches(columns: torch.Tensor, output_size: Sequence[Any], kernel: Sequ
 # --------------------------------------------------------------------------- antialiased resizing
 def resize_antialias(
     x: torch.Tensor,
-    output_size: Sequence[Any],
+    output_size: Sequence[Any] | None,
     cubic: bool,
     align_corners: bool = False,
     scales: Sequence[float | None] = (None, None),
@@ -240,10 +240,14 @@ def resize_antialias(
     the width is resized first, like PyTorch does. Equal up to float32 rounding of the sums, at
     every scale: upsampling too, where the antialiased kernel is not the plain one for bicubic
     (Keys' a = -0.5 instead of -0.75, weights renormalized at the borders instead of clamped
-    indices) nor for ``align_corners=True``. Equal sizes copy the input, as PyTorch does.
+    indices) nor for ``align_corners=True``. Equal sizes copy the input, as PyTorch does. Without
+    ``output_size`` it is ``in * factor`` truncated (PyTorch's rule for ``scale_factor``), and the
+    kernel reads ``1/factor`` as its scale.
     ONNX: Range, arithmetic, comparisons, Where, ReduceSum, MatMul (no antialiased Resize, which
     opset 17 lacks and TensorRT does not take).
     """
+    if output_size is None:
+        output_size = [_scaled_size(x.shape[-2 + i], float(scales[i])) for i in range(2)]  # type: ignore[arg-type]
     rows = antialias_weights(x.shape[-2], output_size[0], cubic, align_corners, scales[0], x.dtype, x.device)
     cols = antialias_weights(x.shape[-1], output_size[1], cubic, align_corners, scales[1], x.dtype, x.device)
     return rows @ (x @ cols.transpose(0, 1))
@@ -260,8 +264,8 @@ def antialias_weights(
 ) -> torch.Tensor:
     """``[out_size, in_size]`` weights of PyTorch's antialiased 1-D resampling (ATen ``UpSampleKernel.cpp``).
 
-    ``scale`` is ``1/scale_factor`` when one is given, else ``(in-1)/(out-1)`` with
-    ``align_corners`` (0 for one output), else ``in/out``; the filter's support is
+    The axis's scale is ``(in-1)/(out-1)`` with ``align_corners`` (0 for one output), else
+    ``1/scale`` when a scale factor is given, else ``in/out``; the filter's support is
     ``interp/2 * max(scale, 1)`` (``interp`` 2 for the triangle, 4 for Keys' cubic with
     a = -0.5) and its argument is scaled by ``1/max(scale, 1)``. Output ``i`` reads inputs
     ``[max(floor(center - support + 0.5), 0), min(floor(center + support + 0.5), in))`` with
@@ -271,10 +275,10 @@ def antialias_weights(
     """
     one = torch.ones((), dtype=dtype, device=device)
     size_in, size_out = one * in_size, one * out_size
-    if scale is not None and scale > 0:
-        step = one * (1.0 / scale)
-    elif align_corners:
+    if align_corners:
         step = torch.where(size_out > 1, (size_in - 1) / torch.clamp(size_out - 1, min=1), one * 0)
+    elif scale is not None and scale > 0:
+        step = one * (1.0 / scale)
     else:
         step = size_in / size_out
     half = 2.0 if cubic else 1.0  # interp_size / 2
@@ -293,6 +297,11 @@ def antialias_weights(
         identity = position == torch.arange(out_size, dtype=dtype, device=device).unsqueeze(1)
         weights = torch.where(size_in == size_out, identity.to(dtype), weights)
     return weights
+
+
+def _scaled_size(size: Any, factor: float) -> Any:
+    """``size * factor`` truncated, as ``F.interpolate(scale_factor=...)`` sizes its output."""
+    return size * int(factor) if int(factor) == factor else torch.sym_int(size * factor)
 
 
 def _aa_filter(x: torch.Tensor, cubic: bool) -> torch.Tensor:

@@ -289,7 +289,7 @@ class AntialiasResize(Rewrite):
     an output size, and the overload with per-axis scales): ``F.interpolate(..., antialias=True)``,
     which timm uses to resample position embeddings to the input's patch grid. The stock
     translation is a ``Resize`` with ``antialias=1``, which opset 17 lacks and TensorRT does not
-    take. Always applicable; a ``.vec`` call given scale factors instead of a size is left as it is.
+    take. Always applicable.
     """
 
     name = "antialias_resize"
@@ -301,18 +301,19 @@ class AntialiasResize(Rewrite):
     }
 
     def match(self, node: fx.Node) -> bool:
-        if node.op != "call_function" or node.target not in self.cubic:
-            return False
-        return node.args[1] is not None  # .vec with scale factors only: the size is not in the graph
+        return node.op == "call_function" and node.target in self.cubic
 
     def apply(self, graph: fx.Graph, node: fx.Node, found: RewriteResult) -> None:
         x, output_size, align_corners = node.args[:3]
         if node.target in (aten._upsample_bilinear2d_aa.vec, aten._upsample_bicubic2d_aa.vec):
-            scales = [None, None]  # with an output size, .vec ignores any scale factors
+            factors = node.args[3] if len(node.args) > 3 else node.kwargs.get("scale_factors")
+            # .vec takes an output size or scale factors (then the size follows from them)
+            scales = [None, None] if output_size is not None else [float(f) for f in factors]
         else:
             rest = [*node.args[3:5], None, None]
             scales = [node.kwargs.get("scales_h", rest[0]), node.kwargs.get("scales_w", rest[1])]
-        args = (x, list(output_size), self.cubic[node.target], bool(align_corners), scales)
+        size = list(output_size) if output_size is not None else None
+        args = (x, size, self.cubic[node.target], bool(align_corners), scales)
         new = splice_call(graph, node, resize_antialias, args)
         node.replace_all_uses_with(new)
         graph.erase_node(node)
