@@ -47,7 +47,7 @@ def _stock(model, path: Path) -> str:
                 dynamic_shapes=({0: "batch", 2: "height", 3: "width"},),
             )  # fmt: skip
     except Exception as exc:
-        return f"no file: {type(exc).__name__}: {first_line(exc)[:120]}"
+        return f"no file: {type(exc).__name__}: {_plain(first_line(exc))[:120]}"
     written = _written(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     verdicts = []
@@ -103,6 +103,11 @@ def _segdeploy(model, path: Path) -> tuple[str, str]:
     return verdict, ", ".join(proven)
 
 
+def _plain(text: str) -> str:
+    """Without the terminal colour codes torch's exporter puts in its messages."""
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
 def _short(reason: str, limit: int = 90) -> str:
     """A narrowing reason for a table cell: the guard's expression shortened, its source line kept whole."""
     match = re.match(r"^(.*) \(([^()]+\.py:\d+ in \w+)\)$", reason)
@@ -130,8 +135,13 @@ def main() -> None:
             stock = _stock(model, Path(tmp) / "stock.onnx")
             rows.append({"model": name, "segdeploy": ours, "s": round(seconds, 1), "stock": stock, "proven": proven})
             print(json.dumps(rows[-1]), flush=True)
+    write(rows, time.strftime("%Y-%m-%d"))
+
+
+def write(rows: list[dict], day: str) -> None:
+    """``results/thirdparty.json`` and the table ``results/thirdparty.md`` from the rows of one run."""
     header = (
-        f"Third-party models, {time.strftime('%Y-%m-%d')}, tiny configurations with random weights and calibrated "
+        f"Third-party models, {day}, tiny configurations with random weights and calibrated "
         f"BatchNorm, traced at {'x'.join(map(str, TRACE))}, opset 17 (`python benchmarks/thirdparty.py`, all rows in "
         "one run on a 2-core machine shared with other jobs: export seconds are noisy):"
     )
@@ -139,6 +149,7 @@ def main() -> None:
     for r in rows:
         cells = [r["model"], f"{r['segdeploy']} ({r['s']:.0f} s)", r["stock"], r["proven"]]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    lines += ["", "What limits each model, and what makes it export: docs/export.md, section Third-party models."]
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "thirdparty.json").write_text(json.dumps(rows, indent=2) + "\n")
     (RESULTS / "thirdparty.md").write_text("\n".join(lines) + "\n")
