@@ -192,7 +192,7 @@ def unfold_patches(x: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
     ``c*kh*kw + a*kw + b``, position ``p*Wp + q`` holds ``x[n, c, p*kh + a, q*kw + b]``: the rows
     and columns no window reaches (``H % kh``, ``W % kw``) are dropped, so the crop is exact,
     and the rest is ``[N, C, Hp, kh, Wp, kw]`` permuted to ``[N, C, kh, kw, Hp, Wp]``.
-    Plain data movement: bit for bit equal. ONNX: Slice, Reshape, Transpose (no Gather, no Col2Im).
+    Plain data movement: bit for bit equal. ONNX: Pad (negative amounts crop), Reshape, Transpose.
     """
     kh, kw = int(kernel[0]), int(kernel[1])
     n, c, height, width = x.shape
