@@ -89,7 +89,14 @@ def _inputs(shape: tuple[int, ...], generator: torch.Generator) -> list[torch.Te
 
 
 def test_rewrite_names_are_the_registry_vocabulary():
-    assert REWRITE_NAMES == ("max_unpool", "adaptive_avg_pool", "adaptive_max_pool")
+    assert REWRITE_NAMES == (
+        "max_unpool",
+        "adaptive_avg_pool",
+        "adaptive_max_pool",
+        "unfold_patches",
+        "fold_patches",
+        "antialias_resize",
+    )
 
 
 @pytest.mark.parametrize("relu", [True, False])
@@ -183,7 +190,7 @@ def test_rewritten_onnx_has_only_tensorrt_ops_and_is_exact_at_other_sizes(tmp_pa
     module = Everything()
     example = torch.randn(2, 3, 36, 48)
     program = torch.export.export(module, (example,), dynamic_shapes=({0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},))
-    assert apply_rewrites(program).applied == list(REWRITE_NAMES)
+    assert apply_rewrites(program).applied == ["max_unpool", "adaptive_avg_pool", "adaptive_max_pool"]
     path = tmp_path / "rewritten.onnx"
     # the edited program itself is translated (torch does not trace the model a second time), with
     # segdeploy's translations of the ops the rewrites insert
@@ -252,3 +259,108 @@ def test_unpool_inputs_are_recorded_in_the_order_the_model_unpools():
     names = {node.name: node for node in program.graph.nodes}
     assert names[found.unpool_inputs[0][0]].target is torch.ops.aten.sigmoid.default
     assert names[found.unpool_inputs[1][0]].target is torch.ops.aten.relu.default
+
+
+class PatchMixer(nn.Module):
+    """MobileViTV2's pattern: unfold into 2x2 patches, mix each patch's pixels, fold back to the input's size."""
+
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        self.mix = nn.Linear(4, 4)
+        self.channels = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        patches = F.unfold(x, kernel_size=(2, 2), stride=(2, 2)).reshape(n, c, 4, -1)
+        mixed = self.mix(patches.transpose(2, 3)).transpose(2, 3).reshape(n, c * 4, -1)
+        return F.fold(mixed, output_size=x.shape[-2:], kernel_size=(2, 2), stride=(2, 2))
+
+
+class InterpolatedEmbedding(nn.Module):
+    """timm's pattern: a position embedding on a fixed grid, resized with antialias to the input's patch grid."""
+
+    def __init__(self, mode: str, align_corners: bool = False) -> None:
+        super().__init__()
+        self.embedding = nn.Parameter(torch.randn(1, 3, 6, 5))
+        self.mode, self.align_corners = mode, align_corners
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        grid = (x.shape[-2] // 4, x.shape[-1] // 4)  # 16x20 traced: upsampling; below 24x20 it downsamples
+        kwargs = {"mode": self.mode, "antialias": True, "align_corners": self.align_corners}
+        embedding = F.interpolate(self.embedding, size=grid, **kwargs)
+        corner = F.interpolate(x, size=(5, 3), **kwargs)[..., :1, :1]
+        shrunk = F.interpolate(x, scale_factor=0.37, **kwargs)  # no size in the graph: it follows from the factor
+        return F.avg_pool2d(x, 4) + embedding + corner + shrunk[..., :1, :1]
+
+
+def test_non_overlapping_fold_and_unfold_rewrites_are_bit_exact_at_odd_sizes():
+    module = PatchMixer()
+    program = torch.export.export(module, (torch.randn(2, 3, 10, 12),), dynamic_shapes=DYNAMIC)
+    shape_env = next(n.meta["val"] for n in program.graph.nodes if n.op == "placeholder").fake_mode.shape_env
+    known = len(shape_env.guards)
+    assert apply_rewrites(program).applied == ["unfold_patches", "fold_patches"]
+    # no assumption about the sizes beyond "not 0": traced at even sides, the file stays right at odd ones
+    assert all(str(guard.expr).startswith("Ne(") for guard in shape_env.guards[known:])
+    graph_module = program.module()
+    assert not {"im2col", "col2im"} & {n.target.__name__.split(".")[0] for n in graph_module.graph.nodes
+                                        if n.op == "call_function" and hasattr(n.target, "__name__")}  # fmt: skip
+    generator = torch.Generator().manual_seed(8)
+    # odd sides: the last row/column no window reaches is dropped by unfold and zero after fold
+    for shape in [(1, 3, 7, 5), (2, 3, 9, 13), (3, 3, 4, 4), (1, 3, 64, 45)]:
+        for x in _inputs(shape, generator)[:3]:
+            assert torch.equal(graph_module(x), module(x)), shape
+
+
+def test_overlapping_unfold_is_left_to_the_translation():
+    class Overlapping(nn.Module):
+        def forward(self, x):
+            return F.unfold(x, kernel_size=3, stride=1, padding=1)
+
+    program = torch.export.export(Overlapping(), (torch.randn(2, 1, 9, 9),))
+    assert apply_rewrites(program).applied == []
+
+
+@pytest.mark.parametrize(("mode", "align_corners"), [("bicubic", False), ("bilinear", False), ("bicubic", True)])
+def test_antialias_resize_rewrite_matches_pytorch_when_upsampling_and_downsampling(mode, align_corners):
+    # Upsampling is not plain interpolation either: antialiased bicubic uses a = -0.5 and renormalizes at the borders.
+    module = InterpolatedEmbedding(mode, align_corners)
+    graph_module, applied = _rewritten(module, torch.randn(2, 3, 64, 80))
+    assert applied == ["antialias_resize"]
+    generator = torch.Generator().manual_seed(9)
+    for shape in [(1, 3, 8, 8), (2, 3, 17, 23), (1, 3, 24, 20), (1, 3, 100, 36), (3, 3, 64, 80)]:
+        x = torch.randn(shape, generator=generator)
+        got, expected = graph_module(x), module(x)
+        assert got.shape == expected.shape
+        assert ((got - expected).abs().max() / expected.abs().max()) <= 2e-6, shape
+
+
+def test_patch_and_antialias_rewrites_export_to_opset_17_without_col2im_or_antialiased_resize(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from segdeploy.export.translate import to_opset
+
+    class Both(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.patches, self.embedding = PatchMixer(), InterpolatedEmbedding("bicubic")
+
+        def forward(self, x):
+            return self.embedding(self.patches(x))
+
+    module = Both().eval()
+    example = torch.randn(2, 3, 64, 80)
+    program = torch.export.export(module, (example,), dynamic_shapes=({0: Dim.AUTO, 2: Dim.AUTO, 3: Dim.AUTO},))
+    assert apply_rewrites(program).applied == ["unfold_patches", "fold_patches", "antialias_resize"]
+    path = tmp_path / "patches.onnx"
+    torch.onnx.export(program, (example,), str(path), dynamo=True, external_data=False, verbose=False)
+    proto = to_opset(onnx.load(str(path)), 17)
+    onnx.checker.check_model(proto, full_check=True)
+    assert not {"Col2Im", "Resize"} & {node.op_type for node in proto.graph.node}
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(10)
+    for shape in [(1, 3, 13, 9), (2, 3, 24, 20), (1, 3, 160, 96)]:
+        x = torch.randn(shape, generator=generator)
+        (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+        with torch.no_grad():
+            expected = module(x).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * float(np.abs(expected).max()))

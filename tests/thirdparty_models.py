@@ -5,6 +5,24 @@ Used by ``tests/test_thirdparty.py`` and ``benchmarks/thirdparty.py``. Needs the
 load beside a CPU torch; timm and transformers import it, and its pure-Python parts work once the
 schemas of the ops its extension would register (``torchvision::nms``, ``qnms``) exist: ``prepare()``
 defines them before anything imports torchvision.
+
+Limits that are the models' own, and what the export makes of them (numbers in
+``benchmarks/results/thirdparty.md``):
+
+- transformers DPT (``DPTForSemanticSegmentation``): the neck reshapes the tokens to a square grid
+  (``torch_int(sequence_length**0.5)``); PyTorch raises wherever ``H//16 != W//16``. The capture
+  specializes on that grid, and the file takes the traced 8x8 patch grid only (128..143).
+- BEiT: the relative position bias table is resized to ``torch_int(2*(H//16) - 1)``: ``int()`` bakes the
+  traced grid into the capture; the file takes 128..143, where the grid is the traced one.
+- MobileViT: rounds feature maps up to a patch multiple with ``int(math.ceil(...))`` and interpolates
+  only when that changes the size: the file takes the sizes whose feature maps round like the trace's.
+- Swin backbones (UperNet-Swin, Mask2Former, MaskFormer): pad each stage to a window multiple and
+  shift windows only where the stage is larger than the window, both decided in Python: the file
+  takes the sizes on which those decisions are the traced ones.
+- timm ViT with ``dynamic_img_size``: the patch embedding asserts sides divisible by the patch (16);
+  smp DPT checks that too, and its decoder needs an even patch grid (multiples of 32).
+- MobileViTV2 (non-overlapping ``unfold``/``fold``), the timm ViT and smp DPT (position embeddings
+  resized with ``antialias=True``) export with dynamic height and width through segdeploy's rewrites.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A rewrite that inserts one custom op (instead of splicing its ATen ops) is
 cheap to capture and to decompose; the exporter then calls the function here,
 which writes the op's ONNX nodes directly. Each function computes what the op's
-PyTorch implementation in ``segdeploy.export.rewrites`` computes, with the ops
+PyTorch implementation in ``segdeploy.export.replacements`` computes, with the ops
 TensorRT's ONNX parser accepts; verification checks the two agree on every file.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from onnxscript import opset18 as op
 
-from segdeploy.export.rewrites import BoolOps, first_max_slots, unpool_op
+from segdeploy.export.replacements import BoolOps, first_max_slots, unpool_op
 
 ONNX_OPS = BoolOps(op.IsNaN, op.Equal, op.And, op.Or, op.Not)
 
@@ -31,7 +31,7 @@ def unpool_first_max(pool_input: Any, values: Any, kernel: int, out_h: Any, out_
         op.Slice(pool_input, op.Constant(value_ints=[a, b]), ends, axes, steps) for a in range(k) for b in range(k)
     ]
     window_max = slots[0]
-    for slot in slots[1:]:  # from the slots, not a MaxPool: see rewrites.unpool_first_max
+    for slot in slots[1:]:  # from the slots, not a MaxPool: see replacements.unpool_first_max
         window_max = op.Max(window_max, slot)
     chosen = first_max_slots(slots, window_max, ONNX_OPS)
     slot_axis = op.Constant(value_ints=[2])

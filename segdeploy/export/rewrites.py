@@ -2,9 +2,9 @@
 
 The exporter captures a model once with ``torch.export`` and gets an
 ``ExportedProgram`` in ATen ops. Each rewrite here matches nodes of its graph
-and splices in, in place, the ATen ops of a plain-PyTorch function of this
-module (traced on the program's own symbolic sizes), or, for unpooling, one
-custom op whose PyTorch implementation is such a function and whose ONNX
+and splices in, in place, the ATen ops of a plain-PyTorch function of
+``segdeploy.export.replacements`` (traced on the program's own symbolic sizes), or, for
+unpooling, one custom op whose PyTorch implementation is such a function and whose ONNX
 translation lives in ``segdeploy.export.onnx_ops``. The edited program is
 checked against the original model in PyTorch and then translated to ONNX,
 where those ops become ones TensorRT 10's ONNX parser accepts.
@@ -19,184 +19,26 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import fx
 
 from segdeploy.errors import ExportError
+from segdeploy.export.replacements import (
+    adaptive_avg_pool2d_exact,
+    adaptive_max_pool2d_exact,
+    fold_patches,
+    resize_antialias,
+    unfold_patches,
+    unpool_first_max,
+    unpool_op,
+)
 
 if TYPE_CHECKING:
     from torch.export import ExportedProgram
 
 aten = torch.ops.aten
-
-
-# --------------------------------------------------------------------------- plain-PyTorch replacements
-def unpool_first_max(
-    pool_input: torch.Tensor,
-    values: torch.Tensor,
-    kernel: int,
-    output_size: Sequence[Any],
-    same_plane: bool = True,
-) -> torch.Tensor:
-    """``max_unpool2d(values, indices_of(max_pool2d(pool_input, kernel, kernel)), output_size)`` without indices.
-
-    Each ``kernel x kernel`` window of ``pool_input`` is read as ``kernel**2``
-    slots. The slot PyTorch's indices point at is recomputed: the first slot
-    equal to the window maximum, or, when the window holds NaN, its last NaN
-    (PyTorch's CPU and CUDA kernels update on ``val > max or isnan(val)``).
-    ``values`` are placed through that one-hot with ``where`` (so inf/NaN in
-    ``values`` stay where PyTorch puts them), the slots are reassembled with
-    ``pixel_shuffle`` and the result is padded with zeros to ``output_size``.
-
-    Args:
-        pool_input: the tensor the indices were computed on, ``[N, C, H, W]``.
-        values: the tensor to unpool, ``[N, C, H // kernel, W // kernel]``.
-        kernel: window side, equal to the stride.
-        output_size: ``(H_out, W_out)`` of the unpooled result.
-        same_plane: ``output_size`` is the pooling input's size; otherwise the
-            result is laid out through the flat index like PyTorch does.
-
-    Returns:
-        ``[N, C, H_out, W_out]``, equal to PyTorch's result bit for bit.
-    """
-    height, width = pool_input.shape[-2], pool_input.shape[-1]
-    pooled_h, pooled_w = values.shape[-2], values.shape[-1]
-    # The end bound drops the last row/column of odd sizes (no window reaches them)
-    # inside each strided slice: a separate crop would copy the whole input in ORT.
-    slots = [
-        pool_input[..., a : pooled_h * kernel : kernel, b : pooled_w * kernel : kernel]
-        for a in range(kernel)
-        for b in range(kernel)
-    ]
-    # The max comes from the slots themselves, not from a max_pool2d: a runtime may
-    # compute MaxPool at another precision than the slices (ONNX Runtime's CPU FP16
-    # graph runs MaxPool in FP32 on the unrounded input), and then no slot equals it.
-    window_max = slots[0]
-    for slot in slots[1:]:
-        window_max = torch.maximum(window_max, slot)
-    chosen = first_max_slots(slots, window_max)
-    zero = torch.zeros((), dtype=values.dtype, device=values.device)
-    # One Where on the stacked masks ([N, C, k*k, h, w]) against values broadcast over
-    # the slot axis: in ONNX Runtime this is cheaper than k*k Wheres and a Concat of floats.
-    placed = torch.where(torch.stack(chosen, dim=2), values.unsqueeze(2), zero)
-    windows = F.pixel_shuffle(placed.flatten(1, 2), kernel)  # [N, C, pooled_h*k, pooled_w*k]
-    out_h, out_w = output_size[0], output_size[1]
-    if same_plane:
-        # Pad by out - windows.shape so the exported output size is exactly output_size.
-        return F.pad(windows, (0, out_w - windows.shape[-1], 0, out_h - windows.shape[-2]))
-    # PyTorch writes values at flat index h*W + w of an H_out x W_out plane:
-    # lay out the pooling input's plane, then re-cut it at the output width.
-    plane = F.pad(windows, (0, width - windows.shape[-1], 0, height - windows.shape[-2])).flatten(2)
-    length = out_h * out_w
-    filler = plane.new_zeros(plane.shape[0], plane.shape[1], length)
-    flat = torch.cat([plane, filler], dim=2)[..., :length]
-    return flat.reshape(plane.shape[0], plane.shape[1], out_h, out_w)
-
-
-@torch.library.custom_op("segdeploy::unpool_first_max", mutates_args=())
-def unpool_op(pool_input: torch.Tensor, values: torch.Tensor, kernel: int, out_h: int, out_w: int) -> torch.Tensor:
-    """``unpool_first_max`` to the pooling input's own size, as one op of the captured program.
-
-    The exporter translates it straight to ONNX (``segdeploy.export.onnx_ops``); spliced as
-    ~60 ATen ops on symbolic sizes instead, each unpooling cost SegNet's export about 2 s of
-    decomposition and type promotion (measured).
-    """
-    return unpool_first_max(pool_input, values, kernel, (out_h, out_w))
-
-
-@unpool_op.register_fake
-def _unpool_op_shape(
-    pool_input: torch.Tensor, values: torch.Tensor, kernel: int, out_h: int, out_w: int
-) -> torch.Tensor:
-    return values.new_empty((values.shape[0], values.shape[1], out_h, out_w))
-
-
-class BoolOps(NamedTuple):
-    """The five elementwise ops the window choice needs, so PyTorch and ONNX share one algorithm."""
-
-    isnan: Callable[[Any], Any]
-    equal: Callable[[Any, Any], Any]
-    and_: Callable[[Any, Any], Any]
-    or_: Callable[[Any, Any], Any]
-    not_: Callable[[Any], Any]
-
-
-TORCH_OPS = BoolOps(torch.isnan, torch.eq, torch.logical_and, torch.logical_or, torch.logical_not)
-
-
-def first_max_slots(slots: Sequence[Any], window_max: Any, ops: BoolOps = TORCH_OPS) -> list[Any]:
-    """One boolean mask per slot, true where that slot holds PyTorch's max-pool index."""
-    # Boolean logic only: ONNX Runtime has no Where for bool, TensorRT's
-    # ArgMax/TopK tie-breaking is undocumented, and this needs no int64 math.
-    # Last NaN first, scanning backwards; the NaNs seen by the end say whether the
-    # window holds one, and then start the forward scan for the first maximum as
-    # already "seen", so no maximum is chosen even if a runtime's Max dropped the NaN.
-    nans = [ops.isnan(slot) for slot in slots]
-    at_nan = list(nans)
-    later_nan = nans[-1]
-    for i in range(len(slots) - 2, -1, -1):
-        at_nan[i] = ops.and_(nans[i], ops.not_(later_nan))
-        later_nan = ops.or_(later_nan, nans[i])
-    chosen = []
-    seen = later_nan
-    for i, slot in enumerate(slots):
-        at_max = ops.equal(slot, window_max)
-        chosen.append(ops.or_(ops.and_(at_max, ops.not_(seen)), at_nan[i]))
-        if i < len(slots) - 1:
-            seen = ops.or_(seen, at_max)
-    return chosen
-
-
-def adaptive_avg_pool2d_exact(x: torch.Tensor, output_size: Sequence[Any]) -> torch.Tensor:
-    """``adaptive_avg_pool2d`` as two matrix products, exact at every input size.
-
-    Bin ``i`` of ``o`` over a side of length ``n`` covers
-    ``[floor(i*n/o), ceil((i+1)*n/o))`` (PyTorch's rule); ``P[i, j]`` is
-    ``1/len(bin i)`` inside the bin and 0 outside, so ``out = P_h @ x @ P_w^T``.
-    The matrices are built from the (symbolic) input size, so the exported
-    graph stays right under dynamic height and width.
-    """
-    out_h, out_w = output_size[0], output_size[1]
-    if isinstance(out_h, int) and isinstance(out_w, int) and out_h == 1 and out_w == 1:
-        return x.mean(dim=(-2, -1), keepdim=True)
-    rows = _bin_mask(x.shape[-2], out_h, x.device)
-    cols = _bin_mask(x.shape[-1], out_w, x.device)
-    pool_h = rows.to(x.dtype) / rows.sum(dim=1, keepdim=True).to(x.dtype)
-    pool_w = cols.to(x.dtype) / cols.sum(dim=1, keepdim=True).to(x.dtype)
-    return pool_h @ x @ pool_w.transpose(0, 1)
-
-
-def adaptive_max_pool2d_exact(x: torch.Tensor, output_size: Sequence[Any]) -> torch.Tensor:
-    """``adaptive_max_pool2d`` values with masks, exact at every input size.
-
-    Same bins as ``adaptive_avg_pool2d_exact``: positions outside a bin are
-    filled with ``-inf`` and the maximum is taken, first over width, then
-    over height (max is exact in any order; NaN propagates as in PyTorch).
-    """
-    out_h, out_w = output_size[0], output_size[1]
-    if isinstance(out_h, int) and isinstance(out_w, int) and out_h == 1 and out_w == 1:
-        return x.amax(dim=(-2, -1), keepdim=True)
-    over_width = _masked_max_last_dim(x, _bin_mask(x.shape[-1], out_w, x.device))  # [N, C, H, out_w]
-    over_height = _masked_max_last_dim(over_width.transpose(-1, -2), _bin_mask(x.shape[-2], out_h, x.device))
-    return over_height.transpose(-1, -2)
-
-
-def _bin_mask(size: Any, bins: Any, device: torch.device) -> torch.Tensor:
-    """Boolean ``[bins, size]``: row ``i`` is true on PyTorch's adaptive-pooling bin ``i``."""
-    index = torch.arange(bins, device=device)
-    start = (index * size) // bins
-    end = ((index + 1) * size + bins - 1) // bins
-    position = torch.arange(size, device=device)
-    return (position.unsqueeze(0) >= start.unsqueeze(1)) & (position.unsqueeze(0) < end.unsqueeze(1))
-
-
-def _masked_max_last_dim(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``[..., L]`` and mask ``[o, L]`` -> ``[..., o]``: max over the masked positions."""
-    fill = torch.full((), float("-inf"), dtype=x.dtype, device=x.device)
-    return torch.where(mask, x.unsqueeze(-2), fill).amax(dim=-1)
 
 
 # --------------------------------------------------------------------------- splicing into the captured program
@@ -395,7 +237,96 @@ class AdaptiveMaxPool(Rewrite):
         graph.erase_node(node)
 
 
-REWRITES: tuple[Rewrite, ...] = (MaxUnpool(), AdaptiveAvgPool(), AdaptiveMaxPool())
+class PatchUnfold(Rewrite):
+    """Non-overlapping ``im2col`` -> ``unfold_patches`` (crop, reshape, permute).
+
+    Matches ``aten.im2col`` (``F.unfold``, ``nn.Unfold``) with stride equal to the kernel,
+    padding 0 and dilation 1: the patch extraction of MobileViTV2 and of ViT-style patch
+    embeddings written with ``unfold``. Other configurations are left to the translation.
+    """
+
+    name = "unfold_patches"
+
+    def match(self, node: fx.Node) -> bool:
+        if node.op != "call_function" or node.target is not aten.im2col.default:
+            return False
+        _, kernel, dilation, padding, stride = node.args[:5]
+        return _non_overlapping(kernel, dilation, padding, stride)
+
+    def apply(self, graph: fx.Graph, node: fx.Node, found: RewriteResult) -> None:
+        new = splice_call(graph, node, unfold_patches, (node.args[0], list(node.args[1])))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
+
+class PatchFold(Rewrite):
+    """Non-overlapping ``col2im`` -> ``fold_patches`` (reshape, permute, zero pad).
+
+    Matches ``aten.col2im`` (``F.fold``, ``nn.Fold``) with stride equal to the kernel,
+    padding 0 and dilation 1 (MobileViTV2's folding). The stock translation is ``Col2Im``,
+    which opset 17 and TensorRT's parser lack. Other configurations are left to the translation.
+    """
+
+    name = "fold_patches"
+
+    def match(self, node: fx.Node) -> bool:
+        if node.op != "call_function" or node.target is not aten.col2im.default:
+            return False
+        _, _, kernel, dilation, padding, stride = node.args[:6]
+        return _non_overlapping(kernel, dilation, padding, stride)
+
+    def apply(self, graph: fx.Graph, node: fx.Node, found: RewriteResult) -> None:
+        columns, output_size, kernel = node.args[:3]
+        new = splice_call(graph, node, fold_patches, (columns, list(output_size), list(kernel)))
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
+
+class AntialiasResize(Rewrite):
+    """Antialiased bilinear/bicubic ``interpolate`` -> ``resize_antialias`` (``W_h @ x @ W_w^T``).
+
+    Matches ``aten._upsample_bilinear2d_aa`` and ``aten._upsample_bicubic2d_aa`` (``.vec`` with
+    an output size, and the overload with per-axis scales): ``F.interpolate(..., antialias=True)``,
+    which timm uses to resample position embeddings to the input's patch grid. The stock
+    translation is a ``Resize`` with ``antialias=1``, which opset 17 lacks and TensorRT does not
+    take. Always applicable.
+    """
+
+    name = "antialias_resize"
+    cubic = {
+        aten._upsample_bilinear2d_aa.vec: False,
+        aten._upsample_bilinear2d_aa.default: False,
+        aten._upsample_bicubic2d_aa.vec: True,
+        aten._upsample_bicubic2d_aa.default: True,
+    }
+
+    def match(self, node: fx.Node) -> bool:
+        return node.op == "call_function" and node.target in self.cubic
+
+    def apply(self, graph: fx.Graph, node: fx.Node, found: RewriteResult) -> None:
+        x, output_size, align_corners = node.args[:3]
+        if node.target in (aten._upsample_bilinear2d_aa.vec, aten._upsample_bicubic2d_aa.vec):
+            factors = node.args[3] if len(node.args) > 3 else node.kwargs.get("scale_factors")
+            # .vec takes an output size or scale factors (then the size follows from them)
+            scales = [None, None] if output_size is not None else [float(f) for f in factors]
+        else:
+            rest = [*node.args[3:5], None, None]
+            scales = [node.kwargs.get("scales_h", rest[0]), node.kwargs.get("scales_w", rest[1])]
+        size = list(output_size) if output_size is not None else None
+        args = (x, size, self.cubic[node.target], bool(align_corners), scales)
+        new = splice_call(graph, node, resize_antialias, args)
+        node.replace_all_uses_with(new)
+        graph.erase_node(node)
+
+
+REWRITES: tuple[Rewrite, ...] = (
+    MaxUnpool(),
+    AdaptiveAvgPool(),
+    AdaptiveMaxPool(),
+    PatchUnfold(),
+    PatchFold(),
+    AntialiasResize(),
+)
 """Every rewrite, in the order they are tried."""
 
 REWRITE_NAMES: tuple[str, ...] = tuple(r.name for r in REWRITES)
@@ -469,6 +400,13 @@ def _pool_args(node: fx.Node) -> tuple[fx.Node, list[int], list[int], list[int],
     dilation = pair(kwargs.get("dilation", dilation), [1, 1])
     ceil_mode = bool(kwargs.get("ceil_mode", ceil_mode) or False)
     return x, kernel, stride, padding, dilation, ceil_mode
+
+
+def _non_overlapping(
+    kernel: Sequence[int], dilation: Sequence[int], padding: Sequence[int], stride: Sequence[int]
+) -> bool:
+    """``im2col``/``col2im`` windows that tile the plane: stride equal to the kernel, no padding, dilation 1."""
+    return list(stride) == list(kernel) and all(p == 0 for p in padding) and all(d == 1 for d in dilation)
 
 
 def _same_sizes(output_size: Sequence[Any], input_size: Sequence[Any]) -> bool:
