@@ -146,7 +146,10 @@ def export_cmd(
     dynamic: Annotated[bool, typer.Option("--dynamic/--static", help="Dynamic batch/height/width axes.")] = True,
     simplify: Annotated[bool, typer.Option("--simplify/--no-simplify", help="Simplify with onnxsim.")] = True,
     verify: Annotated[
-        bool, typer.Option("--verify/--no-verify", help="Compare with PyTorch at 3 valid shapes.")
+        bool,
+        typer.Option(
+            "--verify/--no-verify", help="Compare with PyTorch over the size rule (odd, batch 2, tall, wide)."
+        ),
     ] = True,
     precision: Annotated[
         Precision,
@@ -175,9 +178,10 @@ def export_cmd(
     """Export MODEL to ONNX that TensorRT's parser accepts, then verify it against PyTorch.
 
     Finds the input sizes the model accepts, captures it once, rewrites max-pool indices +
-    unpooling and adaptive pooling into exact plain ops, writes the requested opset with named
-    dynamic axes and metadata, simplifies, lints for TensorRT 10 and verifies against the model's
-    own float32 noise. Exit code 4 when verification fails (nothing is written then, except --report).
+    unpooling, adaptive pooling, patch unfold/fold and antialiased resizing into exact plain ops,
+    writes the requested opset with named dynamic axes and metadata, simplifies, lints for TensorRT 10
+    and verifies against the model's own float32 noise. Exit code 4 when verification fails (nothing
+    is written then, except --report).
     """
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -281,7 +285,7 @@ def verify_cmd(
     config: ConfigOption = None,
     shape: Annotated[
         Optional[list[str]],
-        typer.Option("--shape", help="NxCxHxW, repeatable (default: the traced shape, an odd size and batch 2)."),
+        typer.Option("--shape", help="NxCxHxW, repeatable (default: an odd size, batch 2, tall and wide sizes)."),
     ] = None,
     report: ReportOption = None,
     as_json: JsonFlag = False,
