@@ -10,7 +10,7 @@ Measures, in the same process and with the same thread count:
 4. TensorRT fp32/fp16 rows when TensorRT and a GPU are present.
 
 Writes ``<out>/cpu-<date>.json`` (everything) and ``<out>/cpu.md`` (the table
-README.md shows). See benchmarks/README.md.
+the README points to). See benchmarks/README.md.
 """
 
 from __future__ import annotations
