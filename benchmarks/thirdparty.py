@@ -109,13 +109,18 @@ def _plain(text: str) -> str:
 
 
 def _short(reason: str, limit: int = 90) -> str:
-    """A narrowing reason for a table cell: the guard's expression shortened, its source line kept whole."""
-    match = re.match(r"^(.*) \(([^()]+\.py:\d+ in \w+)\)$", reason)
+    """A narrowing reason for a table cell: the guard's expression shortened, its source line kept whole,
+    then the shape the file failed at and the start of why."""
+    guard, _, fails = reason.partition(", and the file fails at ")
+    if not fails:  # no guard explains the failure: the reason starts with the failing shape
+        guard, fails = "", reason.removeprefix("the file fails at ")
+    cut = lambda text: text if len(text) <= limit else text[: limit - 3] + "..."
+    failing = f"fails at {cut(fails)}"
+    match = re.match(r"^the capture specialized on the input size at (.*) \(([^()]+\.py:\d+ in \w+)\)$", guard)
     if not match:
-        return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+        return f"{cut(guard)}; {failing}" if guard else failing
     what, where = match.groups()
-    what = what.replace("the capture specialized on the input size at ", "guard ")
-    return f"{what if len(what) <= limit else what[: limit - 3] + '...'} at {where}"
+    return f"guard {cut(what)} at {where}; {failing}"
 
 
 def main() -> None:
