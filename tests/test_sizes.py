@@ -70,14 +70,18 @@ class TokenView(nn.Module):
         return F.interpolate(self.head(grid), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-class GlobalContext(nn.Module):
-    """A global-context branch pooled by 32: at a 32x32 trace it is 1x1, and torch records contiguity
-    guards on that size-1 map (``Eq(w//32, 1)``) that change nothing the graph computes."""
+class _StemHead(nn.Module):
+    """A conv-BN-ReLU stem and a 1x1 head; subclasses put their size-dependent part between them."""
 
     def __init__(self, num_classes: int = 3) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
         self.head = nn.Conv2d(8, num_classes, 1)
+
+
+class GlobalContext(_StemHead):
+    """A global-context branch pooled by 32: at a 32x32 trace it is 1x1, and torch records contiguity
+    guards on that size-1 map (``Eq(w//32, 1)``) that change nothing the graph computes."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.stem(x)
@@ -86,13 +90,8 @@ class GlobalContext(nn.Module):
         return self.head(f + F.interpolate(context, size=f.shape[-2:], mode="nearest"))
 
 
-class SmoothingPasses(nn.Module):
+class SmoothingPasses(_StemHead):
     """One more smoothing pass per 64 columns, counted with a Python int: the capture bakes the count."""
-
-    def __init__(self, num_classes: int = 3) -> None:
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
-        self.head = nn.Conv2d(8, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.stem(x)
