@@ -307,6 +307,7 @@ TRITON_REFUSES = [
     TritonRefusal("empty-dims", "dims: [ 3, -1, -1 ]", "dims: [ ]", "has rank 1", True),
     TritonRefusal("zero-dim", "dims: [ 3, -1, -1 ]", "dims: [ 3, 0, -1 ]", "dim 0 is not a size or -1", True),
     TritonRefusal("no-data-type", _IN, "dims: [ 3", "has data_type TYPE_INVALID", True),
+    TritonRefusal("no-input-name", 'name: "input"\n', "", "input '' is not a model input", True),
     TritonRefusal(
         "preferred-above-max", *_dyn("preferred_batch_size: [ 16 ]"), "[16] is outside 1..max_batch_size 8", True
     ),

@@ -292,7 +292,8 @@ def _tensor_flags(section: str, entry: Any, kind: TritonKind) -> list[str]:
     name, problems = entry.name, []
     if entry.is_shape_tensor:
         problems.append(f"{section} {name!r} is_shape_tensor: the model's tensors are not shape tensors")
-    if entry.is_non_linear_format_io and (kind is not TritonKind.PLAN or len(entry.dims) != 3):
+    # is_non_linear_format_io is newer than some tritonclient releases segdeploy[triton] allows
+    if getattr(entry, "is_non_linear_format_io", False) and (kind is not TritonKind.PLAN or len(entry.dims) != 3):
         problems.append(f"{section} {name!r} is_non_linear_format_io needs a TensorRT plan and 3 dims")
     if section == "input":
         if entry.format != type(entry).FORMAT_NONE and len(entry.dims) != 3:
