@@ -11,6 +11,7 @@ import functools
 import json
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -207,3 +208,243 @@ def fake_engine_for(onnx_path: Path, directory: Path, **overrides) -> Path:
     )
     sidecar.write(engine)
     return engine
+
+
+# --------------------------------------------------------------------------- hand edits of a Triton config
+class TritonEdit(NamedTuple):
+    """A hand edit of ``triton/FLAVOUR/config.pbtxt`` (``old`` replaced once by ``new``) that Triton accepts."""
+
+    label: str
+    old: str
+    new: str
+    flavour: str = "fp16_probs"
+
+
+class TritonRefusal(NamedTuple):
+    """A hand edit the check refuses; its first problem contains ``fragment``.
+
+    ``at_poll``: Triton itself refuses it when it reads the repository (text proto, config validation,
+    version policy). False: it passes that and is left to the backend (tensors against the ONNX, warmup
+    samples) or fails only at request time; the real server here cannot confirm those.
+    """
+
+    label: str
+    old: str
+    new: str
+    fragment: str
+    at_poll: bool
+    flavour: str = "fp16_probs"
+
+
+_MBS, _DYN = "max_batch_size: 8", "dynamic_batching { }"
+_IN = "data_type: TYPE_FP32\n    dims: [ 3"  # inside the input entry of fp16_probs
+_GRAY_IN = "data_type: TYPE_FP32\n    dims: [ 2, 1"  # of gray_probs (fixed batch)
+
+
+def _add(text: str, anchor: str = _MBS) -> tuple[str, str]:
+    """An edit adding a line after ``anchor``."""
+    return anchor, f"{anchor}\n{text}"
+
+
+def _dyn(settings: str) -> tuple[str, str]:
+    """An edit giving ``dynamic_batching`` these settings."""
+    return _DYN, f"dynamic_batching {{ {settings} }}"
+
+
+def _field(text: str, anchor: str = _IN) -> tuple[str, str]:
+    """An edit adding a field to the input entry, before its dims."""
+    return anchor, anchor.replace("\n    dims", f"\n    {text}\n    dims")
+
+
+def _warmup(batch: int, dtype: str, dims: str, data: str) -> tuple[str, str]:
+    sample = f"{{ data_type: {dtype} dims: [ {dims} ] {data} }}"
+    return _add(f'model_warmup [ {{ name: "w" batch_size: {batch} inputs {{ key: "input" value: {sample} }} }} ]', _DYN)
+
+
+TRITON_ACCEPTS = [
+    TritonEdit("platform-not-backend", 'backend: "onnxruntime"', 'platform: "onnxruntime_onnx"'),
+    TritonEdit("backend-and-platform", *_add('platform: "onnxruntime_onnx"', 'backend: "onnxruntime"')),
+    TritonEdit("backend-inferred-from-file", 'backend: "onnxruntime"\n', ""),
+    TritonEdit("backend-from-file-name", 'backend: "onnxruntime"\n', 'default_model_filename: "model.onnx"\n'),
+    TritonEdit("name-left-out", 'name: "fp16_probs"\n', ""),
+    TritonEdit("version-1", *_add("version_policy: { specific: { versions: [ 1 ] } }")),
+    TritonEdit("latest-1", *_add("version_policy: { latest: { num_versions: 1 } }")),
+    TritonEdit("all-versions", *_add("version_policy { all { } }")),
+    TritonEdit("fixed-size-the-model-takes", "dims: [ 3, -1, -1 ]", "dims: [ 3, 64, 96 ]"),
+    TritonEdit("warmup", *_warmup(2, "TYPE_FP32", "3, 32, 40", "zero_data: true")),
+    TritonEdit("preferred-sizes", *_dyn("max_queue_delay_microseconds: 100 preferred_batch_size: [ 4, 8 ]")),
+    TritonEdit(
+        "priority-levels",
+        *_dyn(
+            "priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 2 value: { max_queue_size: 4 } }"
+        ),
+    ),
+    TritonEdit("preserve-ordering", *_dyn("preserve_ordering: true")),
+    TritonEdit("cpu-instances", *_add("instance_group [ { kind: KIND_CPU count: 2 } ]")),
+    TritonEdit("identity-reshape", *_field("reshape: { shape: [ 3, -1, -1 ] }")),
+    TritonEdit("dims-one-by-one", "dims: [ 3, -1, -1 ]", "dims: 3 dims: -1 dims: -1"),
+    TritonEdit("single-quotes-and-comment", 'name: "fp16_probs"\n', "name: 'fp16_probs'  # quoted\n"),
+    TritonEdit("type-by-number", _IN, "data_type: 11\n    dims: [ 3"),
+    TritonEdit("queue-without-batching", *_add(_DYN, "max_batch_size: 0"), "gray_probs"),
+]
+
+TRITON_REFUSES = [
+    # what Triton refuses when it reads the repository
+    TritonRefusal("misspelt-field", _MBS, "max_batch_sise: 8", "does not parse as a Triton ModelConfig", True),
+    TritonRefusal("unknown-type", "TYPE_FP32", "TYPE_FLOAT32", "does not parse as a Triton ModelConfig", True),
+    TritonRefusal("trailing-comma", "dims: [ 3, -1, -1 ]", "dims: [ 3, -1, -1, ]", "does not parse", True),
+    TritonRefusal("field-twice", *_add("max_batch_size: 4"), "does not parse", True),
+    TritonRefusal("name-not-directory", 'name: "fp16_probs"', 'name: "other"', "is not the directory's", True),
+    TritonRefusal(
+        "backend-platform-pair", *_add('platform: "tensorrt_plan"', 'backend: "onnxruntime"'), "does not serve", True
+    ),
+    TritonRefusal("negative-batch", _MBS, "max_batch_size: -2", "max_batch_size -2 is negative", True),
+    TritonRefusal(
+        "missing-version", *_add("version_policy: { specific: { versions: [ 2 ] } }"), "version(s) [2]", True
+    ),
+    TritonRefusal("no-version", *_add("version_policy: { specific: { versions: [ ] } }"), "version(s) (none)", True),
+    TritonRefusal("latest-0", *_add("version_policy: { latest: { num_versions: 0 } }"), "serves no version", True),
+    TritonRefusal("empty-dims", "dims: [ 3, -1, -1 ]", "dims: [ ]", "has rank 1", True),
+    TritonRefusal("zero-dim", "dims: [ 3, -1, -1 ]", "dims: [ 3, 0, -1 ]", "dim 0 is not a size or -1", True),
+    TritonRefusal("no-data-type", _IN, "dims: [ 3", "has data_type TYPE_INVALID", True),
+    TritonRefusal("no-input-name", 'name: "input"\n', "", "input '' is not a model input", True),
+    TritonRefusal(
+        "preferred-above-max", *_dyn("preferred_batch_size: [ 16 ]"), "[16] is outside 1..max_batch_size 8", True
+    ),
+    TritonRefusal("preferred-zero", *_dyn("preferred_batch_size: [ 0 ]"), "[0] is outside", True),
+    TritonRefusal(
+        "priority-default-unset", *_dyn("priority_levels: 2"), "default_priority_level 0 is outside 1..2", True
+    ),
+    TritonRefusal(
+        "priority-policy-level",
+        *_dyn("priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 3 value: { } }"),
+        "priority_queue_policy names level(s) [3]",
+        True,
+    ),
+    TritonRefusal(
+        "ordering-with-priorities",
+        *_dyn("priority_levels: 2 default_priority_level: 1 preserve_ordering: true"),
+        "preserve_ordering allows one priority level",
+        True,
+    ),
+    TritonRefusal(
+        "ordering-with-delay",
+        *_dyn("preserve_ordering: true default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 9 }"),
+        "no DELAY timeout action",
+        True,
+    ),
+    TritonRefusal(
+        "cache-decoupled",
+        *_add("response_cache { enable: true }\nmodel_transaction_policy { decoupled: true }"),
+        "response_cache cannot serve a decoupled model",
+        True,
+    ),
+    TritonRefusal(
+        "ensemble-scheduling",
+        *_add("ensemble_scheduling { }", "max_batch_size: 0"),
+        "ensemble_scheduling is for ensembles",
+        True,
+        "gray_probs",
+    ),
+    TritonRefusal(
+        "sequence-preferred-size",
+        *_add("sequence_batching { oldest { preferred_batch_size: [ 2 ] } }", "max_batch_size: 0"),
+        "sequence_batching needs a correlation ID",
+        True,
+        "gray_probs",
+    ),
+    TritonRefusal("shape-tensor", *_field("is_shape_tensor: true"), "is_shape_tensor", True),
+    TritonRefusal("non-linear-io", *_field("is_non_linear_format_io: true"), "needs a TensorRT plan", True),
+    TritonRefusal(
+        "reshape-elements", *_field("reshape: { shape: [ 3, -1 ] }"), "reshape [3, -1] does not hold the elements", True
+    ),
+    TritonRefusal(
+        "empty-reshape-unbatched",
+        *_field("reshape: { shape: [ ] }", _GRAY_IN),
+        "reshape [] does not hold the elements",
+        True,
+        "gray_probs",
+    ),
+    TritonRefusal(
+        "nchw-with-4-dims", *_field("format: FORMAT_NCHW", _GRAY_IN), "FORMAT_NCHW needs 3 dims", True, "gray_probs"
+    ),
+    TritonRefusal(
+        "batch-input-type",
+        *_add(
+            'batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_FP16 source_input: "input" } ]'
+        ),
+        "batch_input/batch_output are for ragged batching",
+        True,
+    ),
+    TritonRefusal(
+        "batch-output-target",
+        *_add('batch_output [ { kind: BATCH_SCATTER_WITH_INPUT_SHAPE target_name: "nope" source_input: "input" } ]'),
+        "batch_input/batch_output are for ragged batching",
+        True,
+    ),
+    # what passes Triton's poll and fails later, in the backend (the tensors against the ONNX, the warmup
+    # samples) or at request time
+    TritonRefusal("input-name", 'name: "input"', 'name: "image"', "input 'image' is not a model input", False),
+    TritonRefusal("input-type", _IN, "data_type: TYPE_FP16\n    dims: [ 3", "data_type TYPE_FP16", False),
+    TritonRefusal("unknown-type-number", _IN, "data_type: 99\n    dims: [ 3", "has data_type 99", False),
+    TritonRefusal("input-rank", "dims: [ 3, -1, -1 ]", "dims: [ -1, -1 ]", "rank 3", False),
+    TritonRefusal(
+        "class-count", "dims: [ 4, -1, -1 ]", "dims: [ 5, -1, -1 ]", "'probs' has 5 classes, the model has 4", False
+    ),
+    TritonRefusal(
+        "input-twice",
+        "  }\n]\noutput",
+        '  },\n  { name: "input" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }\n]\noutput',
+        "2 inputs, the model has 1",
+        False,
+    ),
+    TritonRefusal(
+        "plan-platform-for-onnx", 'backend: "onnxruntime"', 'platform: "tensorrt_plan"', "does not serve", False
+    ),
+    TritonRefusal(
+        "other-file-name", *_add('default_model_filename: "m.onnx"'), "default_model_filename 'm.onnx'", False
+    ),
+    TritonRefusal(
+        "height-1", "dims: [ 3, -1, -1 ]", "dims: [ 3, 1, 1 ]", "fixes height 1, not a size the model takes", False
+    ),
+    TritonRefusal(
+        "reshape-rank",
+        *_field("reshape: { shape: [ 2, 1, 560 ] }", _GRAY_IN),
+        "input reshape 'input' has rank 3",
+        False,
+        "gray_probs",
+    ),
+    TritonRefusal("ragged-batch", *_field("allow_ragged_batch: true"), "allow_ragged_batch", False),
+    TritonRefusal(
+        "sequence-batching", _DYN, "sequence_batching { }", "sequence_batching needs a correlation ID", False
+    ),
+    TritonRefusal(
+        "warmup-batch",
+        *_add('model_warmup [ { name: "w" batch_size: 16 } ]', _DYN),
+        "batch_size 16 does not fit",
+        False,
+    ),
+    TritonRefusal(
+        "warmup-type", *_warmup(1, "TYPE_UINT8", "3, 32, 40", "zero_data: true"), "input 'input' is TYPE_UINT8", False
+    ),
+    TritonRefusal(
+        "warmup-size",
+        *_warmup(1, "TYPE_FP32", "3, 1, 40", "random_data: true"),
+        "dims [3, 1, 40] are not a shape the model takes",
+        False,
+    ),
+    TritonRefusal(
+        "warmup-file",
+        *_warmup(1, "TYPE_FP32", "3, 32, 40", 'input_data_file: "x.bin"'),
+        "names warmup/x.bin, which is missing",
+        False,
+    ),
+]
+
+
+def edit_triton_config(copy, edit: TritonEdit | TritonRefusal) -> Path:
+    """Copy the edit's bundle (``copy`` from :func:`copy_maker`), make the edit, rehash; the bundle's path."""
+    bundle = copy(edit.flavour)
+    edit_text(bundle / "triton" / edit.flavour / "config.pbtxt", edit.old, edit.new)
+    rehash(bundle)
+    return bundle

@@ -1,9 +1,10 @@
 """The bundle's Triton model repository: configs against Triton's own schema and load-time rules, and
 ``client.py`` against a stand-in server that speaks the part of the KServe v2 HTTP protocol it uses.
 
-Why a stand-in and not ``tritonserver``: the ``nvidia-pytriton`` wheel's server has only the Python backend,
-so it cannot load the bundle's ``onnxruntime`` or ``tensorrt_plan`` models; a Python-backend model written for
-the test would exercise that wrapper, not the bundle's files. The stand-in instead reads the bundle's own
+The hand edits (``TRITON_ACCEPTS``, ``TRITON_REFUSES`` in ``bundle_helpers``) are shared with
+``test_triton_server.py``, which loads them into a real ``tritonserver`` (heavy tier): that server reads and
+validates the config but has no ONNX Runtime or TensorRT backend, so it cannot check tensors against the
+model or run a request. The client is therefore tested here against a stand-in that reads the bundle's own
 ``config.pbtxt`` (with Triton's ModelConfig schema), refuses requests that do not fit it as Triton does, and
 runs the bundle's ``1/model.onnx``.
 """
@@ -22,9 +23,12 @@ import numpy as np
 import pytest
 from bundle_helpers import (
     FLAVOURS,
+    TRITON_ACCEPTS,
+    TRITON_REFUSES,
     bundles_for,
     copy_maker,
     edit_text,
+    edit_triton_config,
     exports_for,
     fake_engine_for,
     needs_triton,
@@ -76,81 +80,16 @@ def test_triton_configs_parse_with_tritons_schema_and_match_the_onnx(bundles, na
         assert config.output[0].data_type == types.Value("TYPE_INT32")
 
 
-@pytest.mark.parametrize(
-    "edit",
-    [
-        ('backend: "onnxruntime"', 'platform: "onnxruntime_onnx"'),
-        ('backend: "onnxruntime"', 'backend: "onnxruntime"\nplatform: "onnxruntime_onnx"'),
-        ("max_batch_size: 8", "max_batch_size: 8\nversion_policy: { specific: { versions: [ 1 ] } }"),
-        ("max_batch_size: 8", "max_batch_size: 8\nversion_policy: { latest: { num_versions: 1 } }"),
-        ("dims: [ 3, -1, -1 ]", "dims: [ 3, 64, 96 ]"),  # a fixed size the model takes
-        (
-            "dynamic_batching { }",
-            'dynamic_batching { }\nmodel_warmup [ { name: "w" batch_size: 2 inputs { key: "input" value: '
-            "{ data_type: TYPE_FP32 dims: [ 3, 32, 40 ] zero_data: true } } } ]",
-        ),
-    ],
-)
+@pytest.mark.parametrize("edit", TRITON_ACCEPTS, ids=lambda e: e.label)
 def test_check_accepts_what_triton_loads(copy_of, edit):
-    bundle = copy_of("fp16_probs")
-    edit_text(_config(bundle, "fp16_probs"), *edit)
-    rehash(bundle)
-    report = check_bundle(bundle)
+    report = check_bundle(edit_triton_config(copy_of, edit))
     assert report.ok, report.problems
 
 
-@pytest.mark.parametrize(
-    ("edit", "fragment"),
-    [
-        (("max_batch_size: 8", "max_batch_sise: 8"), "does not parse as a Triton ModelConfig"),
-        (("TYPE_FP32", "TYPE_FLOAT32"), "does not parse as a Triton ModelConfig"),
-        (('name: "input"', 'name: "image"'), "input 'image' is not a model input"),
-        (("data_type: TYPE_FP32\n    dims: [ 3", "data_type: TYPE_FP16\n    dims: [ 3"), "data_type TYPE_FP16"),
-        (("dims: [ 3, -1, -1 ]", "dims: [ -1, -1 ]"), "rank 3"),
-        (("dims: [ 4, -1, -1 ]", "dims: [ 5, -1, -1 ]"), "output 'probs' has 5 classes, the model has 4"),
-        (('name: "fp16_probs"', 'name: "other"'), "is not the directory's"),
-        (('backend: "onnxruntime"', 'platform: "tensorrt_plan"'), "does not serve model.onnx"),
-        (("dims: [ 3, -1, -1 ]", "dims: [ 3, 1, 1 ]"), "fixes height 1, not a size the model takes"),
-        (
-            ("max_batch_size: 8", "max_batch_size: 8\nversion_policy: { specific: { versions: [ 2 ] } }"),
-            "version_policy names version(s) [2]",
-        ),
-        (
-            ("dynamic_batching { }", 'dynamic_batching { }\nmodel_warmup [ { name: "w" batch_size: 16 } ]'),
-            "model_warmup 'w' batch_size 16 does not fit max_batch_size 8",
-        ),
-        (
-            (
-                "dynamic_batching { }",
-                'dynamic_batching { }\nmodel_warmup [ { name: "w" batch_size: 1 inputs { key: "input" value: '
-                "{ data_type: TYPE_UINT8 dims: [ 3, 32, 40 ] zero_data: true } } } ]",
-            ),
-            "model_warmup 'w' input 'input' is TYPE_UINT8",
-        ),
-        (
-            (
-                "dynamic_batching { }",
-                'dynamic_batching { }\nmodel_warmup [ { name: "w" batch_size: 1 inputs { key: "input" value: '
-                "{ data_type: TYPE_FP32 dims: [ 3, 1, 40 ] random_data: true } } } ]",
-            ),
-            "dims [3, 1, 40] are not a shape the model takes",
-        ),
-        (
-            (
-                "dynamic_batching { }",
-                'dynamic_batching { }\nmodel_warmup [ { name: "w" batch_size: 1 inputs { key: "input" value: '
-                '{ data_type: TYPE_FP32 dims: [ 3, 32, 40 ] input_data_file: "x.bin" } } } ]',
-            ),
-            "names warmup/x.bin, which is missing",
-        ),
-    ],
-)
-def test_check_refuses_what_triton_refuses_at_load(copy_of, edit, fragment):
-    bundle = copy_of("fp16_probs")
-    edit_text(_config(bundle, "fp16_probs"), *edit)
-    rehash(bundle)
-    problems = check_bundle(bundle).problems
-    assert problems and fragment in problems[0], problems
+@pytest.mark.parametrize("edit", TRITON_REFUSES, ids=lambda e: e.label)
+def test_check_refuses_what_triton_refuses_at_load(copy_of, edit):
+    problems = check_bundle(edit_triton_config(copy_of, edit)).problems
+    assert problems and edit.fragment in problems[0], problems
 
 
 @pytest.mark.parametrize(

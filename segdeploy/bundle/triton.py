@@ -152,9 +152,12 @@ def check_model(
     """Problems of one Triton model directory against the ONNX it serves (empty: none).
 
     What Triton itself refuses when it loads the model is refused here too: a config that does not parse,
-    a backend or platform that does not fit the file, a ``version_policy`` naming a version the
-    directory lacks, dims that contradict the model (fixed sizes it does not take, or outside a plan's
-    profile), a batch a plan cannot run, and a ``model_warmup`` whose inputs do not fit.
+    a backend or platform that does not fit the file (one that names neither gets the backend Triton
+    infers from the file), a ``version_policy`` naming a version the directory lacks, the scheduling and
+    tensor-flag rules Triton checks when it reads the config, dims (and a ``reshape``) that contradict the
+    model (fixed sizes it does not take, or outside a plan's profile), a batch a plan cannot run, and a
+    ``model_warmup`` whose inputs do not fit. What Triton would take but the bundle cannot serve is
+    refused as well: sequence batching (``client.py`` sends no correlation ID) and ragged batching.
 
     Args:
         model_dir: ``triton/NAME`` or ``triton/NAME_trt``.
@@ -178,7 +181,7 @@ def check_model(
     bad = lambda message: problems.append(f"{where}: {message}")
     if config.name not in ("", model_dir.name):
         bad(f"name {config.name!r} is not the directory's {model_dir.name!r}")
-    backend, platform = config.backend, config.platform
+    backend, platform = _backend(config, model_dir)
     if kind is TritonKind.ONNX:
         fits = backend in ("", ONNX_BACKEND) and platform in ("", ONNX_PLATFORM) and (backend or platform)
         expected = f'backend "{ONNX_BACKEND}" or platform "{ONNX_PLATFORM}"'
@@ -199,10 +202,7 @@ def check_model(
         bad(f"max_batch_size {batch} > 0 but the model's batch is fixed at {inputs[0].dims[0]}")
     if batch > 0 and profile is not None and batch > profile.max[0]:
         bad(f"max_batch_size {batch} exceeds the engine profile's largest batch {profile.max[0]}")
-    if batch > 0 and config.HasField("sequence_batching"):
-        bad("sequence batching does not apply to a segmentation model")
-    if batch == 0 and config.HasField("dynamic_batching"):
-        bad("dynamic_batching needs max_batch_size > 0")
+    problems += [f"{where}: {p}" for p in _scheduling(config, batch)]
 
     type_names = {value: name for name, value in model_config_module().DataType.items()}
     for section, declared, actual in (("input", config.input, inputs), ("output", config.output, outputs)):
@@ -220,16 +220,99 @@ def check_model(
                     f"{section} {entry.name!r} has data_type {dtype}, the model's is "
                     f"{tensor.dtype} ({TRITON_TYPES.get(tensor.dtype, 'no Triton type')})"
                 )
+            problems += [f"{where}: {p}" for p in _tensor_flags(section, entry, kind)]
             main_output = section == "output" and tensor.name == outputs[0].name
-            problems += [
-                f"{where}: {p}"
-                for p in _check_dims(
-                    section, entry.name, list(entry.dims), tensor, batch, num_classes if main_output else None,
-                    classes_axis, spec if section == "input" else None, profile,
-                )
-            ]  # fmt: skip
+            # The client sends and gets `dims`; with a `reshape` the model sees that shape: both must fit it.
+            shapes = {section: list(entry.dims)}
+            if entry.HasField("reshape"):
+                reshape = shapes[f"{section} reshape"] = list(entry.reshape.shape)
+                if _chunks(shapes[section]) != _chunks(reshape):
+                    bad(f"{section} {entry.name!r} reshape {reshape} does not hold the elements of {shapes[section]}")
+            for label, shape in shapes.items():
+                problems += [
+                    f"{where}: {p}"
+                    for p in _check_dims(
+                        label, entry.name, shape, tensor, batch, num_classes if main_output else None,
+                        classes_axis, spec if section == "input" else None, profile,
+                    )
+                ]  # fmt: skip
+    if config.batch_input or config.batch_output:
+        bad("batch_input/batch_output are for ragged batching; the model takes whole images in its one input")
     problems += [f"{where}: {p}" for p in _check_warmup(config, model_dir, inputs, batch, type_names, spec)]
     return problems
+
+
+def _backend(config: Any, model_dir: Path) -> tuple[str, str]:
+    """(backend, platform) as Triton completes them: naming neither, the backend of ``default_model_filename``
+    or else of the model file in the first version directory (sorted by name, as Triton takes it)."""
+    backend, platform = config.backend, config.platform
+    if not backend and not platform:
+        file_name = config.default_model_filename
+        if not file_name:
+            subdirs = sorted((p for p in model_dir.iterdir() if p.is_dir()), key=lambda p: p.name)
+            present = {p.name for p in subdirs[0].iterdir() if p.is_file()} if subdirs else set()
+            file_name = next((f for f in ("model.plan", "model.onnx") if f in present), "")
+        backend = {"model.plan": TENSORRT_BACKEND, "model.onnx": ONNX_BACKEND}.get(file_name, "")
+    return backend, platform
+
+
+def _scheduling(config: Any, batch: int) -> list[str]:
+    """The scheduler settings Triton validates when it reads the config, and the ones the bundle cannot serve."""
+    problems = []
+    if config.HasField("sequence_batching"):
+        problems.append("sequence_batching needs a correlation ID in every request; the bundle's client.py sends none")
+    if config.HasField("ensemble_scheduling"):
+        problems.append("ensemble_scheduling is for ensembles; this model runs one file")
+    if config.response_cache.enable and config.model_transaction_policy.decoupled:
+        problems.append("response_cache cannot serve a decoupled model (model_transaction_policy)")
+    if not config.HasField("dynamic_batching"):
+        return problems
+    dynamic = config.dynamic_batching
+    sizes = [s for s in dynamic.preferred_batch_size if not 1 <= s <= batch]
+    if sizes:
+        problems.append(f"dynamic_batching preferred_batch_size {sizes} is outside 1..max_batch_size {batch}")
+    levels = dynamic.priority_levels
+    if levels and not 1 <= dynamic.default_priority_level <= levels:
+        problems.append(
+            f"dynamic_batching default_priority_level {dynamic.default_priority_level} is outside 1..{levels}"
+        )
+    outside = sorted(k for k in dynamic.priority_queue_policy if not 1 <= k <= levels)
+    if levels and outside:
+        problems.append(f"dynamic_batching priority_queue_policy names level(s) {outside} outside 1..{levels}")
+    if dynamic.preserve_ordering:
+        policies = [dynamic.default_queue_policy, *dynamic.priority_queue_policy.values()]
+        delay = type(dynamic.default_queue_policy).DELAY
+        if levels > 1 or any(p.default_timeout_microseconds and p.timeout_action == delay for p in policies):
+            problems.append("dynamic_batching preserve_ordering allows one priority level and no DELAY timeout action")
+    return problems
+
+
+def _tensor_flags(section: str, entry: Any, kind: TritonKind) -> list[str]:
+    """Flags on one input/output entry that Triton checks or the model cannot honour."""
+    name, problems = entry.name, []
+    if entry.is_shape_tensor:
+        problems.append(f"{section} {name!r} is_shape_tensor: the model's tensors are not shape tensors")
+    # is_non_linear_format_io is newer than some tritonclient releases segdeploy[triton] allows
+    if getattr(entry, "is_non_linear_format_io", False) and (kind is not TritonKind.PLAN or len(entry.dims) != 3):
+        problems.append(f"{section} {name!r} is_non_linear_format_io needs a TensorRT plan and 3 dims")
+    if section == "input":
+        if entry.format != type(entry).FORMAT_NONE and len(entry.dims) != 3:
+            problems.append(f"{section} {name!r} format {type(entry).Format.Name(entry.format)} needs 3 dims")
+        if entry.allow_ragged_batch:
+            problems.append(f"{section} {name!r} allow_ragged_batch: the model takes whole images, not ragged batches")
+    return problems
+
+
+def _chunks(shape: Any) -> list[int]:
+    """Element counts between the ``-1`` dims: Triton's test that a ``reshape`` holds the same elements."""
+    chunks, count = [], 1
+    for dim in shape:
+        if dim == -1:
+            chunks.append(count)
+            count = 1
+        else:
+            count *= int(dim)
+    return chunks + [count]
 
 
 def _versions(config: Any, model_dir: Path) -> list[str]:
