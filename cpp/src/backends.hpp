@@ -31,6 +31,10 @@ public:
     // execution context (TensorRT).
     virtual int max_in_flight() const = 0;
 
+    // Whether submit() returns only when the run is done (ONNX Runtime): the lane's output may then be read by
+    // another thread right away.
+    virtual bool synchronous() const { return false; }
+
     // The lane's host input buffer for `shape` (the manifest's dtype and layout), grown when the shape needs more.
     // May be called from a producer thread while another lane runs.
     virtual void* input(int lane, const Shape& shape) = 0;

@@ -40,7 +40,7 @@ void copy_input_item(const FramePipeline& p, const Shape& shape, int64_t from, i
 
 // The class map (CV_32S, the output's height and width) of batch item `item`: the values of a class-map output,
 // else the first maximum over the class axis, or for one class the threshold.
-// `best` is scratch (the best score per pixel), kept by the caller.
+// `best` is scratch (the best scores of a tile of pixels), kept by the caller.
 void output_classmap(const FramePipeline& p, const HostView& output, int64_t item, cv::Mat& map,
                      std::vector<float>& best);
 

@@ -77,6 +77,7 @@ public:
     }
 
     int max_in_flight() const override { return 1; }
+    bool synchronous() const override { return true; }
 
     void* input(int l, const Shape& shape) override {
         Lane& lane = lanes_[l];

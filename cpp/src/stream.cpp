@@ -1,8 +1,11 @@
 // Segmenter::run_stream: frames from a source, results to a sink, in order.
 //
-// Pipelined, a worker thread reads and preprocesses into one lane while the calling thread runs the other lane
-// and hands its results to the sink. Lanes cycle free -> filled (worker) -> running (caller) -> free, so the worker
-// only ever writes a lane nobody reads. On TensorRT with two execution contexts two lanes may run at once.
+// Pipelined, a worker thread reads and preprocesses into one lane while the calling thread runs the other lane.
+// Lanes cycle free -> filled (worker) -> running (caller) -> free, so the worker only ever writes a lane nobody
+// reads. On TensorRT with two execution contexts two lanes may run at once, and the caller waits for each and hands
+// its results to the sink. On a synchronous runtime (ONNX Runtime) the caller only runs: the worker turns a lane's
+// output into class maps and hands them to the sink before it refills the lane, so that all the work around the
+// model overlaps the model's next run.
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -31,6 +34,13 @@ public:
         return l;
     }
     void give_free(int l) { push(free_, l); }
+    int take_free_now() {  // kEnd when no lane is free
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (free_.empty()) return kEnd;
+        const int l = free_.front();
+        free_.pop_front();
+        return l;
+    }
     void give_filled(int l) { push(filled_, l); }  // kEnd: the source is done
     int take_filled() {
         std::unique_lock<std::mutex> lock(mutex_);
@@ -137,12 +147,21 @@ StreamStats Segmenter::run_stream(const FrameSource& source, const FrameSink& si
         }
     } else {
         LaneQueues queues;
+        // Synchronous runtime: a lane the caller ran goes back to the free queue with its output still to finish.
+        // The queue's lock orders these flags between the threads; the free queue keeps the lanes in run order.
+        const bool worker_finishes = impl.backend->synchronous();
+        bool ran[detail::Backend::kLanes] = {};
         std::exception_ptr source_error;
         std::thread worker([&] {
             try {
                 for (;;) {
                     const int l = queues.take_free();
-                    if (l == kEnd || !fill_lane(l)) break;
+                    if (l == kEnd) break;
+                    if (ran[l]) {
+                        complete(l);
+                        ran[l] = false;
+                    }
+                    if (!fill_lane(l)) break;
                     queues.give_filled(l);
                 }
             } catch (...) {
@@ -155,6 +174,11 @@ StreamStats Segmenter::run_stream(const FrameSource& source, const FrameSink& si
                 const int l = queues.take_filled();
                 if (l == kEnd) break;
                 impl.backend->submit(l);
+                if (worker_finishes) {
+                    ran[l] = true;
+                    queues.give_free(l);
+                    continue;
+                }
                 running.push_back(l);
                 while (static_cast<int>(running.size()) >= in_flight_limit) {
                     const int done = running.front();
@@ -185,6 +209,11 @@ StreamStats Segmenter::run_stream(const FrameSource& source, const FrameSink& si
         }
         worker.join();
         if (source_error) std::rethrow_exception(source_error);
+        // Lanes the caller ran after the worker's last turn, finished here in run order.
+        for (int l; (l = queues.take_free_now()) != kEnd;) {
+            if (ran[l]) complete(l);
+            ran[l] = false;
+        }
     }
 
     StreamStats stats;

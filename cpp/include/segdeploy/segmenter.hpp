@@ -75,7 +75,8 @@ struct StreamFrame {
     FrameTiming timing;
 };
 
-// Receives each frame's result, in source order, on the calling thread.
+// Receives each frame's result, in source order, one call at a time: on the calling thread, except in a pipelined
+// stream on ONNX Runtime, where the worker thread that reads the source also finishes each run and calls the sink.
 using FrameSink = std::function<void(const StreamFrame& result)>;
 
 struct StreamOptions {
@@ -118,7 +119,9 @@ public:
 
     // Runs every frame of `source` and hands each result to `sink` in order. Pipelined (the default): a worker
     // thread reads and preprocesses frame n+1 while frame n runs (on TensorRT with two execution contexts and
-    // streams when the plan allows concurrent contexts). Errors from either side are rethrown here.
+    // streams when the plan allows concurrent contexts; on ONNX Runtime the worker also makes the class maps of
+    // frame n-1 and calls the sink, so the calling thread only runs the model). Errors from either side are
+    // rethrown here.
     StreamStats run_stream(const FrameSource& source, const FrameSink& sink, const StreamOptions& options = {});
 
     // Finer steps, for debugging a pipeline (these allocate):
