@@ -62,6 +62,7 @@ def test_train_tiny_rejects_too_little_data():
 # benchmarks/precision.py. Judged on 64 held-out images: on 8, the mIoU of one training swung by
 # +0.004..+0.22 over the background answer with the torch seed alone. Over 64 images, 100 steps beat it by
 # +0.23..+0.34 (9 runs: 6 seeds, and 3 with oneDNN convolutions switched off for other floating-point paths).
+@pytest.mark.slow  # training: the heavy tier
 @pytest.mark.parametrize("name, steps", [("unet", 100)])
 def test_zoo_small_config_learns_within_seconds(name, steps):
     torch.manual_seed(0)

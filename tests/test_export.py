@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from segdeploy.artifact import read_metadata
 from segdeploy.errors import ExportError, UserInputError
+from segdeploy.export.translate import nonstandard_ops
 from segdeploy.models import create_model, model_info
 from segdeploy.pipeline import IOFormat, ModelSpec, export_onnx
 from segdeploy.proof import PROBE_CRITERION
@@ -94,6 +95,7 @@ def _assert_tensorrt_friendly(path) -> None:
     proto = onnx.load(str(path))
     ops = {n.op_type for n in proto.graph.node}
     assert not ops & FORBIDDEN_OPS, ops & FORBIDDEN_OPS
+    assert nonstandard_ops(proto) == []  # no ONNX Runtime contrib op (com.microsoft::FusedConv, ...)
     assert all(len([o for o in n.output if o]) == 1 for n in proto.graph.node if n.op_type == "MaxPool")
 
 
@@ -634,7 +636,7 @@ def test_cli_tables_are_not_cut_when_the_output_is_not_a_terminal(tmp_path):
 
 
 # --------------------------------------------------------------------------- fused pre/post-processing
-@pytest.mark.parametrize("input_format", ["uint8-nhwc", "uint8-nchw"])
+@pytest.mark.parametrize("input_format", ["uint8-nhwc", pytest.param("uint8-nchw", marks=pytest.mark.slow)])
 def test_uint8_classmap_file_gives_pytorchs_argmax_of_the_normalized_input(tmp_path, input_format):
     from segdeploy.criteria import top2_margin
     from segdeploy.reference import normalize

@@ -140,6 +140,7 @@ class _TinyPyramid(torch.nn.Module):
         return F.interpolate(self.head(torch.cat([f, *up], 1)), size=x.shape[-2:], mode="bilinear")
 
 
+@pytest.mark.slow  # the stock exporter's own capture takes most of a quick tier's minute
 def test_stock_dynamic_pyramid_pooling_fails_and_segdeploys_passes_at_the_same_shapes(tmp_path):
     torch.manual_seed(0)
     model = calibrate_batchnorm(_TinyPyramid(), (4, 3, 64, 64))

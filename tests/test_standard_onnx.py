@@ -1,7 +1,8 @@
 """A file meant for TensorRT holds only standard ONNX: the optimizer passes segdeploy runs never fuse into
 ONNX Runtime contrib ops (``com.microsoft::Attention``, FusedConv, SkipLayerNormalization, BiasGelu, ...).
 
-The third-party set is checked model by model in ``tests/test_thirdparty.py`` (heavy tier).
+Every zoo export is checked for them in ``tests/test_export.py`` (the every-zoo-model test), the third-party
+set model by model in ``tests/test_thirdparty.py`` (heavy tier).
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import calibrate_batchnorm, zoo_params
 from onnx import TensorProto, helper
 from torch import nn
 
 from segdeploy import export_onnx
 from segdeploy.export import translate
 from segdeploy.export.translate import nonstandard_ops
-from segdeploy.models import create_model, model_info
 
 
 class TokenAttention(nn.Module):
@@ -105,12 +104,3 @@ def test_an_attention_model_exports_standard_onnx_only(tmp_path):
     proto = onnx.load(str(path))
     assert nonstandard_ops(proto) == []
     assert {"MatMul", "Softmax"} <= {node.op_type for node in proto.graph.node}  # attention stays plain ops
-
-
-@pytest.mark.parametrize("name", zoo_params())
-def test_no_zoo_export_holds_a_contrib_op(name, tmp_path):
-    torch.manual_seed(0)
-    model = create_model(name, num_classes=5, in_channels=3, **model_info(name).test_config)
-    path = tmp_path / f"{name}.onnx"
-    export_onnx(calibrate_batchnorm(model, (2, 3, 64, 64)), path, input_shape=(1, 3, 64, 64), verify=False)
-    assert nonstandard_ops(onnx.load(str(path))) == []
