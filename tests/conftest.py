@@ -33,6 +33,31 @@ def _torch_threads():
     yield
 
 
+# The deployment-bundle test files share these (tests/bundle_helpers.py builds them); a module may override one.
+@pytest.fixture(scope="session")
+def onnx_files(tmp_path_factory):
+    """The exports bundles are made of, one per flavour."""
+    from bundle_helpers import exports_for
+
+    return exports_for(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def bundles(tmp_path_factory):
+    """A bundle per flavour, written once per session."""
+    from bundle_helpers import bundles_for
+
+    return bundles_for(tmp_path_factory)
+
+
+@pytest.fixture
+def copy_of(bundles, tmp_path):
+    """A function that copies one of ``bundles`` into this test's directory, to tamper with."""
+    from bundle_helpers import copy_maker
+
+    return copy_maker(bundles, tmp_path)
+
+
 class CodeRunningPayload:
     """Unpickling this calls ``open(marker, "w")``: proof of code execution if the file appears."""
 

@@ -19,10 +19,7 @@ from bundle_helpers import (
     FLAVOURS,
     IMAGENET_MEAN,
     IMAGENET_STD,
-    bundles_for,
-    copy_maker,
     edit_manifest,
-    exports_for,
     fake_engine_for,
     invoke,
     listing,
@@ -41,21 +38,6 @@ from segdeploy.fileio import sha256_file
 from segdeploy.frames import FramePipeline
 from segdeploy.runtime.sidecar import EngineSidecar, sidecar_path
 from segdeploy.schemas import ENGINE_SIDECAR_SCHEMA, MANIFEST_SCHEMA, load_schema
-
-
-@pytest.fixture(scope="session")
-def onnx_files(tmp_path_factory):
-    return exports_for(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return bundles_for(tmp_path_factory)
-
-
-@pytest.fixture
-def copy_of(bundles, tmp_path):
-    return copy_maker(bundles, tmp_path)
 
 
 def _validate(data: dict, schema: str) -> None:

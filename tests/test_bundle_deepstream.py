@@ -11,10 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 from bundle_helpers import (
-    bundles_for,
-    copy_maker,
     edit_text,
-    exports_for,
     fake_engine_for,
     invoke,
     manifest_of,
@@ -30,21 +27,6 @@ from segdeploy.bundle.nvinfer import deepstream_model, simulate, threshold
 from segdeploy.frames import FramePipeline
 
 CONFIG = "deepstream/config_infer_primary.txt"
-
-
-@pytest.fixture(scope="session")
-def onnx_files(tmp_path_factory):
-    return exports_for(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return bundles_for(tmp_path_factory)
-
-
-@pytest.fixture
-def copy_of(bundles, tmp_path):
-    return copy_maker(bundles, tmp_path)
 
 
 def _props(bundle) -> dict[str, str]:

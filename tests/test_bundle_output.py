@@ -11,15 +11,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from bundle_helpers import exports_for, invoke, listing, one_error_line
+from bundle_helpers import invoke, listing, one_error_line
 
 from segdeploy.bundle import check_bundle, write_bundle
 from segdeploy.errors import UserInputError
-
-
-@pytest.fixture(scope="session")
-def onnx_files(tmp_path_factory):
-    return exports_for(tmp_path_factory)
 
 
 def test_an_existing_empty_directory_is_filled_in_place_like_a_mount_point(onnx_files, tmp_path, monkeypatch):

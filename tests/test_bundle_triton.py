@@ -25,11 +25,8 @@ from bundle_helpers import (
     FLAVOURS,
     TRITON_ACCEPTS,
     TRITON_REFUSES,
-    bundles_for,
-    copy_maker,
     edit_text,
     edit_triton_config,
-    exports_for,
     fake_engine_for,
     needs_triton,
     rehash,
@@ -39,21 +36,6 @@ from segdeploy.bundle import check_bundle, write_bundle
 from segdeploy.bundle.manifest import BundleManifest
 
 pytestmark = needs_triton
-
-
-@pytest.fixture(scope="session")
-def onnx_files(tmp_path_factory):
-    return exports_for(tmp_path_factory)
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return bundles_for(tmp_path_factory)
-
-
-@pytest.fixture
-def copy_of(bundles, tmp_path):
-    return copy_maker(bundles, tmp_path)
 
 
 def _config(bundle: Path, name: str) -> Path:

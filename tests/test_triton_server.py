@@ -21,8 +21,6 @@ from bundle_helpers import (
     FLAVOURS,
     TRITON_ACCEPTS,
     TRITON_REFUSES,
-    bundles_for,
-    copy_maker,
     edit_triton_config,
     exports_for,
     fake_engine_for,
@@ -41,16 +39,6 @@ def server() -> Path:
         return triton_server.server_dir()
     except triton_server.ServerUnavailable as exc:
         pytest.skip(f"tritonserver {triton_server.TRITON_VERSION} unavailable here: {exc}")
-
-
-@pytest.fixture(scope="session")
-def bundles(tmp_path_factory):
-    return bundles_for(tmp_path_factory)
-
-
-@pytest.fixture
-def copy_of(bundles, tmp_path):
-    return copy_maker(bundles, tmp_path)
 
 
 def _passes_poll(model_dir: Path, server: Path) -> None:

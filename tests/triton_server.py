@@ -24,7 +24,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from trt_bindings import cache_root
+from trt_bindings import cache_root, download_wheel, last_line
 
 PYTRITON_VERSION = "0.7.0"
 TRITON_VERSION = "2.51.0"
@@ -65,49 +65,8 @@ def server_dir(root: Path | None = None) -> Path:
     binary = unpacked / "pytriton" / "tritonserver" / "bin" / "tritonserver"
     if not binary.is_file():
         work.mkdir(parents=True, exist_ok=True)
-        _extract(_download(work), unpacked)
+        _extract(download_wheel(f"{DIST}=={PYTRITON_VERSION}", work, ServerUnavailable, timeout=600), unpacked)
     return binary.parent.parent
-
-
-def _download(work: Path) -> Path:
-    wheels = sorted(work.glob("*.whl"))
-    if wheels:
-        return wheels[0]
-    dest = Path(tempfile.mkdtemp(dir=work))
-    try:
-        run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "download",
-                "--no-deps",
-                "--only-binary=:all:",
-                "--disable-pip-version-check",
-                "--retries",
-                "1",
-                "--timeout",
-                "20",
-                "-d",
-                str(dest),
-                f"{DIST}=={PYTRITON_VERSION}",
-            ],
-            check=False,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise ServerUnavailable(f"cannot download {DIST}=={PYTRITON_VERSION}: {exc}") from None
-    found = sorted(dest.glob("*.whl"))
-    if run.returncode != 0 or not found:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise ServerUnavailable(f"cannot download {DIST}=={PYTRITON_VERSION} with pip: {_last_line(run.stderr)}")
-    wheel = work / found[0].name
-    os.replace(found[0], wheel)
-    shutil.rmtree(dest, ignore_errors=True)
-    return wheel
 
 
 def _extract(wheel: Path, unpacked: Path) -> None:
@@ -125,11 +84,6 @@ def _extract(wheel: Path, unpacked: Path) -> None:
         raise ServerUnavailable(f"cannot extract tritonserver from {wheel.name}: {exc}") from None
     shutil.rmtree(unpacked, ignore_errors=True)
     os.replace(tmp, unpacked)
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
 
 
 # An error line of Triton's log: E1202 14:12:26.857073 18562 model_lifecycle.cc:642] "message"
@@ -170,6 +124,6 @@ def load_model(model_dir: Path, server: Path, timeout: float = 60.0) -> Verdict:
     errors = [m.group(1) for line in log.splitlines() if (m := _ERROR_LINE.match(line))]
     # Without a GPU Triton logs that its CUDA helper is not initialized; that is not about the model.
     errors = [e for e in errors if "CudaDriverHelper" not in e]
-    message = errors[0] if errors else _last_line(log)
+    message = errors[0] if errors else last_line(log)
     reaches = run.returncode != 0 and all(BACKEND_MISSING in e for e in errors) and BACKEND_MISSING in message
     return Verdict(reaches, message, log)

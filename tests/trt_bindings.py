@@ -80,7 +80,7 @@ def load_api(version: str, root: Path | None = None) -> dict[str, Any]:
     if api_path.is_file():
         return json.loads(api_path.read_text(encoding="utf-8"))
     work.mkdir(parents=True, exist_ok=True)
-    pkg_dir = _unpack(_download(version, work), work / "pkg")
+    pkg_dir = _unpack(download_wheel(f"{DIST}=={version}", work, BindingsUnavailable), work / "pkg")
     stubs = _build_stubs(int(version.split(".")[0]), work / "stubs")
     env = dict(
         os.environ, LD_LIBRARY_PATH=os.pathsep.join(filter(None, [str(stubs), os.environ.get("LD_LIBRARY_PATH")]))
@@ -95,7 +95,7 @@ def load_api(version: str, root: Path | None = None) -> dict[str, Any]:
         timeout=120,
     )
     if run.returncode != 0:
-        raise BindingsUnavailable(f"importing {DIST}=={version} with stub libraries failed: {_last_line(run.stderr)}")
+        raise BindingsUnavailable(f"importing {DIST}=={version} with stub libraries failed: {last_line(run.stderr)}")
     os.replace(tmp, api_path)
     for stale in work.glob("api-*.json"):
         if stale != api_path:
@@ -103,7 +103,8 @@ def load_api(version: str, root: Path | None = None) -> dict[str, Any]:
     return json.loads(api_path.read_text(encoding="utf-8"))
 
 
-def _download(version: str, work: Path) -> Path:
+def download_wheel(requirement: str, work: Path, error: type[Exception], timeout: int = 300) -> Path:
+    """The wheel of ``requirement`` in ``work``, downloaded once with pip; ``error`` with pip's reason otherwise."""
     wheels = sorted(work.glob("*.whl"))
     if wheels:
         return wheels[0]
@@ -124,19 +125,20 @@ def _download(version: str, work: Path) -> Path:
                 "20",
                 "-d",
                 str(dest),
-                f"{DIST}=={version}",
+                requirement,
             ],
             check=False,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=timeout,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
-        raise BindingsUnavailable(f"cannot download {DIST}=={version}: {exc}") from None
+        shutil.rmtree(dest, ignore_errors=True)
+        raise error(f"cannot download {requirement}: {exc}") from None
     found = sorted(dest.glob("*.whl"))
     if run.returncode != 0 or not found:
         shutil.rmtree(dest, ignore_errors=True)
-        raise BindingsUnavailable(f"cannot download {DIST}=={version} with pip: {_last_line(run.stderr)}")
+        raise error(f"cannot download {requirement} with pip: {last_line(run.stderr)}")
     wheel = work / found[0].name
     os.replace(found[0], wheel)
     shutil.rmtree(dest, ignore_errors=True)
@@ -172,11 +174,11 @@ def _build_stubs(major: int, stubs: Path) -> Path:
             text=True,
         )
         if run.returncode != 0:
-            raise BindingsUnavailable(f"gcc could not build {target.name}: {_last_line(run.stderr)}")
+            raise BindingsUnavailable(f"gcc could not build {target.name}: {last_line(run.stderr)}")
     return stubs
 
 
-def _last_line(text: str) -> str:
+def last_line(text: str) -> str:
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
     return lines[-1] if lines else "no message"
 
