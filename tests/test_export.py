@@ -237,9 +237,10 @@ def test_cli_static_export_verifies_the_fixed_file_at_its_one_shape(tmp_path):
     assert read_metadata(out).config == {"width_mult": 0.125}
 
 
-def test_failed_verification_exits_4_writes_the_report_but_no_model(tmp_path, monkeypatch):
+@pytest.fixture
+def verification_disagrees(monkeypatch):
+    """``segdeploy.verify.verify`` as if ONNX Runtime had disagreed with PyTorch at the first shape."""
     import segdeploy.verify as verify_module
-    from segdeploy.cli import app
 
     real_verify = verify_module.verify
 
@@ -250,6 +251,11 @@ def test_failed_verification_exits_4_writes_the_report_but_no_model(tmp_path, mo
         return report
 
     monkeypatch.setattr(verify_module, "verify", strict_verify)
+
+
+def test_failed_verification_exits_4_writes_the_report_but_no_model(tmp_path, verification_disagrees):
+    from segdeploy.cli import app
+
     (tmp_path / "ppm.py").write_text(USER_PPM)
     out, report = tmp_path / "bad.onnx", tmp_path / "report.json"
     result = CliRunner().invoke(
@@ -274,22 +280,12 @@ def test_failed_verification_exits_4_writes_the_report_but_no_model(tmp_path, mo
     assert data["verification"]["passed"] is False and data["rewrites"] == ["adaptive_avg_pool"]
 
 
-def test_a_failed_export_raises_its_report_and_would_be_result_as_attributes(tmp_path, monkeypatch):
+def test_a_failed_export_raises_its_report_and_would_be_result_as_attributes(tmp_path, verification_disagrees):
     import pickle
 
-    import segdeploy.verify as verify_module
     from segdeploy.errors import VerificationError
     from segdeploy.pipeline import ExportVerificationError
 
-    real_verify = verify_module.verify
-
-    def strict_verify(*args, **kwargs):
-        report = real_verify(*args, **kwargs)
-        report.results[0].passed = False  # as if ONNX Runtime had disagreed
-        report.results[0].failed = ["error 1 is 9x the noise floor"]
-        return report
-
-    monkeypatch.setattr(verify_module, "verify", strict_verify)
     target = tmp_path / "tiny.onnx"
     with pytest.raises(VerificationError) as caught:
         export_onnx(TinyNet(), target, input_shape=(1, 3, 32, 40))
